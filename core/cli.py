@@ -1,0 +1,57 @@
+"""Shared CLI plumbing: --workspace, --preset, --set key=value, and clean error exits."""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from core.config import ConfigError, LabConfig, apply_overrides, from_dict, preset
+from core.workspace import Workspace
+
+
+class UserError(RuntimeError):
+    """A problem the user can fix (missing model, bad path, bad value): printed, exit code 2."""
+
+
+def add_common(parser: argparse.ArgumentParser, workspace_required: bool = True) -> None:
+    parser.add_argument("--workspace", required=workspace_required, type=Path,
+                        help="workspace folder holding data, models and results")
+    parser.add_argument("--preset", default=None,
+                        help="tiny | demo | paper (default: the workspace's config, else demo)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set pretrain.steps=100 (repeatable)")
+
+
+def resolve_config(args: argparse.Namespace) -> LabConfig:
+    """Preset given -> that preset; else the workspace's saved config.json; else demo. Then --set."""
+    cfg = None
+    ws_config = Path(args.workspace) / "config.json" if getattr(args, "workspace", None) else None
+    if args.preset:
+        cfg = preset(args.preset)
+    elif ws_config is not None and ws_config.exists():
+        cfg = from_dict(json.loads(ws_config.read_text()))
+    else:
+        cfg = preset("demo")
+    return apply_overrides(cfg, args.overrides)
+
+
+def workspace(args: argparse.Namespace) -> Workspace:
+    return Workspace(args.workspace).ensure()
+
+
+def guarded(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
+    """Turn user errors into a one-line message and exit 2; Ctrl-C into exit 130."""
+    @functools.wraps(fn)
+    def wrapper(argv: list[str]) -> int:
+        try:
+            return fn(argv)
+        except (UserError, ConfigError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+    return wrapper

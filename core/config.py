@@ -1,0 +1,384 @@
+"""Frozen configs for every stage, the three presets, and `--set key=value` overrides.
+
+One `LabConfig` holds a sub-config per stage; each stage function takes only its own
+sub-config (plus the shared data config where it needs image size or classes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+PRESETS = ("tiny", "demo", "paper")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    image_size: int = 64            # pixels seen by the autoencoder and the classifiers
+    mpp: float = 1.0                # target microns per pixel: every source is resampled to this scale
+    label_fraction: float = 1.0     # few-label protocol: stratified fraction of the labeled train set
+    val_fraction: float = 0.2       # validation carved from labeled train (model selection only)
+    seed: int = 0
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        _positive(self, "image_size", "mpp")
+        if not 0 < self.label_fraction <= 1:
+            raise ConfigError(f"data.label_fraction must be in (0, 1], got {self.label_fraction}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    block_out_channels: tuple[int, ...] = (32, 64, 64)   # len-1 downsamplings: 3 blocks = factor 4
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+    disc_weight: float = 0.0        # > 0 turns on the patch discriminator (reference: 0.5 after disc_start)
+    disc_start: int = 50001
+    mixed_precision: str = "no"     # "no" | "bf16" | "fp16"
+    seed: int = 0
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def validate(self) -> None:
+        _positive(self, "steps", "batch_size", "lr", "latent_channels", "layers_per_block")
+        _precision(self, "mixed_precision")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 1
+    attention_resolutions: tuple[int, ...] = (8,)   # latent resolutions that get self-attention
+    attention_head_dim: int = 32
+    resnet_time_scale_shift: str = "default"         # "scale_shift" as in the reference
+    resblock_updown: bool = False                    # reference: resblock up/down
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0015
+    beta_end: float = 0.0155
+    beta_schedule: str = "linear"
+    prediction_type: str = "epsilon"
+    loss: str = "l1"                                 # reference: L1
+    steps: int = 3000
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 2e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    mixed_precision: str = "bf16"
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    checkpoints_total_limit: int = 2
+    sample_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+
+    def validate(self) -> None:
+        _positive(self, "steps", "batch_size", "grad_accum", "lr", "num_train_timesteps",
+                  "checkpoint_every", "sample_every", "log_every", "checkpoints_total_limit")
+        _precision(self, "mixed_precision")
+        if self.loss not in ("l1", "l2"):
+            raise ConfigError(f"pretrain.loss must be 'l1' or 'l2', got {self.loss!r}")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ConfigError(f"pretrain.prediction_type must be epsilon|v_prediction, got {self.prediction_type!r}")
+
+
+@dataclass(frozen=True)
+class LatentClassifierConfig:
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 1
+    noise_aware: bool = True        # False reproduces the reference defect (trained at t = 0 only)
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    finetune_unet: bool = False     # optionally continue LDM training on the target latents
+    finetune_steps: int = 500
+    seed: int = 0
+
+    def validate(self) -> None:
+        _positive(self, "steps", "batch_size", "lr", "layers_per_block")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    scheduler: str = "ddim"         # "ddim" | "ddpm"
+    steps: int = 25
+    eta: float = 1.0                # reference: DDIM eta 1.0
+    guidance_scale: float = 10.0
+    batch_size: int = 32
+    num_per_class: int = 64
+    seed: int = 0
+    mixed_precision: str = "bf16"
+
+    def validate(self) -> None:
+        _positive(self, "steps", "batch_size", "num_per_class")
+        if self.guidance_scale < 0:
+            raise ConfigError(f"sampling.guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.scheduler not in ("ddim", "ddpm"):
+            raise ConfigError(f"sampling.scheduler must be ddim|ddpm, got {self.scheduler!r}")
+        if self.eta < 0:
+            raise ConfigError(f"sampling.eta must be >= 0, got {self.eta}")
+        _precision(self, "mixed_precision")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    strategy: str = "threshold"     # "threshold" (p(target) >= t) | "centroid" (paper's nearest centroid)
+    threshold: float = 0.9
+    quota_per_class: int = 0        # 0 = no quota
+
+    def validate(self) -> None:
+        if self.strategy not in ("threshold", "centroid"):
+            raise ConfigError(f"selection.strategy must be threshold|centroid, got {self.strategy!r}")
+        if not 0 <= self.threshold <= 1:
+            raise ConfigError(f"selection.threshold must be in [0, 1], got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    backbone: str = "resnet18"
+    pretrained_path: str = ""       # optional local weights file; nothing is downloaded
+    image_size: int = 64
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    mixed_precision: str = "bf16"
+
+    def validate(self) -> None:
+        _positive(self, "epochs", "batch_size", "lr", "image_size")
+        _precision(self, "mixed_precision")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    label_fractions: tuple[float, ...] = (1.0,)
+    synthetic_ratios: tuple[float, ...] = (1.0,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def validate(self) -> None:
+        if not self.seeds:
+            raise ConfigError("experiment.seeds must name at least one seed")
+        for r in self.synthetic_ratios:
+            if r <= 0:
+                raise ConfigError(f"experiment.synthetic_ratios must be > 0, got {r}")
+        for f in self.label_fractions:
+            if not 0 < f <= 1:
+                raise ConfigError(f"experiment.label_fractions must be in (0, 1], got {f}")
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    preset: str = "demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    classifier: LatentClassifierConfig = field(default_factory=LatentClassifierConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+
+    @property
+    def latent_size(self) -> int:
+        return self.data.image_size // self.autoencoder.downsample_factor
+
+    def validate(self) -> "LabConfig":
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        for f in fields(self):
+            sub = getattr(self, f.name)
+            if dataclasses.is_dataclass(sub):
+                sub.validate()
+        if self.data.image_size % self.autoencoder.downsample_factor:
+            raise ConfigError(
+                f"data.image_size={self.data.image_size} is not divisible by the autoencoder's "
+                f"downsampling factor {self.autoencoder.downsample_factor}")
+        unet_factor = 2 ** (len(self.pretrain.block_out_channels) - 1)
+        if self.latent_size % unet_factor:
+            raise ConfigError(
+                f"latent size {self.latent_size} is not divisible by the UNet's downsampling "
+                f"factor {unet_factor} (pretrain.block_out_channels)")
+        return self
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    section = _section_name(cfg)
+    for name in names:
+        value = getattr(cfg, name)
+        if value <= 0:
+            raise ConfigError(f"{section}.{name} must be > 0, got {value}")
+
+
+def _precision(cfg: Any, name: str) -> None:
+    value = getattr(cfg, name)
+    if value not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"{_section_name(cfg)}.{name} must be no|bf16|fp16, got {value!r}")
+
+
+def _section_name(cfg: Any) -> str:
+    for f in fields(LabConfig):
+        if f.default_factory is not dataclasses.MISSING and isinstance(cfg, f.default_factory):  # type: ignore[arg-type]
+            return f.name
+    return type(cfg).__name__
+
+
+def preset(name: str) -> LabConfig:
+    """The named preset: `tiny` (seconds, tests), `demo` (CPU, minutes), `paper` (reference shapes, GPU)."""
+    if name == "demo":
+        return LabConfig(preset="demo").validate()
+    if name == "tiny":
+        return LabConfig(
+            preset="tiny",
+            data=DataConfig(image_size=32, mpp=2.0),
+            autoencoder=AutoencoderConfig(block_out_channels=(8, 16, 16), latent_channels=4,
+                                          steps=20, batch_size=8),
+            pretrain=PretrainConfig(block_out_channels=(8, 16), attention_resolutions=(4,),
+                                    attention_head_dim=8, steps=20, batch_size=8, warmup_steps=2,
+                                    checkpoint_every=10, sample_every=10, log_every=5),
+            classifier=LatentClassifierConfig(block_out_channels=(8, 16), steps=20, batch_size=8),
+            sampling=SamplingConfig(steps=4, batch_size=8, num_per_class=4),
+            selection=SelectionConfig(threshold=0.3),
+            classify=ClassifyConfig(backbone="test_resnet", image_size=32, epochs=2, batch_size=16),
+            experiment=ExperimentConfig(seeds=(0, 1)),
+        ).validate()
+    if name == "paper":
+        return LabConfig(
+            preset="paper",
+            data=DataConfig(image_size=256, mpp=0.5, label_fraction=0.05, num_workers=8),
+            autoencoder=AutoencoderConfig(block_out_channels=(128, 256, 512), layers_per_block=2,
+                                          latent_channels=3, steps=100_000, batch_size=16, lr=4.5e-6,
+                                          disc_weight=0.5, mixed_precision="bf16"),
+            pretrain=PretrainConfig(block_out_channels=(192, 384, 384, 768, 768), layers_per_block=2,
+                                    attention_resolutions=(32, 16, 8), attention_head_dim=24,
+                                    resnet_time_scale_shift="scale_shift", resblock_updown=True,
+                                    steps=400_000, batch_size=4, lr=5e-5, warmup_steps=10_000,
+                                    ema_decay=0.9999, checkpoint_every=5000, sample_every=5000,
+                                    log_every=50),
+            classifier=LatentClassifierConfig(block_out_channels=(128, 128, 256, 256, 512, 512),
+                                              layers_per_block=2, steps=30_000, batch_size=32,
+                                              lr=5e-5, weight_decay=0.05),
+            sampling=SamplingConfig(steps=50, eta=1.0, guidance_scale=10.0, batch_size=10,
+                                    num_per_class=500),
+            classify=ClassifyConfig(backbone="vit_small_patch16_224", image_size=224, epochs=300,
+                                    batch_size=128, lr=5e-4),
+            experiment=ExperimentConfig(label_fractions=(0.05,), synthetic_ratios=(0.5, 1.0, 3.0)),
+        ).validate()
+    raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> LabConfig:
+    """Rebuild a LabConfig from `to_dict` output (tuples restored from JSON lists)."""
+    kwargs: dict[str, Any] = {}
+    for f in fields(LabConfig):
+        if f.name not in data:
+            continue
+        if f.name == "preset":
+            kwargs["preset"] = data["preset"]
+            continue
+        sub_type = f.default_factory  # type: ignore[attr-defined]
+        kwargs[f.name] = _build(sub_type, data[f.name])
+    return LabConfig(**kwargs).validate()
+
+
+def _build(cls: Any, values: dict) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown field(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
+    out = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        out[name] = tuple(value) if isinstance(default, tuple) else value
+    return cls(**out)
+
+
+def apply_overrides(cfg: LabConfig, overrides: list[str] | tuple[str, ...]) -> LabConfig:
+    """Apply `section.field=value` strings (values parsed as JSON, else as plain strings)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        key, raw = item.split("=", 1)
+        if "." not in key:
+            raise ConfigError(f"override key {key!r} must be section.field, e.g. pretrain.steps")
+        section, name = key.split(".", 1)
+        if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
+            raise ConfigError(f"unknown config section {section!r} in override {item!r}")
+        sub = getattr(cfg, section)
+        if name not in {f.name for f in fields(sub)}:
+            raise ConfigError(f"unknown field {key!r} in override {item!r}")
+        default = getattr(sub, name)
+        value = _parse_value(raw, default, key)
+        cfg = replace(cfg, **{section: replace(sub, **{name: value})})
+    return cfg.validate()
+
+
+def _parse_value(raw: str, default: Any, key: str) -> Any:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if isinstance(default, tuple):
+        if isinstance(value, (int, float)):
+            value = [value]
+        elif isinstance(value, str):
+            value = [json.loads(v) if v.strip().lstrip("-").replace(".", "", 1).isdigit() else v
+                     for v in value.split(",") if v.strip()]
+        return tuple(value)
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() in ("true", "yes", "1"):
+                return True
+            if value.lower() in ("false", "no", "0"):
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} expects true/false, got {raw!r}")
+        return value
+    if isinstance(default, int) and not isinstance(value, int):
+        raise ConfigError(f"{key} expects an integer, got {raw!r}")
+    if isinstance(default, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} expects a number, got {raw!r}")
+        return float(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        return raw
+    return value
+
+
+def config_hash(*parts: Any) -> str:
+    """Stable short hash of configs / plain values (dataclasses, dicts, strings, numbers)."""
+    def norm(p: Any) -> Any:
+        return dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p
+    blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_config(cfg: Any, folder: str | Path, name: str = "config.json") -> Path:
+    """Write the config that made an output folder next to it (atomically)."""
+    from core.io import atomic_write_text
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    return atomic_write_text(Path(folder) / name, json.dumps(data, indent=2, sort_keys=True))
+
+
+def load_config(path: str | Path) -> LabConfig:
+    return from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,117 @@
+"""Atomic file and folder writes, content hashes, and PNGs that carry their parameters.
+
+Written by hand because no library in the stack offers an atomic directory swap; each
+write goes to a temp sibling and is renamed into place, so a crash never leaves a
+half-written file that looks complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image, PngImagePlugin
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: object) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temp folder; on success it replaces `path` whole (old copy removed after)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one JSON line (a single write call, so readers never see half a record)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=float) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_hash(path: str | Path, pattern: str = "*.safetensors") -> str:
+    """Short hash of a model folder's weight files (identifies the model in manifests)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(path).rglob(pattern)):
+        h.update(p.name.encode())
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()[:12]
+
+
+def save_png(image: Image.Image, path: str | Path, params: dict) -> Path:
+    """Save a PNG with `params` in a text chunk ("parameters", JSON) — A1111-style provenance."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", json.dumps(params, sort_keys=True, default=str))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+    return path
+
+
+def read_png_params(path: str | Path) -> dict:
+    with Image.open(path) as im:
+        raw = im.info.get("parameters") or (getattr(im, "text", {}) or {}).get("parameters")
+    return json.loads(raw) if raw else {}
