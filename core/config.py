@@ -25,6 +25,7 @@ class DataConfig:
     mpp: float = 1.0                # target microns per pixel: every source is resampled to this scale
     label_fraction: float = 1.0     # few-label protocol: stratified fraction of the labeled train set
     val_fraction: float = 0.2       # validation carved from labeled train (model selection only)
+    test_fraction: float = 0.2      # carved (stratified) as test only when no test set is given
     seed: int = 0
     num_workers: int = 0
 
@@ -34,6 +35,8 @@ class DataConfig:
             raise ConfigError(f"data.label_fraction must be in (0, 1], got {self.label_fraction}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,21 @@ class LatentClassifierConfig:
     finetune_unet: bool = False     # optionally continue LDM training on the target latents
     finetune_steps: int = 500
     seed: int = 0
+    attention_resolutions: tuple[int, ...] = ()   # latent resolutions whose down blocks get attention
+    attention_head_dim: int = 8
+    pooling: str = "attention"      # "attention" (guided-diffusion's EncoderUNet) | "mean"
+    mixed_precision: str = "bf16"
+    log_every: int = 10
+    checkpoint_every: int = 500
+    t_buckets: int = 10             # validation accuracy is reported per t-interval
+    finetune_lr: float = 2e-5
 
     def validate(self) -> None:
-        _positive(self, "steps", "batch_size", "lr", "layers_per_block")
+        _positive(self, "steps", "batch_size", "lr", "layers_per_block", "attention_head_dim",
+                  "log_every", "checkpoint_every", "t_buckets", "finetune_lr")
+        _precision(self, "mixed_precision")
+        if self.pooling not in ("attention", "mean"):
+            raise ConfigError(f"classifier.pooling must be attention|mean, got {self.pooling!r}")
 
 
 @dataclass(frozen=True)
@@ -253,10 +268,10 @@ def preset(name: str) -> LabConfig:
                                     attention_head_dim=8, steps=20, batch_size=8, warmup_steps=2,
                                     checkpoint_every=10, sample_every=10, log_every=5),
             classifier=LatentClassifierConfig(block_out_channels=(8, 16), steps=20, batch_size=8),
-            sampling=SamplingConfig(steps=4, batch_size=8, num_per_class=4),
+            sampling=SamplingConfig(steps=4, batch_size=8, num_per_class=16),
             selection=SelectionConfig(threshold=0.3),
             classify=ClassifyConfig(backbone="test_resnet", image_size=32, epochs=2, batch_size=16),
-            experiment=ExperimentConfig(seeds=(0, 1)),
+            experiment=ExperimentConfig(seeds=(0, 1, 2)),
         ).validate()
     if name == "paper":
         return LabConfig(

@@ -9,6 +9,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 IMAGE_EXTS = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
+SLIDE_EXTS = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"}  # openslide formats
 
 
 class BadImage(ValueError):
@@ -31,25 +32,101 @@ def load_rgb(path: str | Path, min_size: int = 8) -> Image.Image:
             rgb = _to_rgb(im)
     except BadImage:
         raise
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"too large ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for truncated / non-images
-        raise BadImage(f"unreadable image ({type(e).__name__}: {e})") from None
+        rgb = _tiff_fallback(path, e)
     if min(rgb.size) < min_size:
         raise BadImage(f"too small ({rgb.size[0]}x{rgb.size[1]} < {min_size} px)")
     return rgb
 
 
+def _tiff_fallback(path: Path, error: Exception) -> Image.Image:
+    """Pillow cannot decode some TIFFs microscopes write (16-bit RGB, float, multi-sample);
+    tifffile can. Anything else that Pillow rejects is a BadImage with Pillow's reason."""
+    reason = f"unreadable image ({type(error).__name__}: {error})"
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise BadImage(reason) from None
+    try:
+        import tifffile
+        a = np.asarray(tifffile.imread(path, key=0))
+    except Exception:  # tifffile raises many types for damaged files; Pillow's reason is clearer
+        raise BadImage(reason) from None
+    return array_to_rgb(a, reason)
+
+
+def array_to_rgb(a: np.ndarray, reason: str = "unsupported pixel layout") -> Image.Image:
+    """(H, W), (H, W, 1|3|4) or (1|3|4, H, W) array of any numeric dtype -> 8-bit RGB."""
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+        a = np.moveaxis(a, 0, -1)                  # planar (samples first) -> interleaved
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]                             # tifffile RGBA: slides have no real alpha
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3) or a.dtype.kind not in "uif":
+        raise BadImage(f"{reason}; array {a.shape} {a.dtype}")
+    a8 = _stretch_to_uint8(a)
+    return Image.fromarray(a8).convert("RGB")
+
+
+def _stretch_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Integer data scaled by its dtype's range (keeps colour balance); floats by their own."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind in "ui" and a.max() > 255:
+        info = np.iinfo(a.dtype)
+        hi = float(info.max) if a.max() > 4095 else 4095.0   # 12-bit cameras store in 16-bit words
+        return np.clip(a.astype(np.float64) / hi * 255.0, 0, 255).round().astype(np.uint8)
+    if a.dtype.kind in "ui":
+        return a.astype(np.uint8)
+    a = np.nan_to_num(a.astype(np.float64))
+    lo, hi = float(a.min()), float(a.max())
+    a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+    return a.round().astype(np.uint8)
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit / float grayscale: stretch to 8 bit over the file's own range.
-        a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
-        return Image.fromarray(a.astype(np.uint8)).convert("RGB")
+        # 16-bit / float grayscale: microscopes use 12..16 bit words, so scale by the range
+        return array_to_rgb(np.asarray(im))
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))  # slides are white behind
         return Image.alpha_composite(background, im).convert("RGB")
     return im.convert("RGB")
+
+
+def scan_images(root: str | Path, min_size: int = 8) -> tuple[list[dict], list[dict]]:
+    """Every image file under root (any depth, extension in any case): (good, skipped).
+    good: {"path", "width", "height", "mode"}; skipped: {"path", "reason"}. Never raises on a
+    file; hidden files and folders (".*") are ignored as they are not user data."""
+    good, skipped = [], []
+    for path in sorted(Path(root).rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if not is_image_path(path):
+            reason = ("whole-slide image: tiled when given as an unlabeled pool, not a patch"
+                      if path.suffix.lower() in SLIDE_EXTS else
+                      f"not an image extension ({path.suffix or 'none'})")
+            skipped.append({"path": str(path), "reason": reason})
+            continue
+        try:
+            with Image.open(path) as im:
+                mode = im.mode
+            rgb = load_rgb(path, min_size)
+        except BadImage as e:
+            skipped.append({"path": str(path), "reason": str(e)})
+            continue
+        except (OSError, SyntaxError, ValueError):
+            mode = "tiff (tifffile)"
+            try:
+                rgb = load_rgb(path, min_size)
+            except BadImage as e:
+                skipped.append({"path": str(path), "reason": str(e)})
+                continue
+        good.append({"path": str(path), "width": rgb.width, "height": rgb.height, "mode": mode})
+    return good, skipped
 
 
 def to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:

@@ -1,0 +1,106 @@
+"""`python -m core data check|demo|download|prepare ...`: the data layer from the shell."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from core.cli import add_common, guarded, resolve_config, workspace
+from core.config import save_config
+
+MAX_LISTED = 50     # skipped files printed in the human report (all of them are in --json)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="what a folder / .npz / slide holds; skipped files with reasons")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p = sub.add_parser("demo", help="build the bundled demo data (real H&E) into a workspace")
+    add_common(p)
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p = sub.add_parser("download", help="fetch a public data set (resumable, md5-verified)")
+    from core.download import DATASETS
+    p.add_argument("name", choices=sorted(DATASETS))
+    p.add_argument("--to", required=True, help="folder to download and extract into")
+    p = sub.add_parser("prepare", help="index your labeled data (+ pools) into a workspace")
+    add_common(p)
+    p.add_argument("--labeled", required=True, help="ImageFolder (ROOT/CLASS/*.tif) or MedMNIST .npz")
+    p.add_argument("--test", default=None, help="separate test ImageFolder (e.g. CRC-VAL-HE-7K)")
+    p.add_argument("--unlabeled", action="append", default=[], metavar="PATH[:WEIGHT]",
+                   help="unlabeled pool: folder, slide or large image (repeatable)")
+    return parser
+
+
+def _print_check(report: dict) -> None:
+    print(f"{report['path']}: {report.get('format')}")
+    if report.get("format") == "npz":
+        for split, info in report["splits"].items():
+            print(f"  {split}: {info['images']} images of {info['shape']}")
+            for name, n in info["counts"].items():
+                print(f"    {name:<24} {n}")
+        return
+    print(f"  images: {report['images']}")
+    if report.get("mpp") is not None or report.get("format") in ("slide", "image"):
+        print(f"  size {report.get('width')}x{report.get('height')}, microns/px: "
+              f"{report.get('mpp') or 'not stated'}, tissue fraction {report.get('tissue_fraction')}")
+    for name, n in report.get("classes", {}).items():
+        print(f"  {name:<28} {n}{'   <- EMPTY' if n == 0 else ''}")
+    if report.get("sizes"):
+        print("  sizes: " + ", ".join(f"{k} ({v})" for k, v in list(report["sizes"].items())[:8]))
+    if report.get("empty_classes"):
+        print(f"  empty class folders: {', '.join(report['empty_classes'])}")
+    skipped = report.get("skipped", [])
+    print(f"  skipped: {len(skipped)}")
+    for item in skipped[:MAX_LISTED]:
+        print(f"    {item['path']}: {item['reason']}")
+    if len(skipped) > MAX_LISTED:
+        print(f"    ... {len(skipped) - MAX_LISTED} more (use --json for all)")
+
+
+def _progress(event: dict) -> None:
+    print(f"  {event.get('stage')}: {event.get('step')}/{event.get('total')} "
+          f"{event.get('pool') or event.get('file') or ''}", file=sys.stderr)
+
+
+@guarded
+def cli(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        from core.data import check
+        report = check(args.path)
+        print(json.dumps(report, indent=2, default=str)) if args.json else _print_check(report)
+        return 0
+    if args.command == "download":
+        from core.download import download
+        result = download(args.name, args.to, progress=None)
+        print(json.dumps(result, indent=2))
+        return 0
+    cfg = resolve_config(args)
+    ws = workspace(args)
+    save_config(cfg, ws.root)
+    if args.command == "demo":
+        from core.demo_data import build_demo
+        result = build_demo(ws, cfg, force=args.force)
+        state = "up to date" if result["skipped"] else f"built in {result['seconds']} s"
+        print(f"demo data {state} in {ws.data_dir} (preset {cfg.preset}, {cfg.data.image_size} px "
+              f"at {cfg.data.mpp} um/px)")
+        print(json.dumps({"counts": result["counts"], "pools": result["pools"]}, indent=2))
+        return 0
+    from core.labeled import prepare_labeled
+    from core.pools import prepare_pools
+    result = prepare_labeled(ws, cfg, args.labeled, args.test)
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(json.dumps(result["counts"], indent=2))
+    if result["empty_classes"]:
+        print(f"empty class folders: {', '.join(result['empty_classes'])}")
+    if result["skipped"]:
+        print(f"skipped {len(result['skipped'])} file(s); `python -m core data check PATH` lists them")
+    if args.unlabeled:
+        pools = prepare_pools(ws, cfg, args.unlabeled, progress=_progress)
+        for note in pools["notes"]:
+            print(f"note: {note}")
+        print(f"pools: {json.dumps(pools['pools'])}; skipped {len(pools['skipped'])}")
+    return 0

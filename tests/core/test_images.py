@@ -1,0 +1,94 @@
+"""Every file kind users really have: converted to RGB where sound, otherwise a clear reason."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from core.images import BadImage, ImageDataset, load_rgb, scan_images, to_pil, to_tensor
+
+
+def _he_array(h=24, w=32):
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([200 - x * 2, 80 + y * 3, 180 + 0 * x], -1).astype(np.uint8)
+
+
+def make_bad_folder(root):
+    """One file of each kind; returns {name: expected outcome} ("ok" or a reason fragment)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(_he_array())
+    rgb.save(root / "good.PNG")
+    rgb.save(root / "good.JPEG", quality=95)
+    rgb.convert("L").save(root / "gray.png")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.new("L", rgb.size, 0))            # fully transparent -> white
+    rgba.save(root / "rgba.png")
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(root / "palette.png")
+    rgb.convert("CMYK").save(root / "cmyk.jpg")
+    Image.fromarray((np.arange(24 * 32).reshape(24, 32) * 60).astype(np.uint16)).save(root / "gray16.tif")
+    tifffile.imwrite(root / "rgb16.tif", _he_array().astype(np.uint16) * 257, photometric="rgb")
+    exif = Image.Exif()
+    exif[0x0112] = 6                                        # rotate 90 CW on display
+    rgb.save(root / "exif_rotated.jpg", exif=exif.tobytes())
+    Image.fromarray(_he_array(4, 4)).save(root / "tiny.png")
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.txt").write_text("not an image")
+    (root / "fake.tif").write_text("this is not a tiff")
+    data = (root / "good.PNG").read_bytes()
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
+    return {"good.PNG": "ok", "good.JPEG": "ok", "gray.png": "ok", "rgba.png": "ok",
+            "palette.png": "ok", "cmyk.jpg": "ok", "gray16.tif": "ok", "rgb16.tif": "ok",
+            "exif_rotated.jpg": "ok", "tiny.png": "too small", "empty.png": "empty file",
+            "notes.txt": "not an image extension", "fake.tif": "unreadable",
+            "truncated.png": "unreadable"}
+
+
+def test_every_kind_is_rgb_or_skipped_with_reason(tmp_path):
+    expected = make_bad_folder(tmp_path / "mixed")
+    good, skipped = scan_images(tmp_path / "mixed")
+    got_good = {r["path"].rsplit("/", 1)[1] for r in good}
+    got_skipped = {r["path"].rsplit("/", 1)[1]: r["reason"] for r in skipped}
+    assert got_good == {n for n, v in expected.items() if v == "ok"}
+    for name, fragment in expected.items():
+        if fragment != "ok":
+            assert fragment in got_skipped[name], (name, got_skipped[name])
+    for name in got_good:
+        im = load_rgb(tmp_path / "mixed" / name)
+        assert im.mode == "RGB"
+
+
+def test_conversions_are_sound(tmp_path):
+    make_bad_folder(tmp_path)
+    assert load_rgb(tmp_path / "rgba.png").getpixel((3, 3)) == (255, 255, 255)   # glass is white
+    rgb16 = np.asarray(load_rgb(tmp_path / "rgb16.tif"))
+    assert np.abs(rgb16.astype(int) - _he_array()).max() <= 1          # 16 -> 8 bit keeps colour
+    gray16 = np.asarray(load_rgb(tmp_path / "gray16.tif"))
+    assert gray16.shape == (24, 32, 3) and gray16.max() > gray16.min()
+    rotated = load_rgb(tmp_path / "exif_rotated.jpg")
+    assert rotated.size == (24, 32)                                     # width/height swapped
+    cmyk = np.asarray(load_rgb(tmp_path / "cmyk.jpg")).astype(int)
+    assert np.abs(cmyk - _he_array()).mean() < 12
+
+
+def test_load_rgb_raises_badimage_with_reason(tmp_path):
+    make_bad_folder(tmp_path)
+    with pytest.raises(BadImage, match="empty file"):
+        load_rgb(tmp_path / "empty.png")
+    with pytest.raises(BadImage, match="too small"):
+        load_rgb(tmp_path / "tiny.png")
+    with pytest.raises(BadImage, match="unreadable"):
+        load_rgb(tmp_path / "truncated.png")
+
+
+def test_tensor_roundtrip_and_dataset_skips_broken(tmp_path):
+    make_bad_folder(tmp_path)
+    im = load_rgb(tmp_path / "good.PNG")
+    x = to_tensor(im, 16)
+    assert x.shape == (3, 16, 16) and -1 <= x.min() and x.max() <= 1
+    exact = to_pil(torch.stack([to_tensor(im.resize((8, 8)), 8)]))[0]
+    assert np.abs(np.asarray(exact, int) - np.asarray(im.resize((8, 8)), int)).max() <= 1
+    ds = ImageDataset([tmp_path / "empty.png", tmp_path / "good.PNG"], [0, 1], image_size=8)
+    x0, y0 = ds[0]                       # broken file replaced by the next good one and recorded
+    assert x0.shape == (3, 8, 8) and y0 == 1 and "empty file" in ds.failed[str(tmp_path / "empty.png")]
