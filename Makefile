@@ -37,6 +37,7 @@ demo-models: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.pretrain_step
 	$(BIN)/python -m benchmarks.guided_sampling
+	$(BIN)/python -m benchmarks.app_latency
 
 clean:
 	rm -rf $(VENV) workspaces .pytest_cache

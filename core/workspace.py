@@ -34,6 +34,8 @@ class Workspace:
     @property
     def latent_classifier_dir(self) -> Path: return self.models_dir / "latent_classifier"
     @property
+    def finetuned_unet_dir(self) -> Path: return self.models_dir / "unet_finetuned"   # classifier.finetune_unet
+    @property
     def filter_classifier_dir(self) -> Path: return self.models_dir / "filter_classifier"
 
     # training state

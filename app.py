@@ -1,0 +1,83 @@
+"""Launch the HistoDiffusion Lab: `python app.py --workspace workspaces/demo` (see `--help`)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+ROOT = Path(__file__).resolve().parent
+DEMO_BUNDLE = ROOT / "assets" / "demo_models"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--workspace", type=Path, default=ROOT / "workspaces" / "demo",
+                   help="workspace folder (default: workspaces/demo)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
+    p.add_argument("--data-root", dest="data_roots", action="append", default=[], type=Path,
+                   help="a folder (besides the workspace) whose paths may be typed into the UI; repeatable")
+    p.add_argument("--preset", default=None, help="tiny | demo | paper (default: the workspace's config)")
+    p.add_argument("--no-setup", action="store_true",
+                   help="do not lay demo data / bundled demo models into an empty workspace")
+    args = p.parse_args(argv)
+    if args.auth is not None and ":" not in args.auth:
+        p.error("--auth must be USER:PASS")
+    return args
+
+
+def prepare_workspace(ctx, bundle: Path = DEMO_BUNDLE, preset_name: str | None = None) -> list[str]:
+    """Fill an empty workspace: the bundled demo models (with their data, results and config)
+    when it has no models, else demo data when it has no labeled data. Returns what was done."""
+    from app.context import load_workspace_config
+    from core.cli import UserError
+    done = []
+    ws = ctx.workspace
+    if not ws.models_dir.exists() and bundle.exists():
+        from core.demo_models import install_demo
+        t = time.time()
+        try:
+            install_demo(bundle, ws)
+            done.append(f"installed the bundled demo models from {bundle} in {time.time() - t:.1f} s")
+        except UserError as e:                   # e.g. a damaged bundle: the lab still opens
+            done.append(f"demo models not installed: {e}")
+    if not ws.split_manifest.exists():
+        from core.data import build_demo
+        t = time.time()
+        build_demo(ws, ctx.config)
+        done.append(f"built demo data in {time.time() - t:.1f} s")
+    ctx.config = load_workspace_config(ws, preset_name)     # install_demo brings its config
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from app import create_app, launch_kwargs
+    from app.context import AppContext
+    from core.cli import UserError
+    from core.config import ConfigError
+    try:
+        ctx = AppContext.create(args.workspace, args.data_roots, preset_name=args.preset)
+        if not args.no_setup:
+            for line in prepare_workspace(ctx, preset_name=args.preset):
+                print(line, flush=True)
+    except (UserError, ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    demo = create_app(ctx)
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+        **launch_kwargs(ctx))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""What every tab shares: the workspace, the data roots, the config, the one JobRunner, and the
+path sandbox (a path typed into the UI resolves only inside the workspace or a --data-root)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.cli import UserError
+from core.config import LabConfig, apply_overrides, from_dict, preset
+from core.jobs import JobRunner
+from core.workspace import Workspace
+
+COMPUTE = "compute"      # the one Gradio concurrency id shared by every compute event
+
+
+@dataclass
+class AppContext:
+    workspace: Workspace
+    config: LabConfig
+    data_roots: tuple[Path, ...] = ()
+    runner: JobRunner = field(default_factory=lambda: JobRunner(before_job=reset_accelerate_state))
+
+    @classmethod
+    def create(cls, workspace: str | Path, data_roots: list[str | Path] | tuple = (),
+               preset_name: str | None = None, overrides: list[str] | tuple = (),
+               runner: JobRunner | None = None) -> "AppContext":
+        ws = Workspace(workspace).ensure()
+        roots = []
+        for root in data_roots:
+            path = Path(root).expanduser().resolve()
+            if not path.is_dir():
+                raise UserError(f"--data-root {root} is not a folder")
+            roots.append(path)
+        return cls(workspace=ws, config=load_workspace_config(ws, preset_name, overrides),
+                   data_roots=tuple(roots), runner=runner or JobRunner(before_job=reset_accelerate_state))
+
+    @property
+    def allowed_roots(self) -> tuple[Path, ...]:
+        return (self.workspace.root, *self.data_roots)
+
+    def resolve_path(self, text: str, *, must_exist: bool = True, field_name: str = "path") -> Path:
+        """Resolve a user-typed path; relative paths are taken from the workspace.
+
+        Symlinks and `..` are resolved first, so neither can step outside the allowed roots.
+        """
+        text = (text or "").strip()
+        if not text:
+            raise UserError(f"{field_name} is empty")
+        raw = Path(text).expanduser()
+        path = (raw if raw.is_absolute() else self.workspace.root / raw).resolve()
+        if not any(path == root or path.is_relative_to(root) for root in self.allowed_roots):
+            roots = ", ".join(str(r) for r in self.allowed_roots)
+            raise UserError(f"{field_name} {text!r} is outside the workspace and the data roots "
+                            f"({roots}); start the app with --data-root to allow another folder")
+        if must_exist and not path.exists():
+            raise UserError(f"{field_name} {text!r} does not exist ({path})")
+        return path
+
+    def with_overrides(self, section: str, values: dict[str, Any]) -> LabConfig:
+        """The config with one section's fields replaced BY NAME (validated)."""
+        sub = getattr(self.config, section)
+        known = {f.name: f for f in dataclasses.fields(sub)}
+        clean = {}
+        for name, value in values.items():
+            if name not in known:
+                raise UserError(f"unknown field {section}.{name}")
+            default = getattr(sub, name)
+            if isinstance(default, bool):
+                clean[name] = bool(value)
+            elif isinstance(default, int):
+                clean[name] = int(value)
+            elif isinstance(default, float):
+                clean[name] = float(value)
+            else:
+                clean[name] = value
+        cfg = dataclasses.replace(self.config, **{section: dataclasses.replace(sub, **clean)})
+        return cfg.validate()
+
+
+def reset_accelerate_state() -> None:
+    """Forget the previous job's Accelerator settings before the next job starts.
+
+    Accelerate keeps mixed precision and gradient accumulation in process-wide singletons and
+    refuses a second Accelerator with other settings ("AcceleratorState has already been
+    initialized"). A CLI run is one process per stage; the lab's server runs many stages one
+    after another (one slot, so never two at once), so each job starts from a clean state.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+def load_workspace_config(ws: Workspace, preset_name: str | None = None,
+                          overrides: list[str] | tuple = ()) -> LabConfig:
+    """Preset given -> that preset; else the workspace's config.json; else the demo preset."""
+    cfg_file = ws.root / "config.json"
+    if preset_name:
+        cfg = preset(preset_name)
+    elif cfg_file.exists():
+        cfg = from_dict(json.loads(cfg_file.read_text()))
+    else:
+        cfg = preset("demo")
+    return apply_overrides(cfg, list(overrides))
+
+
+def job_markdown(status: dict[str, Any]) -> str:
+    """The shared compute slot's state as markdown (a failure shows its traceback tail)."""
+    name, state = status.get("name", ""), status.get("state", "idle")
+    if state == "idle":
+        return "Compute slot: idle."
+    pct = f"{100 * float(status.get('progress') or 0):.0f}%"
+    text = f"**{name}** — {state} · {pct} · {status.get('message', '')}"
+    if status.get("elapsed_s") is not None:
+        text += f" · {status['elapsed_s']:.0f} s"
+    if state == "failed":
+        text += f"\n\n**Error:** `{status.get('error', '')}`\n\n```\n{status.get('traceback', '')}\n```"
+    return text
+
+
+def stop_job(ctx: AppContext, names: tuple[str, ...]) -> str:
+    """A tab's Stop button: stops the running job only when it is one of this tab's jobs."""
+    status = ctx.runner.status()
+    if status["state"] != "running":
+        return "nothing is running"
+    if status["name"] not in names:
+        return f"'{status['name']}' is running (started from another tab); stop it there"
+    ctx.runner.stop()
+    return f"stop requested: '{status['name']}' ends after its current step"
+
+
+def progress_html(status: dict[str, Any]) -> str:
+    """A plain HTML progress bar (Gradio's own bar only exists while an event is running)."""
+    value = 100 * float(status.get("progress") or 0)
+    return (f'<div class="job-progress"><progress max="100" value="{value:.1f}" '
+            f'style="width:100%"></progress> <span>{value:.0f}%</span></div>')

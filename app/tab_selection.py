@@ -1,0 +1,228 @@
+"""Tab 3 — confidence-threshold browsing over STORED scores (synthetic/scores.csv).
+
+Moving the slider never recomputes a classifier: the scores table is read once (cached by the
+file's mtime and size) and re-filtered with core.selection.apply_threshold.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from app import charts
+from app.context import COMPUTE, AppContext, job_markdown
+from core.cli import UserError
+from core.jobs import JobBusy
+
+ALL = "all classes"
+CURVE_POINTS = np.round(np.linspace(0, 1, 51), 3)
+_cache: dict[str, tuple] = {}
+_figures: dict[tuple, tuple] = {}
+_cache_lock = threading.RLock()
+
+
+def scores_file(ctx: AppContext) -> Path:
+    return ctx.workspace.synthetic_dir / "scores.csv"
+
+
+def load_scores(ctx: AppContext) -> pd.DataFrame:
+    """The stored scores with absolute image paths; cached until the file changes."""
+    path = scores_file(ctx)
+    if not path.exists():
+        return pd.DataFrame(columns=["file", "class", "confidence"])
+    stat = path.stat()
+    key = (stat.st_mtime_ns, stat.st_size)
+    with _cache_lock:
+        hit = _cache.get(str(path))
+        if hit and hit[0] == key:
+            return hit[1]
+    from core.selection import load_scores as read_scores, synthetic_path
+    frame = read_scores(ctx.workspace)
+    missing = {"file", "class", "confidence"} - set(frame.columns)
+    if missing:
+        raise UserError(f"{path} lacks column(s) {', '.join(sorted(missing))}")
+    frame["class"] = frame["class"].astype(str)
+    frame["image_path"] = [str(synthetic_path(ctx.workspace, f)) for f in frame["file"].astype(str)]
+    frame = frame.sort_values(["class", "confidence"], ascending=[True, False], kind="stable")
+    with _cache_lock:
+        _cache[str(path)] = (key, frame, None)
+    return frame
+
+
+def curve(ctx: AppContext, scores: pd.DataFrame) -> pd.DataFrame:
+    """Acceptance fraction against the threshold (cached with the scores; it does not move)."""
+    from core.selection import acceptance_curve
+    path = str(scores_file(ctx))
+    with _cache_lock:
+        hit = _cache.get(path)
+        if hit and hit[2] is not None and hit[1] is scores:
+            return hit[2]
+    table = acceptance_curve(scores, CURVE_POINTS)
+    with _cache_lock:
+        if path in _cache and _cache[path][1] is scores:
+            _cache[path] = (_cache[path][0], scores, table)
+    return table
+
+
+def accepted_mask(scores: pd.DataFrame, threshold: float, strategy: str, quota: int) -> pd.Series:
+    """Boolean mask over `scores` of what core.selection.apply_threshold keeps."""
+    from core.selection import apply_threshold
+    kept = apply_threshold(scores, float(threshold), strategy, int(quota or 0))
+    return kept["kept"].astype(bool)
+
+
+def counts_table(scores: pd.DataFrame, mask: pd.Series, classes: list[str]) -> pd.DataFrame:
+    grouped = pd.DataFrame({"class": scores["class"], "accepted": mask.astype(int)})
+    table = grouped.groupby("class")["accepted"].agg(["sum", "count"]).reindex(classes, fill_value=0)
+    table = table.rename(columns={"sum": "accepted", "count": "total"})
+    table["rejected"] = table["total"] - table["accepted"]
+    table.loc["all"] = table.sum()
+    return table.reset_index().rename(columns={"index": "class"})[["class", "accepted", "rejected", "total"]]
+
+
+def gallery_items(scores: pd.DataFrame, mask: pd.Series, show: str, class_filter: str,
+                  per_class: int) -> list[tuple[str, str]]:
+    """(path, caption) sorted by confidence within each class; at most `per_class` per class."""
+    chosen = scores if show == "all" else scores[mask if show == "accepted" else ~mask]
+    if class_filter and class_filter != ALL:
+        chosen = chosen[chosen["class"] == class_filter]
+    chosen = chosen.groupby("class", sort=True).head(int(per_class))
+    return [(p, f"{c} · {conf:.2f}") for p, c, conf in
+            zip(chosen["image_path"], chosen["class"], chosen["confidence"])]
+
+
+def refilter(ctx: AppContext, threshold: float, strategy: str, quota: int, show: str = "accepted",
+             class_filter: str = ALL, per_class: int = 8):
+    """Slider handler: (summary markdown, counts table, gallery, histograms, acceptance curve)."""
+    scores = load_scores(ctx)
+    if scores.empty:
+        empty = pd.DataFrame(columns=["class", "accepted", "rejected", "total"])
+        return (hint(ctx), empty, [], charts.confidence_histograms(scores, threshold, []),
+                charts.acceptance_curve(pd.DataFrame(), threshold))
+    classes = sorted(scores["class"].unique())
+    mask = accepted_mask(scores, threshold, strategy, quota)
+    table = counts_table(scores, mask, classes)
+    total = int(table["total"].iloc[-1])
+    accepted = int(table["accepted"].iloc[-1])
+    summary = (f"**{accepted} accepted / {total - accepted} rejected** of {total} stored images "
+               f"at threshold {float(threshold):.2f} ({strategy})")
+    return (summary, table, gallery_items(scores, mask, show, class_filter, per_class),
+            *figures(ctx, scores, classes, float(threshold)))
+
+
+def figures(ctx: AppContext, scores: pd.DataFrame, classes: list[str], threshold: float) -> tuple:
+    """Histograms and acceptance curve as serialized plots; built once per scores table, then only
+    their threshold lines move (see charts.move_threshold)."""
+    from gradio.components.plot import PlotData
+    key = (str(scores_file(ctx)), id(scores))
+    with _cache_lock:
+        figs = _figures.get(key)
+        if figs is None:
+            _figures.clear()
+            figs = _figures[key] = (charts.confidence_histograms(scores, threshold, classes),
+                                    charts.acceptance_curve(curve(ctx, scores), threshold))
+        # serialized under the lock: the cached figures are shared between sessions
+        return tuple(PlotData(type="plotly", plot=charts.move_threshold(f, threshold).to_json())
+                     for f in figs)
+
+
+def export(ctx: AppContext, threshold: float, strategy: str, quota: int) -> str:
+    """Write the accepted set (accepted/CLASS/*.png + manifest) through core.selection."""
+    from core.selection import apply_threshold, export_accepted
+    scores = load_scores(ctx)
+    if scores.empty:
+        raise UserError(hint(ctx))
+    if ctx.runner.is_running():
+        raise UserError(f"'{ctx.runner.status()['name']}' is running; export when it has finished")
+    kept = apply_threshold(scores, float(threshold), strategy, int(quota or 0))
+    out = export_accepted(ctx.workspace, kept)
+    return f"exported {int(kept['kept'].sum())} accepted images to {out}"
+
+
+def start_scoring(ctx: AppContext) -> str:
+    from core.selection import score_synthetic
+    if not (ctx.workspace.synthetic_dir / "manifest.csv").exists():
+        raise UserError("no synthetic images to score yet: run `python -m core sample` "
+                        "(or the full `python -m core run`) first")
+    try:
+        ctx.runner.start("scoring", score_synthetic, ws=ctx.workspace, cfg=ctx.config)
+    except JobBusy as e:
+        raise UserError(str(e)) from e
+    return "scoring started; the view refreshes when it finishes"
+
+
+def class_choices(ctx: AppContext) -> list[str]:
+    scores = load_scores(ctx)
+    return [ALL, *sorted(scores["class"].unique())] if not scores.empty else [ALL]
+
+
+def hint(ctx: AppContext) -> str:
+    if (ctx.workspace.synthetic_dir / "manifest.csv").exists():
+        return "Synthetic images found but not scored yet: press **Score synthetic images**."
+    return (f"No stored scores in {scores_file(ctx)}. Generate a synthetic set and score it: "
+            f"`python -m core run --workspace {ctx.workspace.root}` (or `python -m core sample` "
+            "then `python -m core filter`).")
+
+
+def build(ctx: AppContext) -> dict:
+    sel = ctx.config.selection
+    with gr.Row():
+        threshold = gr.Slider(0, 1, value=sel.threshold, step=0.01, label="confidence threshold",
+                              elem_id="threshold-slider")
+        strategy = gr.Radio(["threshold", "centroid"], value=sel.strategy, label="strategy")
+        quota = gr.Number(sel.quota_per_class, label="quota per class (0 = none)", precision=0, minimum=0)
+    with gr.Row():
+        show = gr.Radio(["accepted", "rejected", "all"], value="accepted", label="gallery shows")
+        class_filter = gr.Dropdown(class_choices(ctx), value=ALL, label="class")
+        per_class = gr.Slider(1, 64, value=8, step=1, label="images per class")
+    summary = gr.Markdown(elem_id="selection-summary")
+    with gr.Row():
+        counts = gr.Dataframe(label="accepted / rejected per class", interactive=False)
+        curve_plot = gr.Plot(label="acceptance curve")
+    hist = gr.Plot(label="confidence histograms")
+    gallery = gr.Gallery(label="sorted by confidence within each class", columns=8, height=420,
+                         elem_id="selection-gallery", preview=False, fit_columns=False)
+    with gr.Row():
+        score_btn = gr.Button("Score synthetic images")
+        export_btn = gr.Button("Export accepted set", variant="primary")
+    note = gr.Markdown()
+    controls = [threshold, strategy, quota, show, class_filter, per_class]
+    outputs = [summary, counts, gallery, hist, curve_plot]
+
+    def on_change(threshold, strategy, quota, show, class_name, per_class):
+        try:
+            return refilter(ctx, threshold, strategy, quota, show, class_name, per_class)
+        except UserError as e:
+            raise gr.Error(str(e)) from e
+
+    for comp in controls:
+        # slider drags fire often: only the last position matters, so older updates are dropped
+        comp.change(on_change, controls, outputs, trigger_mode="always_last", show_progress="hidden",
+                    api_name="refilter" if comp is threshold else None,
+                    api_visibility="public" if comp is threshold else "private")
+
+    def on_export(t, s, q):
+        try:
+            return export(ctx, t, s, q)
+        except UserError as e:
+            raise gr.Error(str(e)) from e
+
+    def on_score():
+        try:
+            return start_scoring(ctx)
+        except UserError as e:
+            raise gr.Error(str(e)) from e
+
+    export_btn.click(on_export, [threshold, strategy, quota], note, concurrency_id=COMPUTE,
+                     concurrency_limit=1, api_name="export_accepted")
+    score_btn.click(on_score, None, note, concurrency_id=COMPUTE, concurrency_limit=1, api_name="score")
+
+    def refresh(*values):
+        status = ctx.runner.status()
+        scoring = job_markdown(status) if status.get("name") == "scoring" else ""
+        return (gr.update(choices=class_choices(ctx)), scoring, *on_change(*values))
+
+    return {"refresh": (refresh, [class_filter, note, *outputs], controls)}

@@ -1,0 +1,69 @@
+"""How fast the UI can re-filter stored scores, and the backbone's training throughput.
+
+python -m benchmarks.filter_speed [--rows 1000 100000] [--backbone resnet18 --image-size 64]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def scores_table(n: int, classes: int = 9, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    names = [f"c{k}" for k in range(classes)]
+    return pd.DataFrame({"file": [f"{i}.png" for i in range(n)], "class": rng.choice(names, n),
+                         "confidence": rng.random(n), "nearest_class": rng.choice(names, n),
+                         "centroid_distance": rng.random(n)})
+
+
+def best_of(fn, repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    from core.selection import acceptance_curve, apply_threshold
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, nargs="+", default=[1000, 100_000])
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--skip-train", action="store_true")
+    args = parser.parse_args()
+    for n in args.rows:
+        s = scores_table(n)
+        t_thr = best_of(lambda: apply_threshold(s, 0.5, quota_per_class=50))
+        t_cen = best_of(lambda: apply_threshold(s, 0.5, strategy="centroid", quota_per_class=50))
+        t_curve = best_of(lambda: acceptance_curve(s, np.linspace(0, 1, 101)))
+        print(f"rows={n}: threshold+quota {t_thr * 1e3:.1f} ms, centroid+quota {t_cen * 1e3:.1f} ms, "
+              f"curve(101 thresholds) {t_curve * 1e3:.1f} ms")
+    if args.skip_train:
+        return
+    from core.classify import build_backbone
+    model = build_backbone(args.backbone, 9).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 9, (args.batch,))
+    for dtype in (None, torch.bfloat16):
+        def step():
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        step()
+        t = best_of(step, 3)
+        print(f"{args.backbone} {args.image_size}px batch {args.batch} "
+              f"{'bf16' if dtype else 'fp32'}: {args.batch / t:.0f} images/s ({t:.2f} s/step)")
+
+
+if __name__ == "__main__":
+    main()

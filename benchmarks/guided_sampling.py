@@ -1,0 +1,172 @@
+"""Guided sampling images/s: this pipeline vs a loop written like the reference implementation.
+
+Reference loop, as HistoDiffAug's sample_diffusion.py + ldm DDIMSampler do it: fp32, batch 10,
+the UNet under no_grad, the classifier (weights left trainable, as there) differentiated w.r.t.
+its input every step through `torch.enable_grad` + `autograd.grad`. Ours: the pipeline with
+bf16-autocast channels_last UNet, larger batches, a frozen fp32 NCHW classifier. Same (random-init,
+preset-shaped) models and seeds in every arm.
+
+The machine is shared, so one run interleaves the arms round by round (every arm sees the same
+load) and reports medians; achieved FLOP/s is set against a bf16 matmul peak measured in the run.
+
+    python -m benchmarks.guided_sampling [--preset demo] [--rounds 3] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import torch
+from diffusers import DDIMScheduler
+
+from benchmarks.common import count_flops, device_name, markdown_table, matmul_peak, sync
+from core.autoencoder import build_autoencoder
+from core.config import preset
+from core.latent_classifier import build_classifier
+from core.pretrain import build_scheduler, build_unet
+from core.sampling import GuidedLatentPipeline
+
+
+def reference_loop(unet, classifier, scheduler, ids, seeds, scale, steps, eta, batch=10):
+    """The reference's sampler on diffusers' DDIM (guidance at the actual t, not t // 20)."""
+    ddim = DDIMScheduler.from_config(scheduler.config, clip_sample=False)
+    ddim.set_timesteps(steps)
+    c, s = unet.config.in_channels, unet.config.sample_size
+    out = []
+    for lo in range(0, len(seeds), batch):
+        gens = [torch.Generator().manual_seed(k) for k in seeds[lo:lo + batch]]
+        y = torch.tensor(ids[lo:lo + batch])
+        z = torch.stack([torch.randn((c, s, s), generator=g) for g in gens])
+        for t in ddim.timesteps:
+            with torch.no_grad():                              # DDIMSampler is @torch.no_grad
+                eps = unet(z, t).sample
+            with torch.enable_grad():                          # its cond_fn
+                x_in = z.detach().requires_grad_(True)
+                log_probs = torch.log_softmax(classifier(x_in, t.expand(len(x_in))), -1)
+                selected = log_probs[range(len(x_in)), y]
+                grad = torch.autograd.grad(selected.sum(), x_in)[0]
+            eps = eps - scale * (1 - ddim.alphas_cumprod[t]).sqrt() * grad
+            z = ddim.step(eps, t, z, eta=eta, generator=gens).prev_sample
+        out.append(z)
+    return torch.cat(out)
+
+
+def step_flops(unet, classifier, batch: int, guided: bool) -> int:
+    """FLOPs of one denoising step on `batch` latents: UNet forward (+ classifier forward and its
+    backward to the input). Weights are frozen while counting, so no weight-gradient FLOPs count
+    (autograd.grad w.r.t. the input prunes them in every arm too)."""
+    c, s = unet.config.in_channels, unet.config.sample_size
+    z, t = torch.randn(batch, c, s, s), torch.tensor(500)
+    flags = [p.requires_grad for p in classifier.parameters()]
+    classifier.requires_grad_(False)
+
+    def one_step():
+        with torch.no_grad():
+            unet(z, t)
+        if guided:
+            x = z.clone().requires_grad_(True)
+            torch.log_softmax(classifier(x, t.expand(batch)), -1)[:, 0].sum().backward()
+    try:
+        return count_flops(one_step)
+    finally:
+        for p, f in zip(classifier.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def build_models(cfg, device):
+    torch.manual_seed(0)
+    unet = build_unet(cfg.pretrain, cfg.latent_size, cfg.autoencoder.latent_channels).eval().to(device)
+    clf = build_classifier(cfg, [f"c{i}" for i in range(9)], cfg.autoencoder.latent_channels,
+                           cfg.pretrain.num_train_timesteps).eval().to(device)
+    return unet, clf
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--num", type=int, default=60, help="images per arm and round")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=None, help="our batch size (default: sampling.batch_size)")
+    ap.add_argument("--scale", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=3, help="arms are interleaved this many times; medians")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--classifier-widths", default=None,
+                    help="override classifier.block_out_channels, e.g. 64,128,128 (the old demo classifier)")
+    ap.add_argument("--classifier-pooling", choices=("attention", "mean"), default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = preset(args.preset)
+    if args.classifier_widths:
+        widths = tuple(int(w) for w in args.classifier_widths.split(","))
+        cfg = replace(cfg, classifier=replace(cfg.classifier, block_out_channels=widths))
+    if args.classifier_pooling:
+        cfg = replace(cfg, classifier=replace(cfg.classifier, pooling=args.classifier_pooling))
+    batch = args.batch or cfg.sampling.batch_size
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    unet, clf = build_models(cfg, device)
+    vae = build_autoencoder(cfg.autoencoder).eval().to(device)
+    seeds, ids = list(range(args.num)), [k % 9 for k in range(args.num)]
+    peak = matmul_peak(torch.bfloat16, device=device)
+    print(f"device: {device_name(device)}; bf16 matmul 2048^3 peak (this run): {peak / 1e9:.0f} GFLOP/s")
+    print(f"preset {args.preset}: latents {cfg.autoencoder.latent_channels}x{cfg.latent_size}^2, UNet "
+          f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, classifier "
+          f"{tuple(cfg.classifier.block_out_channels)} {cfg.classifier.pooling}-pooled {sum(p.numel() for p in clf.parameters()) / 1e6:.2f}M "
+          f"params; {args.num} images x {args.steps} DDIM steps per arm, {args.rounds} interleaved rounds")
+
+    pipe = GuidedLatentPipeline(unet=unet.to(memory_format=torch.channels_last), vae=vae,
+                                scheduler=build_scheduler(cfg.pretrain), classifier=clf)
+    ours = lambda s: pipe(ids, seeds, s, args.steps, 1.0, output_type="latent",  # noqa: E731
+                          batch_size=batch, mixed_precision="bf16")
+
+    def reference():
+        clf.requires_grad_(True)                                             # as loaded there
+        return reference_loop(unet, clf, pipe.scheduler, ids, seeds, args.scale, args.steps, 1.0)
+
+    def guided():
+        clf.requires_grad_(False)                                            # as load_pipeline does
+        return ours(args.scale)
+
+    def unguided():
+        return ours(0.0)
+    arms = {"reference (fp32, batch 10, classifier autograd, UNet no_grad)": (reference, 10, True),
+            f"ours bf16 UNet + fp32 frozen classifier, batch {batch}, guided": (guided, batch, True),
+            f"ours bf16 UNet, batch {batch}, unguided (s=0)": (unguided, batch, False)}
+    # warm-up: one step of every arm at its real batch shapes (oneDNN builds kernels per shape)
+    steps, args.steps = args.steps, 1
+    for fn, _, _ in arms.values():
+        fn()
+    args.steps = steps
+    times = {name: [] for name in arms}
+    for _ in range(args.rounds):
+        for name, (fn, _, _) in arms.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+
+    rows, med = [], {}
+    for name, (_, b, is_guided) in arms.items():
+        ts = sorted(times[name])
+        med[name] = ts[len(ts) // 2]
+        flops = step_flops(unet, clf, b, is_guided) / b * args.num * args.steps
+        rows.append({"loop": name, "median s": med[name], "min s": ts[0], "images/s": args.num / med[name],
+                     "GFLOP/s": flops / med[name] / 1e9, "% of bf16 peak": 100 * flops / med[name] / peak})
+    ref, g, u = (med[n] for n in arms)
+    for r in rows:
+        r["speed-up vs reference"] = ref / r["median s"]
+    print(markdown_table(rows))
+    # Ratios within a round pair arms run back to back (similar load); their median is the
+    # load-robust figure, the best-of-rounds ratio the least-disturbed one.
+    tr, tg, tu = (times[n] for n in arms)
+    paired = lambda a, b: sorted(x / y for x, y in zip(a, b))[len(a) // 2]  # noqa: E731
+    print(f"speed-up guided vs reference: {ref / g:.2f}x of medians, {paired(tr, tg):.2f}x median per round, "
+          f"{min(tr) / min(tg):.2f}x of bests (target >= 3x)")
+    print(f"guided / unguided time: {g / u:.2f}x of medians, {paired(tg, tu):.2f}x median per round, "
+          f"{min(tg) / min(tu):.2f}x of bests (target <= 1.3x)")
+    print("per-round seconds: " + "; ".join(f"{n.split(',')[0]}: {[round(x, 1) for x in times[n]]}" for n in arms))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""The KL autoencoder (diffusers AutoencoderKL) trained from scratch on the unlabeled pools.
+
+L1 + KL loss as in the reference (LPIPS needs pretrained VGG weights, which do not exist
+offline), optional patch discriminator, scale-by-std stored as `scaling_factor` in the saved
+config, PSNR/SSIM on held-out patches. `encode`/`decode` apply the scaling so every stage
+works on unit-variance latents.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.config import AutoencoderConfig, LabConfig, save_config
+from core.data import ImageDataset, load_pools
+from core.io import atomic_dir
+from core.latents import latent_cache  # noqa: F401  (public: architecture.md lists it here)
+from core.training import (MetricsLog, adamw, check_resume_compatible, make_accelerator,
+                           pool_row_weights, resume_step, step_generator, step_indices,
+                           tensorboard_if_installed, train_loop)
+from core.workspace import Workspace
+
+STAGE = "autoencoder"
+LAB_CONFIG = "lab_config.json"   # the LabConfig; diffusers owns config.json in model folders
+
+
+def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        norm_num_groups=math.gcd(32, *cfg.block_out_channels))
+
+
+def load_autoencoder(ws: Workspace) -> AutoencoderKL:
+    if not (ws.autoencoder_dir / "config.json").exists():
+        raise UserError(f"no autoencoder in {ws.autoencoder_dir} (run `python -m core autoencoder`)")
+    return AutoencoderKL.from_pretrained(ws.autoencoder_dir).eval()
+
+
+def encode(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> scaled latents (posterior mean x scaling_factor)."""
+    param = next(vae.parameters())
+    z = vae.encode(x.to(param.device, param.dtype)).latent_dist.mode()
+    return z * vae.config.scaling_factor
+
+
+def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> pixels in [-1, 1] (clamped)."""
+    param = next(vae.parameters())
+    x = vae.decode(z.to(param.device, param.dtype) / vae.config.scaling_factor).sample
+    return x.clamp(-1, 1)
+
+
+class PatchDiscriminator(torch.nn.Sequential):
+    """PatchGAN (pix2pix NLayerDiscriminator, 3 layers) — diffusers has no discriminator."""
+
+    def __init__(self, channels: int = 64, layers: int = 3):
+        mods: list[torch.nn.Module] = [torch.nn.Conv2d(3, channels, 4, 2, 1), torch.nn.LeakyReLU(0.2)]
+        c = channels
+        for i in range(1, layers + 1):
+            c_out = channels * min(2 ** i, 8)
+            mods += [torch.nn.Conv2d(c, c_out, 4, 2 if i < layers else 1, 1, bias=False),
+                     torch.nn.GroupNorm(math.gcd(32, c_out), c_out), torch.nn.LeakyReLU(0.2)]
+            c = c_out
+        mods.append(torch.nn.Conv2d(c, 1, 4, 1, 1))
+        super().__init__(*mods)
+
+
+def split_held_out(paths: list[str], fraction: float = 0.05, cap: int = 256) -> tuple[list[int], list[int]]:
+    """(train rows, held-out rows) by a stable hash of each path, so reruns hold out the same tiles."""
+    n_hold = min(cap, max(1, int(len(paths) * fraction))) if len(paths) > 1 else 0
+    order = sorted(range(len(paths)), key=lambda i: hashlib.sha1(paths[i].encode()).hexdigest())
+    held = sorted(order[:n_hold])
+    held_set = set(held)
+    return [i for i in range(len(paths)) if i not in held_set], held
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [-1, 1] (computed on the [0, 1] range)."""
+    mse = ((x - y) / 2).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004, Gaussian window) on [0, 1]; no SSIM library is installed."""
+    x, y = (x.float() + 1) / 2, (y.float() + 1) / 2
+    window = min(window, x.shape[-1] // 2 * 2 - 1)
+    g = torch.exp(-((torch.arange(window) - window // 2) ** 2) / (2 * sigma ** 2))
+    g = (g / g.sum()).to(x)
+    k = (g[:, None] * g[None, :]).expand(x.shape[1], 1, window, window)
+
+    def blur(t):
+        return F.conv2d(t, k, groups=x.shape[1])
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(1)
+
+
+@torch.no_grad()
+def evaluate_reconstruction(vae: AutoencoderKL, images: torch.Tensor, batch: int = 32) -> dict:
+    vae.eval()
+    p, s = [], []
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch]
+        rec = decode(vae, encode(vae, x)).float()
+        p.append(psnr(rec, x))
+        s.append(ssim(rec, x))
+    return {"psnr": float(torch.cat(p).mean()), "ssim": float(torch.cat(s).mean()),
+            "held_out": int(len(images))}
+
+
+@torch.no_grad()
+def latent_std(vae: AutoencoderKL, images: torch.Tensor, batch: int = 32) -> float:
+    vae.eval()
+    zs = [vae.encode(images[i:i + batch]).latent_dist.mode() for i in range(0, len(images), batch)]
+    return float(torch.cat(zs).float().std())
+
+
+def _stack(dataset: ImageDataset, rows) -> torch.Tensor:
+    return torch.stack([dataset[int(i)] for i in rows])
+
+
+def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
+    """Train (or resume) the autoencoder; save it with its scaling factor; return PSNR/SSIM."""
+    acfg = cfg.autoencoder
+    pools = load_pools(ws)
+    if pools.empty:
+        raise UserError(f"{ws.data_dir / 'pools.csv'} lists no images")
+    paths = [str(p) for p in pools["path"]]
+    train_rows, held_rows = split_held_out(paths)
+    weights = pool_row_weights(pools.iloc[train_rows].reset_index(drop=True))
+    train_set = ImageDataset([paths[i] for i in train_rows], None, cfg.data.image_size)
+    ckpt_dir = ws.checkpoints_dir / STAGE
+    check_resume_compatible(ckpt_dir, cfg, STAGE, ("block_out_channels", "layers_per_block", "latent_channels"))
+    acc = make_accelerator(acfg.mixed_precision, 1, ckpt_dir, acfg.seed, tensorboard_if_installed())
+    torch.manual_seed(acfg.seed)
+    vae = build_autoencoder(acfg).to(memory_format=torch.channels_last)   # ~2x faster convs on CPU
+    opt = adamw(vae.parameters(), acfg.lr, 0.0, acc.device)
+    use_disc = acfg.disc_weight > 0
+    if use_disc:
+        disc = PatchDiscriminator()
+        disc_opt = adamw(disc.parameters(), acfg.lr, 0.0, acc.device)
+        vae, opt, disc, disc_opt = acc.prepare(vae, opt, disc, disc_opt)
+    else:
+        vae, opt = acc.prepare(vae, opt)
+    start = resume_step(acc, ckpt_dir)
+    if acc.is_main_process:
+        save_config(cfg, ckpt_dir, LAB_CONFIG)
+    if acc.trackers == [] and tensorboard_if_installed():
+        acc.init_trackers(STAGE)
+    log = MetricsLog(ws.metrics_file(STAGE), acc, STAGE, progress, acfg.steps)
+    pixels = 3 * cfg.data.image_size ** 2
+
+    def step_fn(step: int) -> torch.Tensor:
+        vae.train()
+        rows = step_indices(weights, acfg.batch_size, acfg.seed, step, 0, acc.process_index, acc.num_processes)
+        x = _stack(train_set, rows).to(acc.device).contiguous(memory_format=torch.channels_last)
+        with acc.autocast():
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample(generator=step_generator(acfg.seed, step, 0, acc.process_index))).sample
+            # reference ratio: per-image sums of L1 and KL, divided by pixels to keep lr sensible
+            loss = ((rec.float() - x).abs().flatten(1).sum(1) + acfg.kl_weight * post.kl().float()).mean() / pixels
+            if use_disc and step >= acfg.disc_start:
+                loss = loss - acfg.disc_weight * disc(rec).float().mean()
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        opt.step()
+        if use_disc and step >= acfg.disc_start:
+            with acc.autocast():
+                d_loss = (F.relu(1 - disc(x)).mean() + F.relu(1 + disc(rec.detach())).mean()).float()
+            disc_opt.zero_grad(set_to_none=True)
+            acc.backward(d_loss)
+            disc_opt.step()
+        return loss
+
+    def after_step(step: int, loss: float) -> None:
+        rate = None
+        if step % 10 == 0 or step == acfg.steps:
+            rate = log.tick(step, step * acfg.batch_size * acc.num_processes)
+            log.log({"step": step, "loss": loss, "lr": acfg.lr, "images_per_s": rate})
+        log.report(step, loss=loss)
+
+    result = train_loop(acc, start=start, steps=acfg.steps, step_fn=step_fn, ckpt_dir=ckpt_dir,
+                        checkpoint_every=acfg.checkpoint_every, total_limit=2, stop=stop,
+                        after_step=after_step)
+    if result["stopped"]:
+        acc.end_training()
+        return result
+    model = acc.unwrap_model(vae)
+    out = {"step": result["step"], "stopped": False}
+    if acc.is_main_process:
+        held = _stack(ImageDataset([paths[i] for i in held_rows], None, cfg.data.image_size), range(len(held_rows)))
+        fit = _stack(train_set, np.linspace(0, len(train_set) - 1, min(256, len(train_set))).astype(int))
+        model = model.float().to(memory_format=torch.contiguous_format)
+        model.register_to_config(scaling_factor=1.0 / max(latent_std(model, fit), 1e-6))
+        out.update(evaluate_reconstruction(model, held) if held_rows else {})
+        out["scaling_factor"] = float(model.config.scaling_factor)
+        log.log({"step": result["step"], **{k: v for k, v in out.items() if k != "stopped"}})
+        with atomic_dir(ws.autoencoder_dir) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            save_config(cfg, tmp, LAB_CONFIG)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return out
+
+
+@guarded
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core autoencoder",
+                                     description="Train the KL autoencoder on the unlabeled pools.")
+    add_common(parser)
+    args = parser.parse_args(argv)
+    cfg = resolve_config(args)
+    ws = workspace(args)
+    out = train_autoencoder(ws, cfg, progress=None, stop=None)
+    if out.get("stopped"):
+        print(f"{out['reason']} at step {out['step']}; checkpoint saved; rerun the same command to resume")
+        return 130 if out["reason"] == "interrupted" else 0
+    print(f"autoencoder saved to {ws.autoencoder_dir}: " + ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items()))
+    return 0
+
+
+__all__ = ["build_autoencoder", "train_autoencoder", "load_autoencoder", "encode", "decode",
+           "latent_cache", "PatchDiscriminator", "psnr", "ssim", "cli"]

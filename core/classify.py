@@ -1,0 +1,306 @@
+"""The downstream backbone classifier (timm) and the filter classifier that scores synthetic images.
+
+Every run of the protocol grid goes through `train_classifier`: identical epochs, augmentations
+and seeds for the baseline and the augmented arm; the checkpoint kept is the epoch with the best
+VALIDATION balanced accuracy (the test split is only touched by `evaluate` at the very end).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
+from safetensors.torch import load_file, save_file
+from torchvision.transforms import v2
+
+from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.config import ClassifyConfig, LabConfig, config_hash, save_config
+from core.images import BadImage, load_rgb, to_tensor
+from core.io import atomic_dir, atomic_write_json
+from core.metrics import classification_metrics
+from core.workspace import Workspace
+
+MEAN = STD = (0.5, 0.5, 0.5)   # images are fed in [-1, 1] (core.images.to_tensor), i.e. (x - 0.5) / 0.5
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_backbone(name: str, num_classes: int, pretrained_path: str | Path = "") -> torch.nn.Module:
+    """timm model by name, never downloaded; optional local safetensors weights (head skipped
+    when its shape differs, so ImageNet weights can seed a 9-class model)."""
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    except RuntimeError as e:   # timm raises RuntimeError("Unknown model ...")
+        raise UserError(f"classify.backbone: {e}") from None
+    if pretrained_path:
+        path = Path(pretrained_path)
+        if not path.is_file():
+            raise UserError(f"classify.pretrained_path: no file at {path}")
+        if path.suffix != ".safetensors":
+            raise UserError(f"classify.pretrained_path must be a .safetensors file (no pickle), got {path}")
+        state = load_file(str(path))
+        own = model.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not usable:
+            raise UserError(f"classify.pretrained_path: no tensor in {path} matches backbone {name!r}")
+        model.load_state_dict(usable, strict=False)
+    return model
+
+
+# --- images in memory -----------------------------------------------------------------------
+
+def load_images(paths, image_size: int) -> tuple[torch.Tensor, np.ndarray, dict[str, str]]:
+    """Decode once into uint8 (N, 3, S, S); returns (images, index of kept rows, {path: reason}).
+
+    Kept as uint8 so the same decoded set serves every arm and seed of the grid cheaply.
+    """
+    images, keep, skipped = [], [], {}
+    for i, p in enumerate(paths):
+        key = (str(p), image_size)
+        x = _CACHE.get(key)
+        if x is None:
+            try:
+                x = ((to_tensor(load_rgb(p), image_size) + 1) * 127.5).round().to(torch.uint8)
+            except (BadImage, FileNotFoundError) as e:
+                skipped[str(p)] = str(e)
+                continue
+            if len(_CACHE) < _CACHE_LIMIT:
+                _CACHE[key] = x
+        images.append(x)
+        keep.append(i)
+    if not images:
+        return torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), np.array([], int), skipped
+    return torch.stack(images), np.asarray(keep), skipped
+
+
+_CACHE: dict[tuple[str, int], torch.Tensor] = {}
+_CACHE_LIMIT = 50_000
+
+
+def _to_input(batch_u8: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    x = batch_u8.to(dev, non_blocking=True).float().div_(127.5).sub_(1.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _augmenter() -> v2.Compose:
+    # Tissue has no canonical orientation: flips + 90-degree turns; light jitter for stain variation.
+    rot90 = v2.RandomChoice([v2.Lambda(lambda x, k=k: torch.rot90(x, k, dims=(-2, -1))) for k in range(4)])
+    return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), rot90,
+                       v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02)])
+
+
+def _augment(batch_u8: torch.Tensor, aug: v2.Compose) -> torch.Tensor:
+    # v2 transforms draw one set of parameters per call, so each image gets its own call.
+    return torch.stack([aug(img) for img in batch_u8])
+
+
+def _autocast(cfg: ClassifyConfig, dev: torch.device):
+    # torch.autocast rather than an Accelerator: Accelerate's state is process-global and the
+    # other stages of a run_all in the same process pick other precisions; here only autocast
+    # is needed (single device, no checkpoints: a grid run is minutes and restarts whole).
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    if dtype is torch.float16 and dev.type == "cpu":
+        dtype = torch.bfloat16
+    return torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+# --- training -------------------------------------------------------------------------------
+
+def _classify_cfg(cfg) -> ClassifyConfig:
+    """Accept the whole LabConfig as well as its `classify` section."""
+    return cfg.classify if isinstance(cfg, LabConfig) else cfg
+
+
+def train_classifier(train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str],
+                     cfg: ClassifyConfig, seed: int, extra_df: pd.DataFrame | None = None,
+                     progress=None, stop=None, stage: str = "classify"):
+    """Train `cfg.backbone` on train_df (+ extra_df, e.g. accepted synthetic images).
+
+    Frames need `path` and `label`. Returns (model with the best-val-epoch weights, history);
+    history.attrs holds best_epoch, skipped files and stopped.
+    """
+    cfg = _classify_cfg(cfg)
+    torch.manual_seed(seed)
+    dev = device()
+    frames = [train_df] + ([extra_df] if extra_df is not None and len(extra_df) else [])
+    full = pd.concat([f[["path", "label"]] for f in frames], ignore_index=True)
+    x_train, keep, skipped = load_images(full["path"], cfg.image_size)
+    y_train = torch.as_tensor(full["label"].to_numpy()[keep], dtype=torch.long)
+    x_val, vkeep, vskipped = load_images(val_df["path"], cfg.image_size)
+    y_val = val_df["label"].to_numpy()[vkeep]
+    skipped.update(vskipped)
+    if len(x_train) == 0:
+        raise UserError("no readable training image (all files were skipped)")
+    model = build_backbone(cfg.backbone, len(classes), cfg.pretrained_path)
+    model = model.to(dev).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(x_train)
+    if n < 2:
+        raise UserError(f"training needs at least 2 readable images, got {n}")
+    # a trailing batch of one image is dropped: BatchNorm cannot train on a single sample
+    steps_per_epoch = n // cfg.batch_size + (1 if n % cfg.batch_size > 1 else 0)
+    total = steps_per_epoch * cfg.epochs
+    sched = get_scheduler("cosine", opt, num_warmup_steps=total // 10, num_training_steps=total)
+    gen = torch.Generator().manual_seed(seed)
+    aug = _augmenter()
+    rows, best, best_state, step, stopped = [], -1.0, None, 0, False
+    for epoch in range(cfg.epochs):
+        model.train()
+        t0, loss_sum = time.perf_counter(), 0.0
+        order = torch.randperm(n, generator=gen)
+        for b in range(steps_per_epoch):
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x = _to_input(_augment(x_train[idx], aug), dev)
+            with _autocast(cfg, dev):
+                loss = F.cross_entropy(model(x).float(), y_train[idx].to(dev),
+                                       label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            value = loss.item()
+            loss_sum += value
+            if progress is not None:
+                progress({"stage": stage, "step": step, "total": total, "epoch": epoch, "loss": value})
+        if stopped:
+            break
+        val = evaluate_arrays(model, x_val, y_val, classes, cfg) if len(x_val) else {}
+        row = {"epoch": epoch, "train_loss": loss_sum / steps_per_epoch, "lr": sched.get_last_lr()[0],
+               "val_accuracy": val.get("accuracy", np.nan),
+               "val_balanced_accuracy": val.get("balanced_accuracy", np.nan),
+               "images_per_s": n / max(time.perf_counter() - t0, 1e-9)}
+        rows.append(row)
+        score = row["val_balanced_accuracy"] if len(x_val) else epoch   # no val: keep the last epoch
+        if score > best:
+            best, best_state = score, copy.deepcopy(model.state_dict())
+            best_epoch = epoch
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history = pd.DataFrame(rows)
+    history.attrs.update(best_epoch=best_epoch if best_state is not None else None,
+                         skipped=skipped, stopped=stopped, n_train=int(n))
+    return model.eval(), history
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, cfg: ClassifyConfig | None = None,
+            batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax probabilities, pooled penultimate features) for uint8 or [-1, 1] float images."""
+    dev = next(model.parameters()).device
+    model.eval()
+    probs, feats = [], []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        x = _to_input(chunk, dev) if chunk.dtype == torch.uint8 else \
+            chunk.to(dev).contiguous(memory_format=torch.channels_last)
+        with _autocast(cfg or ClassifyConfig(), dev):
+            f = model.forward_head(model.forward_features(x), pre_logits=True)
+            logits = model.get_classifier()(f)
+        probs.append(logits.float().softmax(-1).cpu())
+        feats.append(f.float().cpu())
+    if not probs:
+        return torch.empty(0, 0), torch.empty(0, 0)
+    return torch.cat(probs), torch.cat(feats)
+
+
+def evaluate_arrays(model, images: torch.Tensor, labels, classes: list[str], cfg: ClassifyConfig) -> dict:
+    probs, _ = predict(model, images, cfg)
+    return classification_metrics(np.asarray(labels), probs.argmax(1).numpy(), classes)
+
+
+def evaluate(model: torch.nn.Module, df: pd.DataFrame, classes: list[str], cfg: ClassifyConfig) -> dict:
+    """Test metrics (accuracy, balanced accuracy, macro-F1, per-class recall, confusion matrix)."""
+    cfg = _classify_cfg(cfg)
+    images, keep, skipped = load_images(df["path"], cfg.image_size)
+    if len(images) == 0:
+        raise UserError("no readable evaluation image (all files were skipped)")
+    out = evaluate_arrays(model, images, df["label"].to_numpy()[keep], classes, cfg)
+    out["skipped"] = skipped
+    return out
+
+
+# --- filter classifier ----------------------------------------------------------------------
+
+def class_centroids(features: torch.Tensor, labels, num_classes: int) -> torch.Tensor:
+    """Per-class mean of L2-normalised features, re-normalised (the reference's selection rule)."""
+    f = F.normalize(features.float(), dim=1)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    cent = torch.zeros(num_classes, f.shape[1])
+    cent.index_add_(0, labels, f)
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).unsqueeze(1)
+    return F.normalize(cent / counts, dim=1)
+
+
+def train_filter_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=None, seed: int = 0) -> dict:
+    """Train on the real TRAIN split (VAL picks the epoch), save weights, config and centroids."""
+    from core.data import load_splits
+    splits, classes = load_splits(ws)
+    train_df, val_df = splits[splits.split == "train"], splits[splits.split == "val"]
+    if train_df.empty:
+        raise UserError(f"{ws.split_manifest}: the train split is empty")
+    model, history = train_classifier(train_df, val_df, classes, cfg.classify, seed,
+                                      progress=progress, stop=stop, stage="filter_classifier")
+    if history.attrs["stopped"]:
+        return {"stopped": True, "stage": "filter_classifier"}
+    images, keep, _ = load_images(train_df["path"], cfg.classify.image_size)
+    _, feats = predict(model, images, cfg.classify)
+    cent = class_centroids(feats, train_df["label"].to_numpy()[keep], len(classes))
+    present = np.bincount(train_df["label"].to_numpy()[keep], minlength=len(classes)) > 0
+    info = {"backbone": cfg.classify.backbone, "classes": classes, "image_size": cfg.classify.image_size,
+            "mean": list(MEAN), "std": list(STD), "num_features": int(feats.shape[1]),
+            "best_epoch": history.attrs["best_epoch"], "config_hash": config_hash(cfg.classify),
+            "centroid_classes_present": present.tolist(),
+            "val": history.iloc[-1:].to_dict("records")[0] if len(history) else {}}
+    with atomic_dir(ws.filter_classifier_dir) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        save_file({"centroids": cent.contiguous()}, str(tmp / "centroids.safetensors"))
+        atomic_write_json(tmp / "config.json", info)
+        history.to_csv(tmp / "history.csv", index=False)
+        save_config(cfg, tmp, "lab_config.json")
+    return {"stopped": False, "classes": classes, "best_epoch": info["best_epoch"],
+            "val_balanced_accuracy": float(history["val_balanced_accuracy"].max()) if len(history) else None,
+            "skipped": history.attrs["skipped"]}
+
+
+def load_filter_classifier(ws: Workspace) -> tuple[torch.nn.Module, dict, torch.Tensor]:
+    """(model on the compute device, config.json dict, centroids (C, D))."""
+    folder = ws.filter_classifier_dir
+    for name in ("config.json", "model.safetensors", "centroids.safetensors"):
+        if not (folder / name).exists():
+            raise UserError(f"filter classifier missing {folder / name} "
+                            "(run `python -m core classify --workspace ...` first)")
+    info = json.loads((folder / "config.json").read_text())
+    model = build_backbone(info["backbone"], len(info["classes"]))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model = model.to(device()).to(memory_format=torch.channels_last).eval()
+    cent = load_file(str(folder / "centroids.safetensors"))["centroids"]
+    return model, info, cent
+
+
+@guarded
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core classify",
+                                     description="train the filter classifier on the real train split")
+    add_common(parser)
+    args = parser.parse_args(argv)
+    cfg, ws = resolve_config(args), workspace(args)
+    out = train_filter_classifier(ws, cfg, progress=None)
+    print(json.dumps({k: v for k, v in out.items() if k != "skipped"}, default=str))
+    for path, reason in out.get("skipped", {}).items():
+        print(f"skipped {path}: {reason}")
+    return 0

@@ -1,0 +1,140 @@
+"""A small bundle of a finished demo run (models, synthetic set + scores, results, config) and
+its installer, so the app opens on a fresh machine with everything to look at and no training.
+
+`python -m core export-demo --workspace DIR --to assets/demo_models` writes the bundle;
+`install_demo(bundle, ws)` lays it into a workspace. Every file is listed in bundle.json with
+its SHA-256, so a damaged or half-copied bundle is refused with the files named.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from core.cli import UserError, add_common, guarded, workspace
+from core.io import atomic_dir, atomic_write_json, file_sha256
+from core.workspace import Workspace
+
+MODEL_DIRS = ("autoencoder", "unet", "scheduler", "latent_classifier", "filter_classifier")
+MODEL_FILES = ("*.safetensors", "*.json", "*.csv")
+MANIFEST = "bundle.json"
+
+
+def _parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[Path, str]]]:
+    """bundle-relative destination -> list of (source file, relative name) per top folder."""
+    out: dict[str, list[tuple[Path, str]]] = {}
+    for name in MODEL_DIRS:
+        folder = ws.models_dir / name
+        if not (folder / "config.json").exists() and not any(folder.glob("*.json")):
+            raise UserError(f"cannot export: {folder} has no model (finish `python -m core run` first)")
+        out[f"models/{name}"] = [(p, p.relative_to(folder).as_posix())
+                                 for pattern in MODEL_FILES for p in sorted(folder.rglob(pattern))]
+    needed = {"synthetic": ["manifest.csv", "scores.csv"], "results": ["runs.csv", "summary.json"]}
+    for top, names in needed.items():
+        root = ws.root / top
+        for n in names:
+            if not (root / n).exists():
+                raise UserError(f"cannot export: {root / n} is missing (finish `python -m core run` first)")
+        files = [(root / n, n) for n in names]
+        if top == "results":
+            files += [(p, p.name) for p in sorted(root.glob("*")) if p.is_file() and p.name not in names]
+        if top == "synthetic" and include_images:
+            files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))]
+        out[top] = files
+    out["stages"] = [(p, p.name) for p in sorted(ws.stages_dir.glob("*.json"))]
+    if not (ws.root / "config.json").exists():
+        raise UserError(f"cannot export: {ws.root / 'config.json'} is missing")
+    out["."] = [(ws.root / "config.json", "config.json")]
+    return out
+
+
+def export_demo(ws: Workspace, to: str | Path, include_images: bool = True) -> dict:
+    """Copy a finished run into `to` (replaced whole, atomically); returns the bundle listing."""
+    to = Path(to)
+    parts = _parts(ws, include_images)
+    listing: dict[str, str] = {}
+    with atomic_dir(to) as tmp:
+        for top, files in parts.items():
+            for src, rel in files:
+                dest_rel = rel if top == "." else f"{top}/{rel}"
+                dest = tmp / dest_rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest)
+                listing[dest_rel] = file_sha256(dest)
+        info = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "source_workspace": str(ws.root),
+                "files": listing, "bytes": sum((tmp / r).stat().st_size for r in listing)}
+        atomic_write_json(tmp / MANIFEST, info)
+    return info
+
+
+def verify_bundle(bundle: str | Path) -> dict:
+    bundle = Path(bundle)
+    manifest = bundle / MANIFEST
+    if not manifest.exists():
+        raise UserError(f"{bundle} is not a demo bundle ({MANIFEST} is missing)")
+    try:
+        info = json.loads(manifest.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{manifest} is damaged: {e}") from None
+    bad = [rel for rel, sha in info["files"].items()
+           if not (bundle / rel).is_file() or file_sha256(bundle / rel) != sha]
+    if bad:
+        raise UserError(f"demo bundle {bundle} is damaged or incomplete: {', '.join(bad[:10])}"
+                        + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
+    return info
+
+
+def install_demo(bundle: str | Path, ws: Workspace, overwrite: bool = False, build_data: bool = True) -> dict:
+    """Lay a verified bundle into `ws`: models, synthetic set + scores, results, stage markers,
+    config; then the demo data is rebuilt from assets/ (deterministic, seconds) so the data and
+    results views work. Existing trained models are never replaced unless `overwrite`."""
+    bundle = Path(bundle)
+    info = verify_bundle(bundle)
+    ws.ensure()
+    existing = [ws.models_dir / n for n in MODEL_DIRS if (ws.models_dir / n).exists()]
+    if existing and not overwrite:
+        raise UserError(f"workspace {ws.root} already has models ({', '.join(p.name for p in existing)}); "
+                        "pass overwrite=True (CLI: --overwrite) to replace them")
+    tops = sorted({rel.split("/", 1)[0] if "/" in rel else "." for rel in info["files"]})
+    for top in tops:
+        if top == ".":
+            continue
+        groups = [f"models/{n}" for n in MODEL_DIRS] if top == "models" else [top]
+        for group in groups:
+            src = bundle / group
+            if src.exists():
+                with atomic_dir(ws.root / group) as tmp:
+                    shutil.copytree(src, tmp, dirs_exist_ok=True)
+    shutil.copy2(bundle / "config.json", ws.root / "config.json")
+    data = None
+    if build_data:
+        from core.config import load_config
+        from core.demo_data import build_demo
+        data = build_demo(ws, load_config(ws.root / "config.json"))
+    return {"installed": len(info["files"]), "bytes": info["bytes"], "workspace": str(ws.root),
+            "data": None if data is None else {k: data.get(k) for k in ("classes", "counts", "skipped")}}
+
+
+@guarded
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core export-demo",
+                                     description="bundle a finished demo run, or install a bundle")
+    add_common(parser)
+    parser.add_argument("--to", type=Path, default=None, help="bundle folder to write")
+    parser.add_argument("--no-images", action="store_true", help="leave the synthetic PNGs out")
+    parser.add_argument("--install-from", type=Path, default=None,
+                        help="install this bundle into --workspace instead of exporting")
+    parser.add_argument("--overwrite", action="store_true", help="replace models already in the workspace")
+    args = parser.parse_args(argv)
+    ws = workspace(args)
+    if args.install_from is not None:
+        out = install_demo(args.install_from, ws, overwrite=args.overwrite)
+        print(f"installed {out['installed']} files ({out['bytes'] / 1e6:.1f} MB) into {ws.root}")
+        return 0
+    if args.to is None:
+        raise UserError("--to is required when exporting (e.g. --to assets/demo_models)")
+    info = export_demo(ws, args.to, include_images=not args.no_images)
+    print(f"bundle {args.to}: {len(info['files'])} files, {info['bytes'] / 1e6:.1f} MB")
+    return 0

@@ -1,0 +1,277 @@
+"""Unconditional latent diffusion pre-training (diffusers UNet2DModel + DDPMScheduler) via Accelerate.
+
+Reads scaled latents from the latent cache (no VAE in the loop), mixes pools by weight, trains
+with mixed precision, gradient accumulation and diffusers' EMAModel, checkpoints with
+`accelerator.save_state` (atomic, total limit, resume = latest), writes EMA sample grids and
+saves the EMA UNet + scheduler in diffusers format.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from PIL import Image
+
+from core.autoencoder import LAB_CONFIG, decode, load_autoencoder
+from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.config import LabConfig, PretrainConfig, save_config
+from core.data import load_pools
+from core.images import to_pil
+from core.io import atomic_dir, save_png
+from core.latents import augment, latent_cache
+from core.training import (MetricsLog, adamw, check_resume_compatible, make_accelerator,
+                           pool_row_weights, resume_step, step_generator, step_indices,
+                           tensorboard_if_installed, train_loop)
+from core.workspace import Workspace
+
+STAGE = "pretrain"
+SHAPE_FIELDS = ("block_out_channels", "layers_per_block", "attention_resolutions", "attention_head_dim",
+                "resnet_time_scale_shift", "resblock_updown", "num_train_timesteps")
+GRID_SIZE = 16            # images per EMA sample grid (4 x 4)
+GRID_STEPS = 25           # DDIM steps for the grid: a preview, not the final sampler
+
+
+def build_unet(cfg: PretrainConfig, latent_size: int, latent_channels: int) -> UNet2DModel:
+    """UNet2DModel with attention at `cfg.attention_resolutions` (latent resolutions)."""
+    n = len(cfg.block_out_channels)
+    res = [latent_size // 2 ** i for i in range(n)]
+    attn = [r in cfg.attention_resolutions for r in res]
+    plain_down = "ResnetDownsampleBlock2D" if cfg.resblock_updown else "DownBlock2D"
+    plain_up = "ResnetUpsampleBlock2D" if cfg.resblock_updown else "UpBlock2D"
+    down = tuple("AttnDownBlock2D" if a else plain_down for a in attn)
+    up = tuple("AttnUpBlock2D" if a else plain_up for a in reversed(attn))
+    updown = "resnet" if cfg.resblock_updown else "conv"
+    return UNet2DModel(
+        sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
+        down_block_types=down, up_block_types=up, block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block, attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=math.gcd(32, *cfg.block_out_channels),
+        resnet_time_scale_shift=cfg.resnet_time_scale_shift,
+        downsample_type=updown, upsample_type=updown)
+
+
+def build_scheduler(cfg: PretrainConfig) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start,
+                         beta_end=cfg.beta_end, beta_schedule=cfg.beta_schedule,
+                         prediction_type=cfg.prediction_type, clip_sample=False)
+
+
+def load_unet(ws: Workspace) -> UNet2DModel:
+    if not (ws.unet_dir / "config.json").exists():
+        raise UserError(f"no pre-trained UNet in {ws.unet_dir} (run `python -m core pretrain`)")
+    return UNet2DModel.from_pretrained(ws.unet_dir).eval()
+
+
+def load_scheduler(ws: Workspace) -> DDPMScheduler:
+    if not (ws.scheduler_dir / "scheduler_config.json").exists():
+        raise UserError(f"no scheduler in {ws.scheduler_dir} (run `python -m core pretrain`)")
+    return DDPMScheduler.from_pretrained(ws.scheduler_dir)
+
+
+def prefers_channels_last(device: torch.device, mixed_precision: str) -> bool:
+    """Memory format by measurement (benchmarks/pretrain_step.py --variants): on CPU channels_last
+    sped up fp32 convs but slowed bf16 ones at demo shapes; on CUDA it is the tensor-core layout."""
+    return device.type == "cuda" or mixed_precision == "no"
+
+
+def diffusion_loss(unet, scheduler: DDPMScheduler, z0: torch.Tensor, g: torch.Generator,
+                   cfg: PretrainConfig, autocast, channels_last: bool = False) -> torch.Tensor:
+    """One noising + prediction + loss (epsilon or v target, L1 or L2)."""
+    noise = torch.randn(z0.shape, generator=g).to(z0.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), generator=g).to(z0.device)
+    zt = scheduler.add_noise(z0, noise, t)
+    if channels_last:
+        zt = zt.contiguous(memory_format=torch.channels_last)
+    with autocast():
+        pred = unet(zt, t).sample
+    target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(z0, noise, t)
+    loss_fn = F.l1_loss if cfg.loss == "l1" else F.mse_loss
+    return loss_fn(pred.float(), target)
+
+
+def make_step_fn(acc, unet, scheduler, optimizer, lr_scheduler, ema, latents, weights, cfg: PretrainConfig,
+                 channels_last: bool = False):
+    """The training step: cached latents -> flips/rotations -> noise -> UNet -> AdamW -> EMA."""
+    def step_fn(step: int) -> torch.Tensor:
+        unet.train()
+        losses = []
+        for micro in range(cfg.grad_accum):
+            idx = step_indices(weights, cfg.batch_size, cfg.seed, step, micro, acc.process_index,
+                               acc.num_processes)
+            g = step_generator(cfg.seed, step, micro, acc.process_index)
+            z0 = augment(torch.from_numpy(np.asarray(latents[idx])), g).to(acc.device)
+            with acc.accumulate(unet):
+                loss = diffusion_loss(unet, scheduler, z0, g, cfg, acc.autocast, channels_last)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(unet.parameters(), 1.0)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        ema.step(unet.parameters())
+        return torch.stack(losses).mean()
+    return step_fn
+
+
+@torch.no_grad()
+def sample_latents(unet: UNet2DModel, scheduler, n: int, seed: int, steps: int = GRID_STEPS) -> torch.Tensor:
+    """Unconditional DDIM latents. Hand-written loop: diffusers' DDIMPipeline post-processes its
+    output as pixels (clamp to [0, 1]), which would destroy latents."""
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(steps)
+    param = next(unet.parameters())
+    g = torch.Generator().manual_seed(seed)
+    c, s = unet.config.in_channels, unet.config.sample_size
+    z = torch.randn((n, c, s, s), generator=g).to(param.device)
+    for t in ddim.timesteps:
+        eps = unet(z, t.to(param.device)).sample
+        z = ddim.step(eps, t, z, eta=0.0).prev_sample
+    return z
+
+
+def save_grid(images: list[Image.Image], path: Path, params: dict) -> Path:
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        grid.paste(im, ((i % cols) * w, (i // cols) * h))
+    return save_png(grid, path, params)
+
+
+def pretrain(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
+    """Pre-train (or resume) the unconditional latent UNet; save EMA UNet + scheduler."""
+    pcfg = cfg.pretrain
+    vae = load_autoencoder(ws)
+    pools = load_pools(ws)
+    if pools.empty:
+        raise UserError(f"{ws.data_dir / 'pools.csv'} lists no images")
+    latents = latent_cache(ws, vae, pools["path"].tolist(), cfg.data.image_size, progress=progress, stop=stop)
+    if latents is None:
+        return {"step": 0, "stopped": True, "reason": "stopped"}
+    weights = pool_row_weights(pools.iloc[latents.kept].reset_index(drop=True))
+    ckpt_dir = ws.checkpoints_dir / STAGE
+    check_resume_compatible(ckpt_dir, cfg, "pretrain", SHAPE_FIELDS)
+    acc = make_accelerator(pcfg.mixed_precision, pcfg.grad_accum, ckpt_dir, pcfg.seed, tensorboard_if_installed())
+    torch.manual_seed(pcfg.seed)
+    unet = build_unet(pcfg, latents.shape[-1], latents.shape[1])
+    channels_last = prefers_channels_last(acc.device, acc.mixed_precision)
+    if channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    scheduler = build_scheduler(pcfg)
+    ema = EMAModel(unet.parameters(), decay=pcfg.ema_decay, foreach=True,
+                   model_cls=UNet2DModel, model_config=unet.config)
+    optimizer = adamw(unet.parameters(), pcfg.lr, pcfg.weight_decay, acc.device)
+    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=pcfg.warmup_steps * acc.num_processes,
+                                 num_training_steps=pcfg.steps * acc.num_processes)
+    unet, optimizer, lr_scheduler = acc.prepare(unet, optimizer, lr_scheduler)
+    ema.to(acc.device)
+    _register_ema_hooks(acc, ema)
+    start = resume_step(acc, ckpt_dir)
+    if acc.is_main_process:
+        save_config(cfg, ckpt_dir, LAB_CONFIG)
+        if acc.trackers == [] and tensorboard_if_installed():
+            acc.init_trackers(STAGE)
+    log = MetricsLog(ws.metrics_file(STAGE), acc, STAGE, progress, pcfg.steps)
+    step_fn = make_step_fn(acc, unet, scheduler, optimizer, lr_scheduler, ema, latents, weights, pcfg,
+                           channels_last)
+    window: list[float] = []
+    images_per_step = pcfg.batch_size * pcfg.grad_accum * acc.num_processes
+    log.tick(start, start * images_per_step)
+
+    def after_step(step: int, loss: float) -> None:
+        window.append(loss)
+        if step % pcfg.log_every == 0 or step == pcfg.steps:
+            rate = log.tick(step, step * images_per_step)
+            log.log({"step": step, "loss": float(np.mean(window)), "lr": lr_scheduler.get_last_lr()[0],
+                     "images_per_s": rate})
+            window.clear()
+        if (step % pcfg.sample_every == 0 or step == pcfg.steps) and acc.is_main_process:
+            _ema_grid(acc.unwrap_model(unet), ema, scheduler, vae, ws, step, pcfg.seed)
+        log.report(step, loss=loss)
+
+    result = train_loop(acc, start=start, steps=pcfg.steps, step_fn=step_fn, ckpt_dir=ckpt_dir,
+                        checkpoint_every=pcfg.checkpoint_every, total_limit=pcfg.checkpoints_total_limit,
+                        stop=stop, after_step=after_step)
+    result["skipped_images"] = latents.skipped
+    if not result["stopped"] and acc.is_main_process:
+        _save_final(acc.unwrap_model(unet), ema, scheduler, ws, cfg)
+        result.update(unet_dir=str(ws.unet_dir), scheduler_dir=str(ws.scheduler_dir))
+    acc.wait_for_everyone()
+    acc.end_training()
+    return result
+
+
+def _register_ema_hooks(acc, ema: EMAModel) -> None:
+    """EMA weights travel inside each checkpoint as a diffusers safetensors folder (`unet_ema/`),
+    as in diffusers' train_unconditional — accelerate's own custom-object path would pickle it."""
+    def save_hook(models, weights, output_dir):
+        if acc.is_main_process:
+            ema.save_pretrained(str(Path(output_dir) / "unet_ema"))
+
+    def load_hook(models, input_dir):
+        loaded = EMAModel.from_pretrained(str(Path(input_dir) / "unet_ema"), UNet2DModel, foreach=True)
+        ema.load_state_dict(loaded.state_dict())
+        ema.to(acc.device)
+
+    acc.register_save_state_pre_hook(save_hook)
+    acc.register_load_state_pre_hook(load_hook)
+
+
+def _ema_grid(unet: UNet2DModel, ema: EMAModel, scheduler, vae, ws: Workspace, step: int, seed: int) -> Path:
+    """EMA sample grid decoded through the VAE; the training weights are restored afterwards."""
+    ema.store(unet.parameters())
+    ema.copy_to(unet.parameters())
+    try:
+        unet.eval()
+        z = sample_latents(unet, scheduler, GRID_SIZE, seed)
+        with torch.no_grad():
+            images = to_pil(decode(vae, z.float().cpu()))
+    finally:
+        ema.restore(unet.parameters())
+    return save_grid(images, ws.samples_dir / STAGE / f"step-{step:06d}.png",
+                     {"stage": STAGE, "step": step, "seed": seed, "sampler": "ddim", "steps": GRID_STEPS,
+                      "eta": 0.0, "weights": "ema"})
+
+
+def _save_final(unet: UNet2DModel, ema: EMAModel, scheduler, ws: Workspace, cfg: LabConfig) -> None:
+    final = UNet2DModel.from_config(unet.config)     # a clean config (no EMA bookkeeping keys)
+    ema.copy_to(final.parameters())
+    final = final.to(memory_format=torch.contiguous_format)
+    with atomic_dir(ws.unet_dir) as tmp:
+        final.save_pretrained(tmp, safe_serialization=True)
+        save_config(cfg, tmp, LAB_CONFIG)
+    with atomic_dir(ws.scheduler_dir) as tmp:
+        scheduler.save_pretrained(tmp)
+        save_config(cfg, tmp, LAB_CONFIG)
+    save_config(cfg, ws.samples_dir / STAGE, LAB_CONFIG)
+
+
+@guarded
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core pretrain",
+                                     description="Pre-train the unconditional latent diffusion UNet.")
+    add_common(parser)
+    parser.add_argument("--restart", action="store_true", help="discard checkpoints and start from step 0")
+    args = parser.parse_args(argv)
+    cfg = resolve_config(args)
+    ws = workspace(args)
+    if args.restart:
+        shutil.rmtree(ws.checkpoints_dir / STAGE, ignore_errors=True)
+    out = pretrain(ws, cfg)
+    if out.get("stopped"):
+        print(f"{out['reason']} at step {out['step']}; checkpoint saved; rerun the same command to resume")
+        return 130 if out["reason"] == "interrupted" else 0
+    print(f"pre-trained {out['step']} steps; UNet in {ws.unet_dir}, scheduler in {ws.scheduler_dir}")
+    if out["skipped_images"]:
+        print(f"skipped {len(out['skipped_images'])} unreadable images: {list(out['skipped_images'])[:5]}")
+    return 0

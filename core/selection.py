@@ -1,0 +1,234 @@
+"""Selective filtering of synthetic images: score once with the filter classifier, re-filter free.
+
+`score_synthetic` is the only costly step (one forward pass per image) and stores everything a
+rule needs in synthetic/scores.csv; `apply_threshold` and `acceptance_curve` then work on that
+table alone (vectorised pandas / numpy), so the UI can move a slider without recomputing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.config import LabConfig
+from core.io import atomic_dir, atomic_write_text, folder_hash, read_png_params, save_png
+from core.workspace import Workspace
+
+STRATEGIES = ("threshold", "centroid")
+SCORE_COLUMNS = ["confidence", "predicted", "predicted_class", "nearest_class", "nearest_distance",
+                 "centroid_distance", "error"]
+EXPORT_COLUMNS = ["file", "class", "label", "seed", "guidance_scale", "steps", "scheduler", "eta",
+                  "unet_hash", "vae_hash", "classifier_hash", "filter_hash", "confidence",
+                  "centroid_distance", "nearest_class", "kept"]
+
+
+def synthetic_path(ws: Workspace, file: str) -> Path:
+    """Manifest `file` entries are relative to synthetic/ (absolute paths are accepted too)."""
+    p = Path(str(file))
+    return p if p.is_absolute() else ws.synthetic_dir / p
+
+
+def load_manifest(ws: Workspace) -> pd.DataFrame:
+    path = ws.synthetic_dir / "manifest.csv"
+    if not path.exists():
+        raise UserError(f"no synthetic set: {path} is missing (run `python -m core sample` first)")
+    manifest = pd.read_csv(path, dtype={"class": str})
+    missing = {"file", "class"} - set(manifest.columns)
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    return manifest
+
+
+def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
+                    batch_size: int = 64) -> pd.DataFrame:
+    """Score every manifest image: p(target), predicted class, nearest centroid + distances.
+
+    Unreadable images get NaN scores and an `error` reason (never kept); the table is written
+    to synthetic/scores.csv atomically once all rows are scored.
+    """
+    from core.classify import load_filter_classifier, load_images, predict
+    manifest = load_manifest(ws)
+    model, info, centroids = load_filter_classifier(ws)
+    classes = info["classes"]
+    unknown = sorted(set(manifest["class"].astype(str)) - set(classes))
+    if unknown:
+        raise UserError(f"synthetic/manifest.csv: class(es) {unknown} unknown to the filter "
+                        f"classifier (trained on {classes}); retrain it on the same data")
+    target = manifest["class"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+    n = len(manifest)
+    conf = np.full(n, np.nan)
+    pred = np.full(n, -1)
+    near = np.full(n, -1)
+    near_d, target_d = np.full(n, np.nan), np.full(n, np.nan)
+    errors = np.full(n, "", dtype=object)
+    paths = [synthetic_path(ws, f) for f in manifest["file"]]
+    for start in range(0, n, batch_size):
+        if stop is not None and stop.is_set():
+            partial = manifest.iloc[:0].copy()
+            partial.attrs["stopped"] = True
+            return partial
+        rows = np.arange(start, min(start + batch_size, n))
+        batch_paths = [str(paths[i]) for i in rows]
+        images, keep, skipped = load_images(batch_paths, info["image_size"])
+        for i, p in zip(rows, batch_paths):
+            errors[i] = skipped.get(p, "")
+        if len(keep):
+            probs, feats = predict(model, images)
+            idx = rows[keep]
+            conf[idx] = probs[torch.arange(len(idx)), torch.as_tensor(target[idx])].numpy()
+            pred[idx] = probs.argmax(1).numpy()
+            # cosine distance to each class centroid (features and centroids L2-normalised)
+            dist = 1.0 - F.normalize(feats, dim=1) @ centroids.T
+            near[idx] = dist.argmin(1).numpy()
+            near_d[idx] = dist.min(1).values.numpy()
+            target_d[idx] = dist[torch.arange(len(idx)), torch.as_tensor(target[idx])].numpy()
+        if progress is not None:
+            progress({"stage": "scoring", "step": int(rows[-1]) + 1, "total": n})
+    name = np.array(classes + [""], dtype=object)
+    scores = manifest.assign(label=target, confidence=conf, predicted=pred, predicted_class=name[pred],
+                             nearest_class=name[near], nearest_distance=near_d,
+                             centroid_distance=target_d, error=errors,
+                             filter_hash=folder_hash(ws.filter_classifier_dir))
+    atomic_write_text(ws.synthetic_dir / "scores.csv", scores.to_csv(index=False))
+    return scores
+
+
+def load_scores(ws: Workspace) -> pd.DataFrame:
+    path = ws.synthetic_dir / "scores.csv"
+    if not path.exists():
+        raise UserError(f"no scores: {path} is missing (run `python -m core filter` or the run command)")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""],
+                       dtype={"class": str, "nearest_class": str, "predicted_class": str, "error": str})
+
+
+def apply_threshold(scores: pd.DataFrame, threshold: float, strategy: str = "threshold",
+                    quota_per_class: int = 0) -> pd.DataFrame:
+    """Copy of `scores` with a boolean `kept` and the within-class `rank` used by the quota.
+
+    threshold: keep p(target) >= threshold, most confident first.
+    centroid:  the paper's rule, keep when the nearest class centroid is the target class,
+               nearest first (the threshold is not used).
+    quota_per_class > 0 keeps at most that many per class, best-ranked first.
+    """
+    if strategy not in STRATEGIES:
+        raise UserError(f"selection.strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not 0 <= threshold <= 1:
+        raise UserError(f"selection.threshold must be in [0, 1], got {threshold}")
+    if quota_per_class < 0:
+        raise UserError(f"selection.quota_per_class must be >= 0, got {quota_per_class}")
+    out = scores.copy()
+    conf = out["confidence"].to_numpy(dtype=np.float64)
+    if strategy == "threshold":
+        ok = conf >= threshold                       # NaN (unreadable) compares False
+        key = -conf
+    else:
+        ok = (out["nearest_class"].astype(str) == out["class"].astype(str)).to_numpy() \
+            & np.isfinite(out["centroid_distance"].to_numpy(dtype=np.float64))
+        key = out["centroid_distance"].to_numpy(dtype=np.float64)
+    rank = pd.Series(np.where(ok, key, np.inf), index=out.index) \
+        .groupby(out["class"].to_numpy()).rank(method="first").to_numpy()
+    out["rank"] = np.where(ok, rank, np.nan)
+    out["kept"] = ok & ((quota_per_class == 0) | (rank <= quota_per_class))
+    return out
+
+
+def acceptance_curve(scores: pd.DataFrame, thresholds) -> pd.DataFrame:
+    """Accepted count and rate per class (and "all") at each threshold: tidy, one row each."""
+    t = np.asarray(list(thresholds), dtype=np.float64)
+    conf = scores["confidence"].to_numpy(dtype=np.float64)
+    hits = conf[None, :] >= t[:, None]                               # (T, N)
+    cls = scores["class"].astype(str).to_numpy()
+    frames = []
+    for name in list(pd.unique(cls)) + ["all"]:
+        mask = np.ones_like(cls, dtype=bool) if name == "all" else cls == name
+        accepted = hits[:, mask].sum(1)
+        total = int(mask.sum())
+        frames.append(pd.DataFrame({"threshold": t, "class": name, "accepted": accepted,
+                                    "total": total, "rate": accepted / max(total, 1)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def export_accepted(ws: Workspace, kept_df: pd.DataFrame, out_dir: str | Path | None = None) -> Path:
+    """Write the kept images as an ImageFolder (CLASS/*.png) + manifest.csv, atomically.
+
+    Each PNG is re-saved (lossless) with its generation parameters plus its filter scores in the
+    "parameters" text chunk, so a copied file still says where it came from and why it was kept.
+    """
+    out_dir = Path(out_dir) if out_dir is not None else ws.accepted_dir
+    rows = kept_df[kept_df["kept"].astype(bool)] if "kept" in kept_df.columns else kept_df.assign(kept=True)
+    records, skipped = [], []
+    with atomic_dir(out_dir) as tmp:
+        for row in rows.to_dict("records"):
+            src = synthetic_path(ws, row["file"])
+            rel = Path(str(row["class"])) / src.name
+            try:
+                params = read_png_params(src)
+                with Image.open(src) as im:
+                    image = im.convert("RGB")
+            except (OSError, ValueError) as e:     # damaged since scoring: skip it, list it
+                skipped.append({"file": row["file"], "reason": f"{type(e).__name__}: {e}"})
+                continue
+            params.update({k: _plain(row.get(k)) for k in
+                           ("confidence", "centroid_distance", "nearest_class", "filter_hash")})
+            save_png(image, tmp / rel, params)
+            record = {c: _plain(row.get(c)) for c in EXPORT_COLUMNS}
+            record.update(file=rel.as_posix(), kept=True)
+            records.append(record)
+        pd.DataFrame(records, columns=EXPORT_COLUMNS).to_csv(tmp / "manifest.csv", index=False)
+        if skipped:
+            pd.DataFrame(skipped).to_csv(tmp / "skipped.csv", index=False)
+    return out_dir
+
+
+def _plain(value):
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+def select(ws: Workspace, cfg: LabConfig, threshold: float | None = None, strategy: str | None = None,
+           quota: int | None = None) -> pd.DataFrame:
+    """Stored scores filtered with the config's (or the given) rule."""
+    sel = cfg.selection
+    return apply_threshold(load_scores(ws), sel.threshold if threshold is None else threshold,
+                           strategy or sel.strategy, sel.quota_per_class if quota is None else quota)
+
+
+@guarded
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core filter",
+                                     description="score synthetic images and export the accepted set")
+    add_common(parser)
+    parser.add_argument("--threshold", type=float, default=None, help="keep p(target) >= T")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=None)
+    parser.add_argument("--quota", type=int, default=None, help="max images kept per class (0 = all)")
+    parser.add_argument("--rescore", action="store_true", help="recompute scores.csv")
+    parser.add_argument("--out", type=Path, default=None, help="export folder (default: workspace/accepted)")
+    args = parser.parse_args(argv)
+    cfg, ws = resolve_config(args), workspace(args)
+    apply_threshold(pd.DataFrame(columns=["class", "confidence", "nearest_class", "centroid_distance"]),
+                    cfg.selection.threshold if args.threshold is None else args.threshold,
+                    args.strategy or cfg.selection.strategy, args.quota or 0)   # bad values fail first
+    if args.rescore or not (ws.synthetic_dir / "scores.csv").exists():
+        score_synthetic(ws, cfg, progress=None)
+    kept = select(ws, cfg, args.threshold, args.strategy, args.quota)
+    out = export_accepted(ws, kept, args.out)
+    per_class = kept.groupby("class")["kept"].agg(["sum", "count"])
+    for name, r in per_class.iterrows():
+        print(f"{name}: kept {int(r['sum'])} of {int(r['count'])}")
+    bad = kept[kept["error"].fillna("").astype(str) != ""] if "error" in kept else kept.iloc[:0]
+    for row in bad.itertuples():
+        print(f"skipped {row.file}: {row.error}")
+    if (out / "skipped.csv").exists():
+        for row in pd.read_csv(out / "skipped.csv").itertuples():
+            print(f"not exported {row.file}: {row.reason}")
+    print(f"exported {len(pd.read_csv(out / 'manifest.csv'))} images to {out}")
+    return 0

@@ -1,0 +1,91 @@
+"""The served app through gradio_client: sampling streams, progress arrives, stop ends the core
+loop, the compute slot is shared, the threshold endpoint re-filters."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from served import serve
+
+
+@pytest.fixture(scope="module")
+def served_app(lab_workspace):
+    from app.context import AppContext
+    from gradio_client import Client
+    ctx = AppContext.create(lab_workspace.root)
+    with serve(ctx) as (demo, url):
+        yield ctx, Client(url, verbose=False, download_files=False)
+
+
+def _wait_running(ctx, previous_id, timeout=30.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        st = ctx.runner.status()
+        if st["job_id"] != previous_id and st["state"] == "running" and st["step"] > 0:
+            return st
+        time.sleep(0.05)
+    raise AssertionError(f"sampling did not start: {ctx.runner.status()}")
+
+
+def _sample_args(name, steps=3, num=3, batch=1, seed=5):
+    return dict(class_name=name, guidance_scale=2.0, steps=steps, eta=1.0, seed=seed, num_images=num,
+                batch_size=batch)
+
+
+def test_sampling_streams_images_and_progress(served_app):
+    ctx, client = served_app
+    from app.tab_sampling import class_names
+    job = client.submit(*_sample_args(class_names(ctx)[0]).values(), api_name="/sample")
+    outputs = list(job)
+    sizes = [len(o[0]) for o in outputs]
+    assert sizes[-1] == 3 and {1, 2} <= set(sizes)                  # the gallery filled step by step
+    assert any("running" in o[2] for o in outputs)                   # progress arrived while running
+    assert "done" in outputs[-1][2]
+
+
+def test_stop_endpoint_stops_the_core_loop(served_app):
+    ctx, client = served_app
+    from app.tab_sampling import class_names
+    before = ctx.runner.status()["job_id"]
+    job = client.submit(*_sample_args(class_names(ctx)[0], steps=200, num=2, batch=2).values(),
+                        api_name="/sample")
+    _wait_running(ctx, before)
+    client.predict(api_name="/sample_stop")
+    job.result(timeout=30)
+    status = ctx.runner.wait(10)
+    assert status["state"] == "stopped" and status["step"] < status["total"]
+
+
+def test_client_cancel_stops_the_core_loop(served_app):
+    """Gradio closes the handler's generator on cancel; the handler then stops the job."""
+    ctx, client = served_app
+    from app.tab_sampling import class_names
+    before = ctx.runner.status()["job_id"]
+    job = client.submit(*_sample_args(class_names(ctx)[0], steps=200, num=64, batch=1).values(),
+                        api_name="/sample")
+    _wait_running(ctx, before)
+    end = time.time() + 30
+    while time.time() < end and not job.outputs():     # the client must see the event streaming
+        time.sleep(0.05)
+    job.cancel()
+    status = ctx.runner.wait(30)
+    assert status["state"] == "stopped" and status["progress"] < 0.5
+
+
+def test_compute_events_share_one_slot(served_app):
+    ctx, client = served_app
+    from app.tab_sampling import class_names
+    name = class_names(ctx)[0]
+    jobs = [client.submit(*_sample_args(name, steps=20, num=2, batch=2, seed=s).values(), api_name="/sample")
+            for s in (1, 2)]
+    results = [j.result(timeout=60) for j in jobs]             # the second waited, it was not refused
+    assert all(len(r[0]) == 2 and "done" in r[2] for r in results)
+
+
+def test_threshold_endpoint_refilters(served_app):
+    ctx, client = served_app
+    low = client.predict(0.1, "threshold", 0, "accepted", "all classes", 8, api_name="/refilter")
+    high = client.predict(0.9, "threshold", 0, "accepted", "all classes", 8, api_name="/refilter")
+    assert "accepted" in low[0] and low[0] != high[0]
+    assert len(low[2]) > len(high[2])

@@ -1,0 +1,45 @@
+"""Test data for the autoencoder / latent cache / pre-training tests: a workspace with two pools."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from core.workspace import Workspace
+
+
+def tissue_like(rng: np.random.Generator, size: int) -> Image.Image:
+    """Pink background with purple blobs: structured enough that an autoencoder can learn it."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = rng.uniform([200, 140, 170], [240, 180, 210])
+    for _ in range(rng.integers(2, 6)):
+        cy, cx, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(size / 10, size / 4)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2) < r * r
+        img[mask] = rng.uniform([80, 40, 120], [140, 90, 180])
+    img += rng.normal(0, 6, img.shape)
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
+
+
+def make_pool_workspace(root: Path, n_per_pool=(12, 6), size: int = 32, weights=(0.5, 0.5),
+                        seed: int = 0) -> Workspace:
+    ws = Workspace(root).ensure()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p, (n, w) in enumerate(zip(n_per_pool, weights)):
+        folder = ws.unlabeled_dir / f"pool{p}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            path = folder / f"tile{i:03d}.png"
+            tissue_like(rng, size).save(path)
+            rows.append({"path": str(path), "pool": f"pool{p}", "weight": w})
+    pd.DataFrame(rows).to_csv(ws.data_dir / "pools.csv", index=False)
+    return ws
+
+
+def tiny(cfg, **pretrain):
+    """The tiny preset with pre-training fields overridden (deterministic fp32 by default)."""
+    return replace(cfg, pretrain=replace(cfg.pretrain, **{"mixed_precision": "no", **pretrain}))

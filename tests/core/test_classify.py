@@ -1,0 +1,114 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from core.classify import (build_backbone, class_centroids, evaluate, load_filter_classifier,
+                           load_images, predict, train_classifier, train_filter_classifier)
+from core.cli import UserError
+from core.config import apply_overrides
+from core.workspace import Workspace
+from labdata import make_splits
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return Workspace(tmp_path / "ws").ensure()
+
+
+@pytest.fixture
+def cfg(tiny_cfg):
+    return apply_overrides(tiny_cfg, ["classify.epochs=3", "classify.batch_size=8", "classify.lr=0.003"])
+
+
+def test_train_learns_selects_on_val_and_skips_corrupt_files(ws, cfg):
+    splits = make_splits(ws)
+    classes = ["tumor", "stroma"]
+    bad = ws.root / "broken.png"
+    bad.write_bytes(b"not a png")
+    train = pd.concat([splits[splits.split == "train"],
+                       pd.DataFrame([{"path": str(bad), "label": 0}])], ignore_index=True)
+    val, test = splits[splits.split == "val"], splits[splits.split == "test"]
+    model, history = train_classifier(train, val, classes, cfg.classify, seed=0)
+    assert list(history.columns[:3]) == ["epoch", "train_loss", "lr"]
+    assert len(history) == 3
+    assert history.attrs["best_epoch"] == int(history["val_balanced_accuracy"].idxmax())
+    assert str(bad) in history.attrs["skipped"]
+    metrics = evaluate(model, test, classes, cfg.classify)
+    assert metrics["accuracy"] >= 0.75, metrics          # colour-separable classes
+    assert np.array(metrics["confusion_matrix"]).sum() == len(test)
+    assert set(metrics["per_class_recall"]) == set(classes)
+
+
+def test_same_seed_same_model(ws, cfg):
+    splits = make_splits(ws, per_split={"train": 4, "val": 2})
+    one = apply_overrides(cfg, ["classify.epochs=1"]).classify
+    train, val = splits[splits.split == "train"], splits[splits.split == "val"]
+    a, _ = train_classifier(train, val, ["tumor", "stroma"], one, seed=3)
+    b, _ = train_classifier(train, val, ["tumor", "stroma"], one, seed=3)
+    images, _, _ = load_images(val["path"], one.image_size)
+    assert torch.allclose(predict(a, images)[0], predict(b, images)[0])
+
+
+def test_predict_returns_probs_and_pooled_features():
+    model = build_backbone("test_resnet", 3).eval()
+    probs, feats = predict(model, torch.randint(0, 255, (5, 3, 32, 32), dtype=torch.uint8))
+    assert probs.shape == (5, 3) and torch.allclose(probs.sum(1), torch.ones(5), atol=1e-3)
+    assert feats.shape == (5, model.num_features)
+
+
+def test_backbone_errors_name_the_field(tmp_path):
+    with pytest.raises(UserError, match="classify.backbone"):
+        build_backbone("no_such_net", 2)
+    with pytest.raises(UserError, match="classify.pretrained_path"):
+        build_backbone("test_resnet", 2, tmp_path / "missing.safetensors")
+    # local weights load (classifier head with another class count is skipped by shape)
+    src = build_backbone("test_resnet", 5)
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(weights))
+    dst = build_backbone("test_resnet", 2, weights)
+    first = next(iter(src.state_dict()))
+    assert torch.equal(dst.state_dict()[first], src.state_dict()[first])
+    assert dst.get_classifier().out_features == 2
+
+
+def test_centroids_are_unit_class_means():
+    feats = torch.tensor([[2.0, 0.0], [0.0, 3.0], [0.0, 1.0]])
+    cent = class_centroids(feats, [0, 1, 1], 2)
+    assert torch.allclose(cent, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+
+
+def test_filter_classifier_roundtrip_never_reads_test(ws, cfg):
+    splits = make_splits(ws)
+    # point the test rows at missing files: training must not touch them
+    splits.loc[splits.split == "test", "path"] = str(ws.root / "nowhere.png")
+    splits.to_csv(ws.split_manifest, index=False)
+    out = train_filter_classifier(ws, cfg)
+    assert out["stopped"] is False and out["classes"] == ["tumor", "stroma"]
+    model, info, cent = load_filter_classifier(ws)
+    assert info["backbone"] == "test_resnet" and info["image_size"] == 32
+    assert cent.shape == (2, model.num_features)
+    assert torch.allclose(cent.norm(dim=1), torch.ones(2), atol=1e-5)
+    saved = json.loads((ws.filter_classifier_dir / "config.json").read_text())
+    assert saved["classes"] == ["tumor", "stroma"]
+    assert (ws.filter_classifier_dir / "lab_config.json").exists()
+
+
+def test_stop_event_returns_early(ws, cfg):
+    import threading
+    make_splits(ws)
+    stop = threading.Event()
+    stop.set()
+    assert train_filter_classifier(ws, cfg, stop=stop)["stopped"] is True
+    assert not ws.filter_classifier_dir.exists()
+
+
+def test_trailing_single_image_batch_is_dropped(ws, cfg):
+    splits = make_splits(ws, per_split={"train": 9, "val": 2})       # 18 train images
+    one = apply_overrides(cfg, ["classify.epochs=1", "classify.batch_size=17"]).classify
+    _, history = train_classifier(splits[splits.split == "train"], splits[splits.split == "val"],
+                                  ["tumor", "stroma"], one, seed=0)
+    assert len(history) == 1 and history.attrs["n_train"] == 18

@@ -1,0 +1,258 @@
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import core.experiment as experiment
+from core.cli import UserError
+from core.config import apply_overrides
+from core.workspace import Workspace
+from labdata import make_splits, make_synthetic
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fast(cfg):
+    return apply_overrides(cfg, ["classify.epochs=2", "classify.batch_size=8", "classify.lr=0.01",
+                                 "experiment.seeds=0,1,2", "experiment.synthetic_ratios=0.5,1.0",
+                                 "selection.threshold=0.0"])
+
+
+def fake_generative_stages(monkeypatch, calls):
+    """Data, autoencoder, diffusion and sampling replaced by writers of their real output files
+    (the real ones are covered by their own tests and the end-to-end run); the filter classifier,
+    scoring, selection and the grid run for real."""
+    real = experiment.stage_functions
+
+    def writer(stage, write):
+        def fn(ws, cfg, progress=None, stop=None):
+            calls.append(stage)
+            write(ws, cfg)
+            return {"stage": stage}
+        return fn
+
+    def model_dir(folder):
+        def write(ws, cfg):
+            folder(ws).mkdir(parents=True, exist_ok=True)
+            (folder(ws) / "config.json").write_text(json.dumps({"made_by": folder(ws).name}))
+        return write
+
+    def data(ws, cfg):
+        make_splits(ws)
+        pd.DataFrame({"path": [], "pool": [], "weight": []}).to_csv(ws.data_dir / "pools.csv", index=False)
+
+    def stages(labeled, test, unlabeled):
+        out = real(labeled, test, unlabeled)
+        out.update(data=writer("data", data),
+                   autoencoder=writer("autoencoder", model_dir(lambda ws: ws.autoencoder_dir)),
+                   pretrain=writer("pretrain", lambda ws, cfg: (model_dir(lambda w: w.unet_dir)(ws, cfg),
+                                                                model_dir(lambda w: w.scheduler_dir)(ws, cfg))),
+                   latent_classifier=writer("latent_classifier", model_dir(lambda ws: ws.latent_classifier_dir)),
+                   sampling=writer("sampling", lambda ws, cfg: make_synthetic(ws, per_class=12)))
+        for name in ("filter_classifier", "scoring", "selection"):
+            out[name] = _counted(out[name], name, calls)
+        return out
+    monkeypatch.setattr(experiment, "stage_functions", stages)
+
+
+def _counted(fn, name, calls):
+    def wrapped(*a, **k):
+        calls.append(name)
+        return fn(*a, **k)
+    return wrapped
+
+
+def test_stages_skip_by_hash_and_grid_resumes(tmp_path, tiny_cfg, monkeypatch):
+    calls = []
+    fake_generative_stages(monkeypatch, calls)
+    ws = Workspace(tmp_path / "ws")
+    cfg = fast(tiny_cfg)
+    summary = experiment.run_all(ws, cfg)
+    assert calls == list(experiment.PIPELINE)
+    runs = pd.read_csv(ws.results_dir / "runs.csv")
+    assert len(runs) == 3 * (1 + 2)                     # seeds x (baseline + 2 ratios)
+    assert set(runs.arm) == {"baseline", "augmented"}
+    aug = runs[runs.arm == "augmented"]
+    assert (aug.n_synthetic == (aug.synthetic_ratio * aug.n_real).round()).all()
+    assert {"recall_tumor", "recall_stroma", "macro_f1", "balanced_accuracy"} <= set(runs.columns)
+    assert summary["classes"] == ["tumor", "stroma"]
+    assert len(summary["baseline"]["accuracy"]["runs"]) == 3
+    assert summary["delta"]["accuracy"]["n"] == 3 and summary["delta"]["accuracy"]["low"] is not None
+    assert summary["synthetic"]["generated"] == 24
+    saved = json.loads((ws.results_dir / "summary.json").read_text())
+    assert saved["augmented"]["macro_f1"]["mean"] == pytest.approx(summary["augmented"]["macro_f1"]["mean"])
+    assert saved["config"]["classify"]["epochs"] == 2
+    assert (ws.stages_dir / "pretrain.json").exists()
+
+    # same config: nothing reruns, no run is retrained (runs.csv rows are reused)
+    calls.clear()
+    mtime = os.path.getmtime(ws.filter_classifier_dir / "model.safetensors")
+    experiment.run_all(ws, cfg)
+    assert calls == []
+    assert os.path.getmtime(ws.filter_classifier_dir / "model.safetensors") == mtime
+    assert pd.read_csv(ws.results_dir / "runs.csv")["seconds"].tolist() == runs["seconds"].tolist()
+
+    # a sampling change reruns sampling and what reads it, not the models before it
+    calls.clear()
+    other = experiment.run_all(ws, apply_overrides(cfg, ["sampling.guidance_scale=3.0"]))
+    assert calls == ["sampling"]       # same images -> same manifest hash -> scoring still valid
+    # ...but the manifest holds no image made at guidance 3: none is used, and the runs are redone
+    assert other["synthetic"]["generated"] == 0
+    assert (pd.read_csv(ws.results_dir / "runs.csv")["n_synthetic"] == 0).all()
+
+    # a damaged marker reruns that stage (its rewritten outputs hash the same, so nothing after
+    # it reruns); sampling reruns because the config went back to guidance 10
+    calls.clear()
+    (ws.stages_dir / "autoencoder.json").write_text("{ not json")
+    experiment.run_all(ws, cfg)
+    assert calls == ["autoencoder", "sampling"]
+    # the guidance-10 runs came back from the archive instead of being retrained
+    assert pd.read_csv(ws.results_dir / "runs.csv")["seconds"].tolist() == runs["seconds"].tolist()
+    assert len(pd.read_csv(ws.results_dir / "runs_other_configs.csv")) == len(runs)
+
+
+def test_killed_grid_resumes_where_it_stopped(tmp_path, tiny_cfg, monkeypatch):
+    calls = []
+    fake_generative_stages(monkeypatch, calls)
+    ws = Workspace(tmp_path / "ws")
+    cfg = apply_overrides(fast(tiny_cfg), ["experiment.synthetic_ratios=1.0", "experiment.seeds=0,1"])
+    stop = threading.Event()
+    finished = []
+
+    def progress(p):
+        if p.get("stage") == "experiment" and p.get("run", 0) >= 2:
+            finished.append(p["run"])
+            stop.set()                      # stop inside the 2nd grid run
+    out = experiment.run_all(ws, cfg, progress=progress, stop=stop)
+    assert out["stopped"] is True and out["runs_done"] == 1
+    assert len(pd.read_csv(ws.results_dir / "runs.csv")) == 1
+    calls.clear()
+    summary = experiment.run_all(ws, cfg)
+    assert calls == []                      # every stage was finished before the stop
+    runs = pd.read_csv(ws.results_dir / "runs.csv")
+    assert len(runs) == 4 and summary["runs"] == 4
+
+
+def test_draw_synthetic_keeps_real_class_prior():
+    real = pd.DataFrame({"path": [f"r{i}" for i in range(10)], "label": [0] * 8 + [1] * 2})
+    acc = pd.DataFrame({"path": [f"s{i}" for i in range(40)], "label": [0] * 20 + [1] * 20})
+    out = experiment.draw_synthetic(acc, real, 1.0, seed=0)
+    assert out["label"].value_counts().to_dict() == {0: 8, 1: 2}
+    capped = experiment.draw_synthetic(acc, real, 3.0, seed=0)
+    assert capped["label"].value_counts().to_dict() == {0: 20, 1: 6}     # class 0 capped at 20
+    assert experiment.draw_synthetic(acc.iloc[:0], real, 1.0, 0).empty
+
+
+def test_cli_rejects_test_without_labeled(tmp_path):
+    assert experiment.cli(["--workspace", str(tmp_path), "--preset", "tiny", "--test", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_on_demo_data(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    cmd = [sys.executable, "-m", "core", "run", "--preset", "tiny", "--workspace", str(tmp_path / "ws")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "ws" / "results" / "summary.json").read_text())
+    assert summary["synthetic"]["generated"] > 0 and len(summary["baseline"]["accuracy"]["runs"]) >= 2
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0
+    assert all(v == "skipped" for v in
+               json.loads((tmp_path / "ws" / "results" / "summary.json").read_text())["stage_seconds"].values())
+
+
+def test_real_pipeline_on_demo_data_in_process(tmp_path, tiny_cfg):
+    """Every real stage on the bundled demo with the tiny preset (fewer steps), then a rerun
+    that skips every stage and every grid run."""
+    cfg = apply_overrides(tiny_cfg, ["autoencoder.steps=6", "pretrain.steps=6", "classifier.steps=6",
+                                     "classify.epochs=1", "sampling.num_per_class=6"])
+    ws = Workspace(tmp_path / "ws")
+    summary = experiment.run_all(ws, cfg)
+    assert summary["synthetic"]["generated"] == 6 * len(summary["classes"])
+    assert len(summary["baseline"]["accuracy"]["runs"]) == len(cfg.experiment.seeds)
+    for name in ("baseline", "augmented"):
+        assert 0 <= summary[name]["accuracy"]["mean"] <= 1
+    assert summary["delta"]["macro_f1"]["n"] == len(cfg.experiment.seeds)
+    runs = pd.read_csv(ws.results_dir / "runs.csv")
+    assert (runs[runs.arm == "augmented"].n_synthetic <= summary["synthetic"]["accepted"]).all()
+    again = experiment.run_all(ws, cfg)
+    assert set(again["stage_seconds"].values()) == {"skipped"}
+    assert pd.read_csv(ws.results_dir / "runs.csv")["seconds"].tolist() == runs["seconds"].tolist()
+    # bundle the finished run and install it elsewhere: the app's data is there and a rerun
+    # of the same command skips every stage and every grid run
+    from core.demo_models import export_demo, install_demo
+    bundle = tmp_path / "bundle"
+    info = export_demo(ws, bundle)
+    assert "models/unet/config.json" in info["files"] and "synthetic/scores.csv" in info["files"]
+    other = Workspace(tmp_path / "installed")
+    install_demo(bundle, other)
+    assert (other.filter_classifier_dir / "model.safetensors").exists()
+    assert (other.results_dir / "summary.json").exists() and other.split_manifest.exists()
+    again = experiment.run_all(other, cfg)
+    redone = {k for k, v in again["stage_seconds"].items() if v != "skipped"}
+    assert redone == {"selection"}       # accepted/ is not bundled: re-exported from the scores
+    assert again["baseline"]["accuracy"]["runs"] == summary["baseline"]["accuracy"]["runs"]
+    with pytest.raises(UserError, match="already has models"):
+        install_demo(bundle, other)
+    (bundle / "models" / "unet" / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="damaged or incomplete: models/unet/config.json"):
+        install_demo(bundle, Workspace(tmp_path / "third"))
+
+
+def _user_image_folder(root, classes, per_class, size, seed):
+    rng = np.random.default_rng(seed)
+    from labdata import tile
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            tile(rng, label, size).save(root / name / f"{name}_{i}.jpg", quality=95)
+    return root
+
+
+@pytest.mark.slow
+def test_user_image_folder_with_separate_test_folder(tmp_path, tiny_cfg):
+    """Another data set unchanged: 3 classes, 40 px JPEGs (resized to the preset's 32), a
+    separate test folder, no unlabeled pool (the target's train images pre-train, labels unused)."""
+    classes = ["adipose", "lymphocytes", "tumor"]
+    train = _user_image_folder(tmp_path / "train", classes, 12, 40, seed=0)
+    test = _user_image_folder(tmp_path / "test", classes, 5, 40, seed=1)
+    (train / "tumor" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    cfg = apply_overrides(tiny_cfg, ["autoencoder.steps=4", "pretrain.steps=4", "classifier.steps=4",
+                                     "classify.epochs=1", "sampling.num_per_class=4"])
+    ws = Workspace(tmp_path / "ws")
+    summary = experiment.run_all(ws, cfg, labeled=train, test=test)
+    assert summary["classes"] == classes
+    runs = pd.read_csv(ws.results_dir / "runs.csv")
+    assert (runs.n_test == 15).all()                       # the given test folder, whole
+    assert {f"recall_{c}" for c in classes} <= set(runs.columns)
+    assert pd.read_csv(ws.data_dir / "pools.csv")["pool"].unique().tolist() == ["target_train_unlabeled"]
+    assert summary["synthetic"]["generated"] == 4 * 3
+
+
+@pytest.mark.slow
+def test_cli_on_a_pathmnist_style_npz(tmp_path):
+    """`python -m core run --labeled X.npz`: MedMNIST arrays (28 px, labels (N, 1)), own test split."""
+    from labdata import tile
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 10), ("val", 3), ("test", 4)):
+        labels = np.repeat(np.arange(3), n)
+        arrays[f"{split}_images"] = np.stack([np.asarray(tile(rng, k, 28)) for k in labels])
+        arrays[f"{split}_labels"] = labels[:, None]
+    npz = tmp_path / "three_tissues.npz"           # not named pathmnist: classes are class_0..2
+    np.savez(npz, **arrays)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    cmd = [sys.executable, "-m", "core", "run", "--preset", "tiny", "--workspace", str(tmp_path / "ws"),
+           "--labeled", str(npz), "--set", "autoencoder.steps=4", "--set", "pretrain.steps=4",
+           "--set", "classifier.steps=4", "--set", "classify.epochs=1"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "ws" / "results" / "summary.json").read_text())
+    assert len(summary["classes"]) == 3
+    assert pd.read_csv(tmp_path / "ws" / "results" / "runs.csv")["n_test"].eq(12).all()

@@ -1,0 +1,161 @@
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from core.__main__ import main as core_main
+from core.cli import UserError
+from core.io import read_png_params
+from core.latent_classifier import build_classifier
+from core.sampling import MANIFEST_COLUMNS, generate, generate_dataset, load_pipeline, sample_images
+from core.workspace import Workspace
+from test_latent_classifier import make_model_workspace
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fp32(cfg):
+    return replace(cfg, sampling=replace(cfg.sampling, mixed_precision="no", batch_size=3, steps=4))
+
+
+@pytest.fixture
+def ws(tmp_path, tiny_cfg):
+    ws = make_model_workspace(tmp_path / "ws", tiny_cfg)
+    torch.manual_seed(1)
+    build_classifier(tiny_cfg, ["tumor", "stroma"], 4, 1000).save_pretrained(ws.latent_classifier_dir)
+    return ws
+
+
+def diffusers_ddim(unet, scheduler_config, seeds, steps, eta):
+    """diffusers' own DDIMPipeline loop (without its pixel post-processing) on the same noise."""
+    sched = DDIMScheduler.from_config(scheduler_config, clip_sample=False)
+    sched.set_timesteps(steps)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    c, s = unet.config.in_channels, unet.config.sample_size
+    z = randn_tensor((len(seeds), c, s, s), generator=gens, dtype=torch.float32)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            z = sched.step(unet(z, t).sample, t, z, eta=eta, generator=gens).prev_sample
+    return z
+
+
+@pytest.mark.parametrize("steps,eta", [(7, 0.0), (13, 1.0)])
+def test_scale_zero_ddim_equals_diffusers_loop(ws, tiny_cfg, steps, eta):
+    pipe = load_pipeline(ws, tiny_cfg)
+    seeds = [3, 14, 15, 92]
+    out = pipe([0, 1, 0, 1], seeds, 0.0, steps, eta, "ddim", output_type="latent", batch_size=4,
+               mixed_precision="no")
+    ref = diffusers_ddim(pipe.unet, pipe.scheduler.config, seeds, steps, eta)
+    assert float((out.images - ref).abs().max()) <= 1e-5
+
+
+def test_guidance_raises_target_probability_and_seeds_regenerate_alone(ws, tiny_cfg):
+    pipe = load_pipeline(ws, tiny_cfg)
+    seeds, ids = [1, 2, 3, 4, 5, 6], [0, 1, 0, 1, 0, 1]
+    plain = pipe(ids, seeds, 0.0, 5, 1.0, output_type="latent", mixed_precision="no").images
+    guided = pipe(ids, seeds, 30.0, 5, 1.0, output_type="latent", mixed_precision="no").images
+
+    def p_target(z):
+        with torch.no_grad():
+            return torch.softmax(pipe.classifier(z, 0), -1)[torch.arange(len(ids)), torch.tensor(ids)].mean()
+    assert p_target(guided) > p_target(plain)
+    alone = pipe([1], [4], 30.0, 5, 1.0, output_type="latent", mixed_precision="no").images
+    torch.testing.assert_close(alone[0], guided[3], atol=1e-4, rtol=1e-4)
+
+
+def test_ddpm_bf16_pil_and_interrupt(ws, tiny_cfg):
+    pipe = load_pipeline(ws, tiny_cfg)
+    out = pipe([0, 1], [7, 8], 5.0, 6, 0.0, "ddpm", mixed_precision="bf16")
+    assert len(out.images) == 2 and out.images[0].size == (32, 32) and not out.interrupted
+    seen = []
+
+    def cb(step, total, latents, x0):
+        seen.append((step, total, tuple(x0.shape)))
+        return step < 2
+    out = pipe([0], [7], 5.0, 6, 1.0, callback=cb)
+    assert out.interrupted and out.images == [] and [s[0] for s in seen] == [1, 2] and seen[0][1] == 6
+
+
+def test_generate_writes_params_manifest_and_resumes(ws, tiny_cfg):
+    cfg = fp32(tiny_cfg)
+    rows = generate(ws, cfg, "stroma", 4, seed=10, guidance_scale=2.5, steps=3, eta=0.5)
+    assert sorted(r["seed"] for r in rows) == [10, 11, 12, 13]
+    manifest = pd.read_csv(ws.synthetic_dir / "manifest.csv")
+    assert list(manifest.columns) == MANIFEST_COLUMNS and len(manifest) == 4
+    first = ws.synthetic_dir / "stroma" / "stroma-seed10-s2.5.png"
+    params = read_png_params(first)
+    assert params["seed"] == 10 and params["guidance_scale"] == 2.5 and params["steps"] == 3
+    assert params["class"] == "stroma" and params["unet_hash"] == manifest["unet_hash"][0]
+    mtime = first.stat().st_mtime_ns
+    generate(ws, cfg, "stroma", 6, seed=10, guidance_scale=2.5, steps=3, eta=0.5)   # resume: 2 new
+    manifest = pd.read_csv(ws.synthetic_dir / "manifest.csv")
+    assert len(manifest) == 6 and manifest["file"].is_unique and first.stat().st_mtime_ns == mtime
+    # the UI path gives the same image from the same seed and parameters
+    again = sample_images(ws, cfg, "stroma", [10], 2.5, 3, 0.5)[0]
+    from PIL import Image
+    import numpy as np
+    diff = np.abs(np.asarray(again, np.int16) - np.asarray(Image.open(first), np.int16)).max()
+    assert diff <= 1
+
+
+def test_generate_dataset_per_class_and_preview(ws, tiny_cfg):
+    cfg = replace(fp32(tiny_cfg), sampling=replace(fp32(tiny_cfg).sampling, num_per_class=2))
+    frame = generate_dataset(ws, cfg)
+    assert frame.groupby("class").size().to_dict() == {"stroma": 2, "tumor": 2}
+    by_class = frame.groupby("class")["seed"].apply(set)
+    assert by_class["tumor"].isdisjoint(by_class["stroma"])   # classes never share initial noise
+    assert (ws.synthetic_dir / "config.json").exists()
+    previews = []
+    sample_images(ws, cfg, "tumor", [1], 1.0, 4, 1.0,
+                  callback=lambda s, n, im: previews.append(im), preview_every=2)
+    assert [p is not None for p in previews] == [False, True, False, True]
+
+
+def test_bad_input_is_a_clear_error(ws, tiny_cfg, tmp_path):
+    with pytest.raises(UserError, match="unknown class 'LYM'.*tumor"):
+        generate(ws, tiny_cfg, "LYM", 2, 0)
+    with pytest.raises(UserError, match="guidance_scale"):
+        generate(ws, tiny_cfg, "tumor", 2, 0, guidance_scale=-1)
+    with pytest.raises(UserError, match="steps"):
+        generate(ws, tiny_cfg, "tumor", 2, 0, steps=0)
+    empty = Workspace(tmp_path / "empty").ensure()
+    with pytest.raises(UserError, match="autoencoder.*UNet.*scheduler.*latent classifier"):
+        generate(empty, tiny_cfg, "tumor", 2, 0)
+    assert core_main(["sample", "--workspace", str(empty.root), "--preset", "tiny", "--class", "tumor"]) == 2
+
+
+def test_cli_sample(ws, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = core_main(["sample", "--workspace", str(ws.root), "--preset", "tiny", "--class", "tumor",
+                    "--guidance-scale", "3", "--steps", "2", "--seed", "5", "--num", "2", "--out", str(out)])
+    assert rc == 0 and sorted(p.name for p in (out / "tumor").iterdir()) == ["tumor-seed5-s3.png", "tumor-seed6-s3.png"]
+
+
+@pytest.mark.distributed
+def test_two_processes_split_seeds_without_duplicates(ws, tmp_path):
+    script = tmp_path / "gen.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(ROOT)!r})
+        from dataclasses import replace
+        from core.config import preset
+        from core.sampling import generate
+        from core.workspace import Workspace
+        cfg = preset("tiny")
+        cfg = replace(cfg, sampling=replace(cfg.sampling, batch_size=2, steps=2))
+        generate(Workspace({str(ws.root)!r}), cfg, "tumor", 7, seed=100)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", str(script)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = pd.read_csv(ws.synthetic_dir / "manifest.csv")
+    assert sorted(manifest["seed"]) == list(range(100, 107)) and manifest["file"].is_unique
