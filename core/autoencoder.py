@@ -144,7 +144,8 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
     check_resume_compatible(ckpt_dir, cfg, STAGE, ("block_out_channels", "layers_per_block", "latent_channels"))
     acc = make_accelerator(acfg.mixed_precision, 1, ckpt_dir, acfg.seed, tensorboard_if_installed())
     torch.manual_seed(acfg.seed)
-    vae = build_autoencoder(acfg).to(memory_format=torch.channels_last)   # ~2x faster convs on CPU
+    # channels_last: fp32 CPU convs 3.1 vs 3.9 s/step at demo shapes
+    vae = build_autoencoder(acfg).to(memory_format=torch.channels_last)
     opt = adamw(vae.parameters(), acfg.lr, 0.0, acc.device)
     use_disc = acfg.disc_weight > 0
     if use_disc:

@@ -262,8 +262,15 @@ def preset(name: str) -> LabConfig:
         # Guidance runs the classifier forward + backward every step; at the UNet's widths
         # (64, 128, 128) with attention pooling it cost as much as the UNet (issue 4). Half the
         # widths and global mean pooling (guided-diffusion's "adaptive" pool) cost ~0.1-0.2 of it.
-        return LabConfig(preset="demo", classifier=LatentClassifierConfig(
-            block_out_channels=(32, 64, 64), pooling="mean")).validate()
+        # Sized for about an hour on 2 CPU cores in total (see `make demo-models`).
+        return LabConfig(
+            preset="demo",
+            autoencoder=AutoencoderConfig(steps=500, mixed_precision="bf16"),
+            pretrain=PretrainConfig(steps=2500),
+            classifier=LatentClassifierConfig(block_out_channels=(32, 64, 64), pooling="mean"),
+            sampling=SamplingConfig(num_per_class=200),
+            experiment=ExperimentConfig(synthetic_ratios=(0.5, 1.0)),
+        ).validate()
     if name == "tiny":
         return LabConfig(
             preset="tiny",

@@ -20,7 +20,7 @@ import pandas as pd
 from core.cli import UserError, add_common, guarded, resolve_config, workspace
 from core.config import LabConfig, config_hash, save_config, to_dict
 from core.io import atomic_write_json, atomic_write_text, folder_hash
-from core.metrics import markdown_table, summarize  # noqa: F401  (summarize is public here too)
+from core.metrics import markdown_table, paired_interval, summarize  # noqa: F401  (public here too)
 from core.workspace import Workspace
 
 PIPELINE = ("data", "autoencoder", "pretrain", "latent_classifier", "filter_classifier",

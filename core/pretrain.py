@@ -77,9 +77,9 @@ def load_scheduler(ws: Workspace) -> DDPMScheduler:
 
 
 def prefers_channels_last(device: torch.device, mixed_precision: str) -> bool:
-    """Memory format by measurement (benchmarks/pretrain_step.py --variants): on CPU channels_last
-    sped up fp32 convs but slowed bf16 ones at demo shapes; on CUDA it is the tensor-core layout."""
-    return device.type == "cuda" or mixed_precision == "no"
+    """Memory format by measurement (benchmarks/pretrain_step.py --variants): on 2 CPU cores at demo
+    shapes NCHW was faster for bf16 and equal for fp32; on CUDA channels_last is the tensor-core layout."""
+    return device.type == "cuda"
 
 
 def diffusion_loss(unet, scheduler: DDPMScheduler, z0: torch.Tensor, g: torch.Generator,

@@ -7,8 +7,6 @@ table alone (vectorised pandas / numpy), so the UI can move a slider without rec
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np

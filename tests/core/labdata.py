@@ -3,7 +3,6 @@ separates them in a couple of epochs (a real learning signal, not a mock)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
