@@ -11,6 +11,7 @@ from typing import Any
 from core.cli import UserError
 from core.config import LabConfig, apply_overrides, from_dict, preset
 from core.jobs import JobRunner
+from core.training import fresh_accelerator_state
 from core.workspace import Workspace
 
 COMPUTE = "compute"      # the one Gradio concurrency id shared by every compute event
@@ -80,17 +81,7 @@ class AppContext:
         return cfg.validate()
 
 
-def reset_accelerate_state() -> None:
-    """Forget the previous job's Accelerator settings before the next job starts.
-
-    Accelerate keeps mixed precision and gradient accumulation in process-wide singletons and
-    refuses a second Accelerator with other settings ("AcceleratorState has already been
-    initialized"). A CLI run is one process per stage; the lab's server runs many stages one
-    after another (one slot, so never two at once), so each job starts from a clean state.
-    """
-    from accelerate.state import AcceleratorState, GradientState
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+reset_accelerate_state = fresh_accelerator_state  # each job starts from a clean Accelerate state
 
 
 def load_workspace_config(ws: Workspace, preset_name: str | None = None,

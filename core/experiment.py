@@ -21,6 +21,7 @@ from core.cli import UserError, add_common, guarded, resolve_config, workspace
 from core.config import LabConfig, config_hash, save_config, to_dict
 from core.io import atomic_write_json, atomic_write_text, folder_hash
 from core.metrics import markdown_table, paired_interval, summarize  # noqa: F401  (public here too)
+from core.training import fresh_accelerator_state
 from core.workspace import Workspace
 
 PIPELINE = ("data", "autoencoder", "pretrain", "latent_classifier", "filter_classifier",
@@ -106,14 +107,6 @@ def _jsonable(result):
     if isinstance(result, dict):
         return json.loads(json.dumps(result, default=str))
     return None
-
-
-def _fresh_accelerate_state() -> None:
-    # Accelerate keeps one process-global AcceleratorState and refuses a second Accelerator with
-    # another mixed_precision (autoencoder "no", pretrain "bf16"); stages run one after another
-    # here, so the state is cleared between them (the process group, if any, is kept).
-    from accelerate.state import AcceleratorState
-    AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _stopped(result, stop) -> bool:
@@ -327,7 +320,7 @@ def run_all(ws: Workspace, cfg: LabConfig, labeled=None, test=None, unlabeled=()
         if progress is not None:
             progress({"stage": stage, "step": 0, "total": 0, "pipeline_step": i, "pipeline_total": len(PIPELINE)})
         t0 = time.perf_counter()
-        _fresh_accelerate_state()
+        fresh_accelerator_state()
         result = functions[stage](ws, cfg, progress=progress, stop=stop)
         if _stopped(result, stop):
             return {"stopped": True, "stage": stage}

@@ -29,12 +29,25 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
 
 
+def fresh_accelerator_state() -> None:
+    """Forget the previous Accelerator's settings (the process group, if any, is kept).
+
+    Accelerate keeps mixed precision and gradient accumulation in process-wide singletons and
+    refuses a second Accelerator with other settings; stages run one after another in one process
+    (`core run`, the lab's job slot), each with its own precision.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
 def make_accelerator(mixed_precision: str, grad_accum: int, project_dir: Path, seed: int,
                      log_with: str | None = None) -> Accelerator:
     """One Accelerator for CPU, one GPU or many (torchrun / accelerate launch set the env)."""
     cpu = not torch.cuda.is_available()
     if cpu and mixed_precision == "fp16":
         mixed_precision = "bf16"          # fp16 autocast on CPU is slow and needs a scaler: use bf16
+    fresh_accelerator_state()
     accelerator = Accelerator(
         mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu,
         project_config=ProjectConfiguration(project_dir=str(project_dir)), log_with=log_with)
