@@ -44,6 +44,10 @@ def _parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[Path, st
             files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))]
         out[top] = files
     out["stages"] = [(p, p.name) for p in sorted(ws.stages_dir.glob("*.json"))]
+    # training curves and EMA sample grids, so the pre-training tab opens populated too
+    out["metrics"] = [(p, p.name) for p in sorted(ws.metrics_dir.glob("*.jsonl"))]
+    out["samples"] = [(p, p.relative_to(ws.samples_dir).as_posix())
+                      for p in sorted((ws.samples_dir / "pretrain").glob("*.png"))]
     if not (ws.root / "config.json").exists():
         raise UserError(f"cannot export: {ws.root / 'config.json'} is missing")
     out["."] = [(ws.root / "config.json", "config.json")]
