@@ -268,7 +268,8 @@ def preset(name: str) -> LabConfig:
             autoencoder=AutoencoderConfig(steps=500, mixed_precision="bf16"),
             pretrain=PretrainConfig(steps=2500),
             classifier=LatentClassifierConfig(block_out_channels=(32, 64, 64), pooling="mean"),
-            sampling=SamplingConfig(num_per_class=200),
+            # the demo sweep (issue 4 note): mean p(target) peaks near s = 3 and falls by s = 10
+            sampling=SamplingConfig(num_per_class=200, guidance_scale=3.0),
             # The filter classifier ships in the demo bundle (<= 40 MB in all): a 1.5M-parameter
             # MobileNetV3 keeps it at 6 MB where resnet18 would take 45 MB.
             classify=ClassifyConfig(backbone="mobilenetv3_small_100"),

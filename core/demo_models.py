@@ -13,6 +13,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from core.cli import UserError, add_common, guarded, workspace
 from core.io import atomic_dir, atomic_write_json, file_sha256
 from core.workspace import Workspace
@@ -41,7 +43,9 @@ def _parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[Path, st
         if top == "results":
             files += [(p, p.name) for p in sorted(root.glob("*")) if p.is_file() and p.name not in names]
         if top == "synthetic" and include_images:
-            files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))]
+            current = _current_files(ws)
+            files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))
+                      if p.relative_to(root).as_posix() in current]
         out[top] = files
     out["stages"] = [(p, p.name) for p in sorted(ws.stages_dir.glob("*.json"))]
     # training curves and EMA sample grids, so the pre-training tab opens populated too
@@ -52,6 +56,22 @@ def _parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[Path, st
         raise UserError(f"cannot export: {ws.root / 'config.json'} is missing")
     out["."] = [(ws.root / "config.json", "config.json")]
     return out
+
+
+def _current_files(ws: Workspace) -> set[str]:
+    """Synthetic images made by the workspace's own config (the folder may also hold images from
+    other guidance scales the lab generated); only those go into the bundle."""
+    from core.config import load_config
+    from core.experiment import current_selection
+    rows = current_selection(ws, load_config(ws.root / "config.json"))
+    return set(rows["file"].astype(str))
+
+
+def _filter_tables(bundle_synthetic: Path, keep: set[str]) -> None:
+    for name in ("manifest.csv", "scores.csv"):
+        path = bundle_synthetic / name
+        frame = pd.read_csv(path)
+        frame[frame["file"].astype(str).isin(keep)].to_csv(path, index=False)
 
 
 def export_demo(ws: Workspace, to: str | Path, include_images: bool = True) -> dict:
@@ -66,7 +86,12 @@ def export_demo(ws: Workspace, to: str | Path, include_images: bool = True) -> d
                 dest = tmp / dest_rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest)
-                listing[dest_rel] = file_sha256(dest)
+        if include_images:
+            _filter_tables(tmp / "synthetic", _current_files(ws))
+        for top, files in parts.items():
+            for _, rel in files:
+                dest_rel = rel if top == "." else f"{top}/{rel}"
+                listing[dest_rel] = file_sha256(tmp / dest_rel)
         info = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "source_workspace": str(ws.root),
                 "files": listing, "bytes": sum((tmp / r).stat().st_size for r in listing)}
         atomic_write_json(tmp / MANIFEST, info)
