@@ -11,7 +11,6 @@ from typing import Any
 from core.cli import UserError
 from core.config import LabConfig, apply_overrides, from_dict, preset
 from core.jobs import JobRunner
-from core.training import fresh_accelerator_state
 from core.workspace import Workspace
 
 COMPUTE = "compute"      # the one Gradio concurrency id shared by every compute event
@@ -22,7 +21,7 @@ class AppContext:
     workspace: Workspace
     config: LabConfig
     data_roots: tuple[Path, ...] = ()
-    runner: JobRunner = field(default_factory=lambda: JobRunner(before_job=reset_accelerate_state))
+    runner: JobRunner = field(default_factory=JobRunner)
 
     @classmethod
     def create(cls, workspace: str | Path, data_roots: list[str | Path] | tuple = (),
@@ -36,7 +35,7 @@ class AppContext:
                 raise UserError(f"--data-root {root} is not a folder")
             roots.append(path)
         return cls(workspace=ws, config=load_workspace_config(ws, preset_name, overrides),
-                   data_roots=tuple(roots), runner=runner or JobRunner(before_job=reset_accelerate_state))
+                   data_roots=tuple(roots), runner=runner or JobRunner())
 
     @property
     def allowed_roots(self) -> tuple[Path, ...]:
@@ -79,9 +78,6 @@ class AppContext:
                 clean[name] = value
         cfg = dataclasses.replace(self.config, **{section: dataclasses.replace(sub, **clean)})
         return cfg.validate()
-
-
-reset_accelerate_state = fresh_accelerator_state  # each job starts from a clean Accelerate state
 
 
 def load_workspace_config(ws: Workspace, preset_name: str | None = None,

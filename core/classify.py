@@ -105,9 +105,8 @@ def _augment(batch_u8: torch.Tensor, aug: v2.Compose) -> torch.Tensor:
 
 
 def _autocast(cfg: ClassifyConfig, dev: torch.device):
-    # torch.autocast rather than an Accelerator: Accelerate's state is process-global and the
-    # other stages of a run_all in the same process pick other precisions; here only autocast
-    # is needed (single device, no checkpoints: a grid run is minutes and restarts whole).
+    # torch.autocast rather than an Accelerator: a grid run is one device, minutes long and
+    # restarted whole, so it needs neither Accelerate's checkpoints nor its distribution.
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
     if dtype is torch.float16 and dev.type == "cpu":
         dtype = torch.bfloat16

@@ -21,7 +21,6 @@ from core.cli import UserError, add_common, guarded, resolve_config, workspace
 from core.config import LabConfig, config_hash, save_config, to_dict
 from core.io import atomic_write_json, atomic_write_text, folder_hash
 from core.metrics import markdown_table, paired_interval, summarize  # noqa: F401  (public here too)
-from core.training import fresh_accelerator_state
 from core.workspace import Workspace
 
 PIPELINE = ("data", "autoencoder", "pretrain", "latent_classifier", "filter_classifier",
@@ -320,7 +319,6 @@ def run_all(ws: Workspace, cfg: LabConfig, labeled=None, test=None, unlabeled=()
         if progress is not None:
             progress({"stage": stage, "step": 0, "total": 0, "pipeline_step": i, "pipeline_total": len(PIPELINE)})
         t0 = time.perf_counter()
-        fresh_accelerator_state()
         result = functions[stage](ws, cfg, progress=progress, stop=stop)
         if _stopped(result, stop):
             return {"stopped": True, "stage": stage}

@@ -258,7 +258,7 @@ def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=N
     scheduler = load_scheduler_checked(ws)
     ckpt_dir = ws.checkpoints_dir / f"{STAGE}-finetune"
     _forget_other_runs(ckpt_dir, config_hash(c, p.loss, len(latents)))
-    accelerator = make_accelerator(c.mixed_precision, 1, ws.root, c.seed)  # one precision per process
+    accelerator = make_accelerator(c.mixed_precision, 1, ws.root, c.seed)  # the classifier stage's precision
     unet = UNet2DModel.from_pretrained(ws.unet_dir)
     optimizer = adamw(unet.parameters(), c.finetune_lr, p.weight_decay, accelerator.device)
     unet, optimizer = accelerator.prepare(unet, optimizer)
