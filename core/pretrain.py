@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -268,6 +269,8 @@ def cli(argv: list[str]) -> int:
     if args.restart:
         shutil.rmtree(ws.checkpoints_dir / STAGE, ignore_errors=True)
     out = pretrain(ws, cfg)
+    if int(os.environ.get("RANK", "0")) != 0:       # under torchrun / accelerate launch: report once
+        return 130 if out.get("reason") == "interrupted" else 0
     if out.get("stopped"):
         print(f"{out['reason']} at step {out['step']}; checkpoint saved; rerun the same command to resume")
         return 130 if out["reason"] == "interrupted" else 0
