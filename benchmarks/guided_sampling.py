@@ -2,8 +2,10 @@
 
 Reference loop, as HistoDiffAug's sample_diffusion.py + ldm DDIMSampler do it: fp32, batch 10,
 the UNet under no_grad, the classifier (weights left trainable, as there) differentiated w.r.t.
-its input every step through `torch.enable_grad` + `autograd.grad`. Ours: the pipeline with
-bf16-autocast channels_last UNet, larger batches, a frozen fp32 NCHW classifier. Same (random-init,
+its input every step through `torch.enable_grad` + `autograd.grad`. The issue-4 reference also
+keeps the UNet's graph. Ours: the pipeline with a bf16-autocast UNet (channels_last on CUDA only:
+on CPU it slows group norm ~3x), larger batches, a frozen fp32 classifier; then the same with
+`compile=True` (inductor, the UNet's weights frozen into its graph). Same (random-init,
 preset-shaped) models and seeds in every arm.
 
 The machine is shared, so one run interleaves the arms round by round (every arm sees the same
@@ -24,7 +26,7 @@ from benchmarks.common import count_flops, device_name, markdown_table, matmul_p
 from core.autoencoder import build_autoencoder
 from core.config import preset
 from core.latent_classifier import build_classifier
-from core.pretrain import build_scheduler, build_unet
+from core.pretrain import build_scheduler, build_unet, prefers_channels_last
 from core.sampling import GuidedLatentPipeline
 
 
@@ -94,6 +96,7 @@ def main(argv=None) -> None:
     ap.add_argument("--scale", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=3, help="arms are interleaved this many times; medians")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile arms (~1 min compiling)")
     ap.add_argument("--classifier-widths", default=None,
                     help="override classifier.block_out_channels, e.g. 64,128,128 (the old demo classifier)")
     ap.add_argument("--classifier-pooling", choices=("attention", "mean"), default=None)
@@ -117,66 +120,75 @@ def main(argv=None) -> None:
           f"{tuple(cfg.classifier.block_out_channels)} {cfg.classifier.pooling}-pooled {sum(p.numel() for p in clf.parameters()) / 1e6:.2f}M "
           f"params; {args.num} images x {args.steps} DDIM steps per arm, {args.rounds} interleaved rounds")
 
-    pipe = GuidedLatentPipeline(unet=unet.to(memory_format=torch.channels_last), vae=vae,
+    layout = torch.channels_last if prefers_channels_last(device, "bf16") else torch.contiguous_format
+    pipe = GuidedLatentPipeline(unet=unet.to(memory_format=layout), vae=vae,
                                 scheduler=build_scheduler(cfg.pretrain), classifier=clf)
-    ours = lambda s: pipe(ids, seeds, s, args.steps, 1.0, output_type="latent",  # noqa: E731
-                          batch_size=batch, mixed_precision="bf16")
 
-    def reference():
-        clf.requires_grad_(True)                                             # as loaded there
-        return reference_loop(unet, clf, pipe.scheduler, ids, seeds, args.scale, args.steps, 1.0)
-
-    def reference_graph():
-        clf.requires_grad_(True)
-        return reference_loop(unet, clf, pipe.scheduler, ids, seeds, args.scale, args.steps, 1.0,
-                              unet_graph=True)
-
-    def guided():
+    def ours(scale, compile=False, classifier_precision="no"):
         clf.requires_grad_(False)                                            # as load_pipeline does
-        return ours(args.scale)
+        return pipe(ids, seeds, scale, args.steps, 1.0, output_type="latent", batch_size=batch,
+                    mixed_precision="bf16", classifier_precision=classifier_precision, compile=compile)
 
-    def unguided():
-        return ours(0.0)
-    arms = {"reference (fp32, batch 10, classifier autograd, UNet no_grad)": (reference, 10, True),
-            f"ours bf16 UNet + fp32 frozen classifier, batch {batch}, guided": (guided, batch, True),
-            f"ours bf16 UNet, batch {batch}, unguided (s=0)": (unguided, batch, False),
-            "issue-4 reference (fp32, batch 10, autograd through UNet + classifier)": (reference_graph, 10, True)}
-    # warm-up: one step of every arm at its real batch shapes (oneDNN builds kernels per shape)
+    def reference(unet_graph=False):
+        clf.requires_grad_(True)                                             # as loaded there
+        return reference_loop(unet, clf, pipe.scheduler, ids, seeds, args.scale, args.steps, 1.0,
+                              unet_graph=unet_graph)
+
+    # key: (label, fn, batch, guided)
+    arms = {"ref": ("reference (fp32, batch 10, classifier autograd, UNet no_grad)", reference, 10, True),
+            "ref4": ("issue-4 reference (fp32, batch 10, autograd through UNet + classifier)",
+                     lambda: reference(unet_graph=True), 10, True),
+            "guided": (f"ours: bf16 UNet, fp32 classifier, batch {batch}, guided",
+                       lambda: ours(args.scale), batch, True),
+            "unguided": (f"ours: bf16 UNet, batch {batch}, unguided (s=0)", lambda: ours(0.0), batch, False)}
+    if not args.no_compile:
+        arms["c_guided"] = (f"ours + compile: bf16 UNet, fp32 classifier, batch {batch}, guided",
+                            lambda: ours(args.scale, compile=True), batch, True)
+        arms["c_guided16"] = (f"ours + compile: bf16 UNet, bf16 classifier, batch {batch}, guided",
+                              lambda: ours(args.scale, compile=True, classifier_precision="bf16"), batch, True)
+        arms["c_unguided"] = (f"ours + compile: bf16 UNet, batch {batch}, unguided (s=0)",
+                              lambda: ours(0.0, compile=True), batch, False)
+    # warm-up: one step of every arm at its real batch shapes (oneDNN builds kernels per shape,
+    # inductor compiles per shape)
     steps, args.steps = args.steps, 1
-    for fn, _, _ in arms.values():
+    for key, (label, fn, _, _) in arms.items():
+        start = time.perf_counter()
         fn()
+        if key.startswith("c_"):
+            print(f"warm-up incl. compiling, {label}: {time.perf_counter() - start:.1f} s", flush=True)
     args.steps = steps
-    times = {name: [] for name in arms}
+    times = {key: [] for key in arms}
     for _ in range(args.rounds):
-        for name, (fn, _, _) in arms.items():
+        for key, (_, fn, _, _) in arms.items():
             sync(device)
             start = time.perf_counter()
             fn()
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[key].append(time.perf_counter() - start)
 
-    rows, med = [], {}
-    for name, (_, b, is_guided) in arms.items():
-        ts = sorted(times[name])
-        med[name] = ts[len(ts) // 2]
+    med = {key: sorted(ts)[len(ts) // 2] for key, ts in times.items()}
+    rows = []
+    for key, (label, _, b, is_guided) in arms.items():
         flops = step_flops(unet, clf, b, is_guided) / b * args.num * args.steps
-        rows.append({"loop": name, "median s": med[name], "min s": ts[0], "images/s": args.num / med[name],
-                     "GFLOP/s": flops / med[name] / 1e9, "% of bf16 peak": 100 * flops / med[name] / peak})
-    ref, g, u, ref_graph = (med[n] for n in arms)
-    for r in rows:
-        r["speed-up vs reference"] = ref / r["median s"]
+        rows.append({"loop": label, "median s": med[key], "min s": min(times[key]),
+                     "images/s": args.num / med[key], "GFLOP/s": flops / med[key] / 1e9,
+                     "% of bf16 peak": 100 * flops / med[key] / peak,
+                     "vs reference": med["ref"] / med[key], "vs issue-4 reference": med["ref4"] / med[key]})
     print(markdown_table(rows))
     # Ratios within a round pair arms run back to back (similar load); their median is the
     # load-robust figure, the best-of-rounds ratio the least-disturbed one.
-    tr, tg, tu, trg = (times[n] for n in arms)
-    paired = lambda a, b: sorted(x / y for x, y in zip(a, b))[len(a) // 2]  # noqa: E731
-    print(f"speed-up guided vs reference: {ref / g:.2f}x of medians, {paired(tr, tg):.2f}x median per round, "
-          f"{min(tr) / min(tg):.2f}x of bests (target >= 3x)")
-    print(f"speed-up guided vs issue-4 reference (UNet graph kept): {ref_graph / g:.2f}x of medians, "
-          f"{paired(trg, tg):.2f}x median per round (target >= 3x)")
-    print(f"guided / unguided time: {g / u:.2f}x of medians, {paired(tg, tu):.2f}x median per round, "
-          f"{min(tg) / min(tu):.2f}x of bests (target <= 1.3x)")
-    print("per-round seconds: " + "; ".join(f"{n.split(',')[0]}: {[round(x, 1) for x in times[n]]}" for n in arms))
+    def ratio(a, b):
+        per_round = sorted(x / y for x, y in zip(times[a], times[b]))[len(times[a]) // 2]
+        return f"{med[a] / med[b]:.2f}x of medians, {per_round:.2f}x median per round, " \
+               f"{min(times[a]) / min(times[b]):.2f}x of bests"
+    for ours_key, unguided_key in (("guided", "unguided"), ("c_guided", "c_unguided"), ("c_guided16", "c_unguided")):
+        if ours_key not in arms:
+            continue
+        print(f"{arms[ours_key][0]}:")
+        print(f"  speed-up vs reference: {ratio('ref', ours_key)}; vs issue-4 reference: {ratio('ref4', ours_key)} "
+              "(target >= 3x)")
+        print(f"  guided / unguided time: {ratio(ours_key, unguided_key)} (target <= 1.3x)")
+    print("per-round seconds: " + "; ".join(f"{k}: {[round(x, 2) for x in times[k]]}" for k in arms))
 
 
 if __name__ == "__main__":

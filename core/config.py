@@ -137,10 +137,18 @@ class SamplingConfig:
     steps: int = 25
     eta: float = 1.0                # reference: DDIM eta 1.0
     guidance_scale: float = 10.0
-    batch_size: int = 32
+    # speed only: every image has its own seeded generator, so batching does not choose the image
+    batch_size: int = field(default=32, metadata={"key": "never"})
     num_per_class: int = 64
     seed: int = 0
-    mixed_precision: str = "bf16"
+    mixed_precision: str = "bf16"   # the UNet's autocast
+    # the classifier's forward + backward for the guidance gradient; guided-diffusion runs it in
+    # fp16 (--classifier_use_fp16). fp32 by default: its gradient is exact to ~1e-6 (bf16: ~2%).
+    classifier_precision: str = field(default="no", metadata={"key": "if_set"})
+    # torch.compile the UNet (weights frozen in) and the classifier: ~20-40 s of compiling per
+    # batch shape, then ~1.9x the images/s on CPU (benchmarks/guided_sampling.py, issue 4). For
+    # datasets (`python -m core sample`, `run`), never for the app's few-image previews.
+    compile: bool = field(default=False, metadata={"key": "never"})
 
     def validate(self) -> None:
         _positive(self, "steps", "batch_size", "num_per_class")
@@ -151,6 +159,7 @@ class SamplingConfig:
         if self.eta < 0:
             raise ConfigError(f"sampling.eta must be >= 0, got {self.eta}")
         _precision(self, "mixed_precision")
+        _precision(self, "classifier_precision")
 
 
 @dataclass(frozen=True)
@@ -269,7 +278,7 @@ def preset(name: str) -> LabConfig:
             pretrain=PretrainConfig(steps=2500),
             classifier=LatentClassifierConfig(block_out_channels=(32, 64, 64), pooling="mean"),
             # the demo sweep (issue 4 note): mean p(target) peaks near s = 3 and falls by s = 10
-            sampling=SamplingConfig(num_per_class=200, guidance_scale=3.0),
+            sampling=SamplingConfig(num_per_class=200, guidance_scale=3.0, batch_size=128),
             # The filter classifier ships in the demo bundle (<= 40 MB in all): a 1.5M-parameter
             # MobileNetV3 keeps it at 6 MB where resnet18 would take 45 MB.
             classify=ClassifyConfig(backbone="mobilenetv3_small_100"),
@@ -307,7 +316,8 @@ def preset(name: str) -> LabConfig:
                                               layers_per_block=2, steps=30_000, batch_size=32,
                                               lr=5e-5, weight_decay=0.05),
             sampling=SamplingConfig(steps=50, eta=1.0, guidance_scale=10.0, batch_size=10,
-                                    num_per_class=500),
+                                    num_per_class=500, compile=True,
+                                    classifier_precision="bf16"),  # guided-diffusion: fp16 classifier
             classify=ClassifyConfig(backbone="vit_small_patch16_224", image_size=224, epochs=300,
                                     batch_size=128, lr=5e-4),
             experiment=ExperimentConfig(label_fractions=(0.05,), synthetic_ratios=(0.5, 1.0, 3.0)),
@@ -395,6 +405,19 @@ def _parse_value(raw: str, default: Any, key: str) -> Any:
     if isinstance(default, str) and not isinstance(value, str):
         return raw
     return value
+
+
+def identity(section: Any) -> dict:
+    """A config section's fields as they key stages and runs (core.experiment). Fields with
+    metadata key="never" change speed, not results, and are left out; key="if_set" fields only
+    count when they differ from their default, so adding such a field keeps every existing
+    workspace's stage markers and finished grid runs valid."""
+    out = dataclasses.asdict(section)
+    for f in fields(section):
+        how = f.metadata.get("key")
+        if how == "never" or (how == "if_set" and getattr(section, f.name) == f.default):
+            out.pop(f.name)
+    return out
 
 
 def config_hash(*parts: Any) -> str:

@@ -33,7 +33,8 @@ def _parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[Path, st
             raise UserError(f"cannot export: {folder} has no model (finish `python -m core run` first)")
         out[f"models/{name}"] = [(p, p.relative_to(folder).as_posix())
                                  for pattern in MODEL_FILES for p in sorted(folder.rglob(pattern))]
-    needed = {"synthetic": ["manifest.csv", "scores.csv"], "results": ["runs.csv", "summary.json"]}
+    needed = {"synthetic": ["manifest.csv", "scores.csv"], "results": ["runs.csv", "summary.json"],
+              "accepted": ["manifest.csv"]}
     for top, names in needed.items():
         root = ws.root / top
         for n in names:
@@ -42,6 +43,8 @@ def _parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[Path, st
         files = [(root / n, n) for n in names]
         if top == "results":
             files += [(p, p.name) for p in sorted(root.glob("*")) if p.is_file() and p.name not in names]
+        if top == "accepted" and include_images:    # the selection stage's export, so it stays done
+            files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))]
         if top == "synthetic" and include_images:
             current = _current_files(ws)
             files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))
@@ -70,8 +73,10 @@ def _current_files(ws: Workspace) -> set[str]:
 def _filter_tables(bundle_synthetic: Path, keep: set[str]) -> None:
     for name in ("manifest.csv", "scores.csv"):
         path = bundle_synthetic / name
-        frame = pd.read_csv(path)
-        frame[frame["file"].astype(str).isin(keep)].to_csv(path, index=False)
+        # as text (dtype=str): the kept rows stay byte for byte as written, so the stage markers'
+        # row hashes (core.experiment.output_hash) still match them
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame[frame["file"].isin(keep)].to_csv(path, index=False)
 
 
 def export_demo(ws: Workspace, to: str | Path, include_images: bool = True) -> dict:

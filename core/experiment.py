@@ -9,6 +9,7 @@ they finish; a rerun skips rows whose run key is already there.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from core.cli import UserError, add_common, guarded, resolve_config, workspace
-from core.config import LabConfig, config_hash, save_config, to_dict
+from core.config import LabConfig, config_hash, identity, save_config, to_dict
 from core.io import atomic_write_json, atomic_write_text, folder_hash
 from core.metrics import markdown_table, paired_interval, summarize  # noqa: F401  (public here too)
 from core.workspace import Workspace
@@ -52,8 +53,10 @@ def stage_outputs(ws: Workspace, stage: str) -> list[Path]:
     }[stage]
 
 
-def output_hash(ws: Workspace, stage: str) -> str | None:
-    """Content hash of a stage's outputs; None when any is missing."""
+def output_hash(ws: Workspace, stage: str, cfg: LabConfig | None = None) -> str | None:
+    """Content hash of a stage's outputs; None when any is missing. With `cfg`, the synthetic
+    tables count only the rows of images this config made (`made_by_config`): images the app adds
+    at other guidance scales, and rows a demo bundle leaves out, do not make the stage stale."""
     parts = []
     for p in stage_outputs(ws, stage):
         if p.is_dir():
@@ -63,15 +66,27 @@ def output_hash(ws: Workspace, stage: str) -> str | None:
         elif p.is_file():
             # tables hold absolute paths: hash them relative to the workspace, so a workspace
             # moved or installed elsewhere (core.demo_models) keeps its stage markers valid
-            parts.append(config_hash(p.read_text(encoding="utf-8").replace(str(ws.root), "<ws>")))
+            text = p.read_text(encoding="utf-8").replace(str(ws.root), "<ws>")
+            if cfg is not None and p.parent == ws.synthetic_dir:
+                text = _rows_made_by(ws, cfg, text)
+            parts.append(config_hash(text))
         else:
             return None
     return config_hash(parts)
 
 
+def _rows_made_by(ws: Workspace, cfg: LabConfig, text: str) -> str:
+    # read as text (dtype=str): the hash sees the rows as written, with no float reformatting
+    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    if "file" in frame:
+        frame = frame.drop_duplicates("file", keep="last")     # as read_manifest: a re-made file's latest row
+    rows = frame[made_by_config(ws, cfg, frame)]
+    return (rows.sort_values("file", kind="stable") if "file" in rows else rows).to_csv(index=False)
+
+
 def stage_key(ws: Workspace, cfg: LabConfig, stage: str, extra=None) -> str:
     sections, upstream = DEPENDS[stage]
-    return config_hash(stage, {s: to_dict(getattr(cfg, s)) for s in sections},
+    return config_hash(stage, {s: identity(getattr(cfg, s)) for s in sections},
                        {u: read_marker(ws, u).get("output_hash") for u in upstream}, extra)
 
 
@@ -86,12 +101,12 @@ def read_marker(ws: Workspace, stage: str) -> dict:
 def is_done(ws: Workspace, cfg: LabConfig, stage: str, extra=None) -> bool:
     marker = read_marker(ws, stage)
     return bool(marker) and marker.get("key") == stage_key(ws, cfg, stage, extra) \
-        and marker.get("output_hash") == output_hash(ws, stage)
+        and marker.get("output_hash") == output_hash(ws, stage, cfg)
 
 
 def mark_done(ws: Workspace, cfg: LabConfig, stage: str, result, seconds: float, extra=None) -> dict:
     sections, upstream = DEPENDS[stage]
-    marker = {"stage": stage, "key": stage_key(ws, cfg, stage, extra), "output_hash": output_hash(ws, stage),
+    marker = {"stage": stage, "key": stage_key(ws, cfg, stage, extra), "output_hash": output_hash(ws, stage, cfg),
               "config_hash": config_hash(*(getattr(cfg, s) for s in sections)),
               "inputs": {u: read_marker(ws, u).get("output_hash") for u in upstream},
               "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -176,21 +191,29 @@ def current_selection(ws: Workspace, cfg: LabConfig) -> pd.DataFrame:
     """Stored scores with the config's rule applied, restricted to the images this config made:
     the manifest also keeps images from other guidance scales / models (the UI adds to it), and
     mixing those in would make the experiment measure something its config does not say."""
-    from core.sampling import SEED_STRIDE, unet_dir
     from core.selection import select
-    kept, s = select(ws, cfg), cfg.sampling
+    kept = select(ws, cfg)
+    return kept[made_by_config(ws, cfg, kept)]
+
+
+def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame) -> pd.Series:
+    """Which rows of a synthetic manifest / scores table are images that `cfg`'s sampling stage
+    made: its guidance scale, steps, scheduler, eta, the workspace's current models, its seeds."""
+    from core.sampling import SEED_STRIDE, unet_dir
+    s = cfg.sampling
     wanted = {"guidance_scale": s.guidance_scale, "steps": s.steps, "scheduler": s.scheduler, "eta": s.eta,
               "unet_hash": folder_hash(unet_dir(ws, cfg)), "vae_hash": folder_hash(ws.autoencoder_dir),
               "classifier_hash": folder_hash(ws.latent_classifier_dir)}
-    mask = pd.Series(True, index=kept.index)
+    mask = pd.Series(True, index=frame.index)
     for col, value in wanted.items():
-        if col in kept:
-            mask &= (kept[col].astype(float) - value).abs() < 1e-9 if isinstance(value, float) \
-                else kept[col].astype(str) == str(value)
-    if {"seed", "label"} <= set(kept.columns):
-        k = kept["seed"] - kept["label"] * SEED_STRIDE - s.seed
+        if col in frame:
+            mask &= (pd.to_numeric(frame[col], errors="coerce") - value).abs() < 1e-9 if isinstance(value, float) \
+                else frame[col].astype(str) == str(value)
+    if {"seed", "label"} <= set(frame.columns):
+        k = pd.to_numeric(frame["seed"], errors="coerce") - pd.to_numeric(frame["label"], errors="coerce") \
+            * SEED_STRIDE - s.seed
         mask &= (k >= 0) & (k < s.num_per_class)
-    return kept[mask]
+    return mask
 
 
 # --- the protocol grid ------------------------------------------------------------------------
@@ -205,6 +228,15 @@ def grid(cfg: LabConfig) -> list[dict]:
             runs += [{"arm": "augmented", "label_fraction": f, "synthetic_ratio": r, "seed": seed}
                      for r in e.synthetic_ratios]
     return runs
+
+
+def run_keys(ws: Workspace, cfg: LabConfig, plan: list[dict]) -> list[str]:
+    """Each grid run's key in results/runs.csv: the run, the configs it reads, its inputs' hashes."""
+    base = {"classify": identity(cfg.classify), "selection": identity(cfg.selection),
+            "sampling": identity(cfg.sampling),           # which synthetic images the runs drew from
+            "data": read_marker(ws, "data").get("output_hash"),
+            "scores": read_marker(ws, "scoring").get("output_hash")}
+    return [config_hash(base, r) for r in plan]
 
 
 def draw_synthetic(accepted: pd.DataFrame, real: pd.DataFrame, ratio: float, seed: int) -> pd.DataFrame:
@@ -233,13 +265,9 @@ def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> pd.Data
         raise UserError(f"{ws.split_manifest}: the test split is empty (pass --test PATH)")
     kept = current_selection(ws, cfg)
     accepted = kept[kept["kept"]].assign(path=lambda d: [str(synthetic_path(ws, f)) for f in d["file"]])
-    base = {"classify": to_dict(cfg.classify), "selection": to_dict(cfg.selection),
-            "sampling": to_dict(cfg.sampling),            # which synthetic images the runs drew from
-            "data": read_marker(ws, "data").get("output_hash"),
-            "scores": read_marker(ws, "scoring").get("output_hash")}
-    runs_csv, archive_csv = ws.results_dir / "runs.csv", ws.results_dir / "runs_other_configs.csv"
     plan = grid(cfg)
-    keys = [config_hash(base, r) for r in plan]
+    keys = run_keys(ws, cfg, plan)
+    runs_csv, archive_csv = ws.results_dir / "runs.csv", ws.results_dir / "runs_other_configs.csv"
     # rows of other configs move to the archive (kept, not mixed in) and come back if that config does
     known = pd.concat([_read_runs(runs_csv), _read_runs(archive_csv)], ignore_index=True)
     known = known.drop_duplicates("run_key", keep="first")
@@ -298,15 +326,20 @@ def synthetic_summary(ws: Workspace, cfg: LabConfig) -> dict:
                               "mean_confidence": float(g["confidence"].mean())} for c, g in by}}
 
 
+def data_sources(labeled=None, test=None, unlabeled=()) -> dict:
+    """What the data stage reads (its marker's extra key): the bundled demo, or the user's folders."""
+    unlabeled = tuple(str(u) for u in unlabeled or ())
+    return {"labeled": str(labeled) if labeled else "demo", "test": str(test) if test else None,
+            "unlabeled": unlabeled, "fingerprint": source_fingerprint([p for p in (labeled, test, *unlabeled) if p])}
+
+
 def run_all(ws: Workspace, cfg: LabConfig, labeled=None, test=None, unlabeled=(), progress=None,
             stop=None) -> dict:
     """Every stage (skipped when done for this config), the grid, then results/summary.json."""
     ws.ensure()
     save_config(cfg, ws.root)
     unlabeled = tuple(str(u) for u in unlabeled or ())
-    sources = {"labeled": str(labeled) if labeled else "demo", "test": str(test) if test else None,
-               "unlabeled": unlabeled,
-               "fingerprint": source_fingerprint([p for p in (labeled, test, *unlabeled) if p])}
+    sources = data_sources(labeled, test, unlabeled)
     functions = stage_functions(labeled, test, unlabeled)
     timings = {}
     for i, stage in enumerate(PIPELINE):

@@ -78,9 +78,10 @@ def load_scheduler(ws: Workspace) -> DDPMScheduler:
 
 
 def prefers_channels_last(device: torch.device, mixed_precision: str) -> bool:
-    """Memory format by measurement (benchmarks/pretrain_step.py --variants): on 2 CPU cores at demo
-    shapes NCHW was faster for bf16 and equal for fp32; on CUDA channels_last is the tensor-core layout."""
-    return device.type == "cuda"
+    """Memory format by measurement (benchmarks/pretrain_step.py --variants, guided_sampling.py): on 2
+    CPU cores at demo shapes NCHW was faster for bf16 (group norm on channels_last is slow there) and
+    equal for fp32; on CUDA channels_last is the tensor-core layout (for reduced precision)."""
+    return device.type == "cuda" and mixed_precision != "no"
 
 
 def diffusion_loss(unet, scheduler: DDPMScheduler, z0: torch.Tensor, g: torch.Generator,

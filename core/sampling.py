@@ -9,8 +9,10 @@ can be regenerated alone from its seed.
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,6 +20,7 @@ from typing import Callable
 import pandas as pd
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers.models.attention_processor import Attention, AttnProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -28,6 +31,7 @@ from core.guidance import check_scale, condition_mean, condition_score, ddpm_var
 from core.images import to_pil
 from core.io import folder_hash, save_png
 from core.latent_classifier import LatentClassifier, load_latent_classifier, load_scheduler_checked
+from core.pretrain import prefers_channels_last
 from core.workspace import Workspace
 
 STAGE = "sample"
@@ -60,6 +64,19 @@ class GuidedLatentPipeline(DiffusionPipeline):
             return DDPMScheduler.from_config(self.scheduler.config, clip_sample=False)
         raise UserError(f"scheduler must be 'ddim' or 'ddpm', got {kind!r}")
 
+    def compiled(self, name: str) -> "CompiledOrEager":
+        """The `torch.compile`d unet / classifier, built once per pipeline (compiling happens on the
+        first call per batch shape: ~10-40 s on CPU, then every step is faster; see
+        benchmarks/guided_sampling.py). Worth it for datasets, not for a 4-image preview."""
+        cache = self.__dict__.setdefault("_compiled_modules", {})
+        if name not in cache:
+            # Sampling never updates the UNet's weights: inductor's freezing folds them into the
+            # graph as constants (oneDNN pre-packs the conv weights on CPU). The classifier is
+            # differentiated every step, and freezing covers inference graphs only.
+            options = {"freezing": True} if name == "unet" else None
+            cache[name] = CompiledOrEager(_compilable(getattr(self, name)), options=options)
+        return cache[name]
+
     def decode(self, latents: torch.Tensor, mixed_precision: str = "no") -> list:
         vae_cfg = self.vae.config
         z = latents / vae_cfg.scaling_factor + (getattr(vae_cfg, "shift_factor", None) or 0.0)
@@ -72,7 +89,7 @@ class GuidedLatentPipeline(DiffusionPipeline):
                  num_inference_steps: int = 25, eta: float = 1.0, scheduler: str = "ddim",
                  callback: Callable | None = None, stop: threading.Event | None = None,
                  output_type: str = "pil", batch_size: int = 32, mixed_precision: str = "bf16",
-                 classifier_precision: str = "no") -> GuidedOutput:
+                 classifier_precision: str = "no", compile: bool = False) -> GuidedOutput:
         seeds = [int(s) for s in seeds]
         ids = [int(class_ids)] * len(seeds) if isinstance(class_ids, int) else [int(c) for c in class_ids]
         if len(ids) != len(seeds):
@@ -85,9 +102,12 @@ class GuidedLatentPipeline(DiffusionPipeline):
         sched = self.sampling_scheduler(scheduler)
         sched.set_timesteps(int(num_inference_steps))
         wants_x0 = callback is not None and "x0" in inspect.signature(callback).parameters
-        cls_dtype = torch.bfloat16 if classifier_precision == "bf16" else None
-        device, unet = self.unet.device, self.unet
-        shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+        cls_dtype = _autocast_dtype(self.unet.device, classifier_precision)
+        device = self.unet.device
+        channels_last = prefers_channels_last(device, mixed_precision)
+        unet, classifier = (self.compiled("unet"), self.compiled("classifier")) if compile \
+            else (self.unet, self.classifier)
+        shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
         total, done, outputs, interrupted = len(sched.timesteps) * _ceil_div(len(seeds), batch_size), 0, [], False
         for lo in range(0, len(seeds), batch_size):
             chunk = seeds[lo:lo + batch_size]
@@ -96,19 +116,18 @@ class GuidedLatentPipeline(DiffusionPipeline):
             z = randn_tensor((len(chunk), *shape), generator=gens, device=device, dtype=torch.float32)
             z = z * sched.init_noise_sigma
             for t in sched.timesteps:
-                # channels_last speeds the bf16 UNet's convs on CPU; fp32 keeps diffusers' layout
-                # (bit-comparable with its DDIM loop). The fp32 classifier keeps NCHW: channels_last
-                # made its forward + backward ~1.8x slower here (benchmarks/guided_sampling.py).
-                z_in = z.contiguous(memory_format=torch.channels_last) if mixed_precision != "no" else z
+                # channels_last is the tensor-core layout on CUDA; on CPU it made bf16 group norm
+                # ~3x slower and sampling ~1.2x slower (benchmarks/guided_sampling.py, issue 4).
+                z_in = z.contiguous(memory_format=torch.channels_last) if channels_last else z
                 with _autocast(device, mixed_precision):
                     eps = unet(z_in, t).sample.float()
                 if scheduler == "ddim":
-                    eps = condition_score(eps, z, t, sched, self.classifier, y, scale, cls_dtype)
+                    eps = condition_score(eps, z, t, sched, classifier, y, scale, cls_dtype)
                     out = sched.step(eps, t, z, eta=eta, generator=gens)
                     z_next = out.prev_sample
                 else:
                     out = sched.step(eps, t, z, generator=gens)
-                    z_next = condition_mean(out.prev_sample, ddpm_variance(sched, t), z, t, self.classifier,
+                    z_next = condition_mean(out.prev_sample, ddpm_variance(sched, t), z, t, classifier,
                                             y, scale, cls_dtype)
                 z, done = z_next, done + 1
                 if callback is not None:
@@ -130,14 +149,54 @@ class GuidedLatentPipeline(DiffusionPipeline):
         return GuidedOutput(images=images, seeds=finished, interrupted=interrupted)
 
 
+class CompiledOrEager:
+    """`torch.compile(module)` that falls back to the eager module, once and with a warning, when
+    compiling fails (no C++ compiler for inductor on CPU, an op it cannot trace): compiling is a
+    speed setting, never a reason to lose a sampling run. Errors of the call itself (bad shapes)
+    still raise, from the eager module."""
+
+    def __init__(self, module: torch.nn.Module, options: dict | None = None):
+        self.module, self.failed = module, None
+        self.compiled = torch.compile(module, dynamic=False, options=options)
+
+    def __call__(self, *args, **kwargs):
+        if self.failed is None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - any compile failure means "run eagerly"
+                self.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                warnings.warn(f"torch.compile of {type(self.module).__name__} failed ({self.failed}); "
+                              "running it eagerly", RuntimeWarning, stacklevel=2)
+        return self.module(*args, **kwargs)
+
+
+def _compilable(module: torch.nn.Module) -> torch.nn.Module:
+    """On CPU, a copy whose attention uses diffusers' classic processor (bmm + softmax, which
+    inductor fuses) instead of SDPA: the CPU flash kernel is slow at these head sizes (8-dim heads
+    on 16-64 tokens), and the swap made a compiled guided step ~8% faster (issue 4). A copy, so
+    the eager module the app previews with keeps its processors. On CUDA, SDPA stays."""
+    if module.device.type != "cpu":
+        return module
+    module = copy.deepcopy(module)
+    for layer in module.modules():
+        if isinstance(layer, Attention):
+            layer.set_processor(AttnProcessor())
+    return module
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _autocast(device: torch.device, mixed_precision: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if device.type == "cpu" and dtype is torch.float16:
         dtype = torch.bfloat16  # fp16 autocast on CPU is slow; bf16 is the CPU's fast type
+    return dtype
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    dtype = _autocast_dtype(device, mixed_precision)
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
@@ -181,7 +240,8 @@ def load_pipeline(ws: Workspace, cfg: LabConfig, device: str | torch.device | No
             # only d log p / d z and its graph holds no weight edges.
             classifier = load_latent_classifier(ws).requires_grad_(False)
             pipe = GuidedLatentPipeline(
-                unet=unet.to(device, memory_format=torch.channels_last).requires_grad_(False),
+                unet=unet.to(device, memory_format=torch.channels_last if prefers_channels_last(device, "bf16")
+                             else torch.contiguous_format).requires_grad_(False),
                 vae=AutoencoderKL.from_pretrained(folders["vae"]).eval().to(device).requires_grad_(False),
                 scheduler=load_scheduler_checked(ws),
                 classifier=classifier.to(device))
@@ -214,8 +274,10 @@ def sample_images(ws: Workspace, cfg: LabConfig, class_name: str, seeds: list[in
         show = preview_every > 0 and (step % preview_every == 0 or step == total)
         return callback(step, total, pipe.decode(x0, s.mixed_precision) if show else None)
 
+    # never compiled: a preview of a few images would wait ~30 s for it (SamplingConfig.compile)
     out = pipe(label, seeds, guidance_scale, steps, eta, scheduler or s.scheduler, callback=relay, stop=stop,
-               batch_size=s.batch_size, mixed_precision=s.mixed_precision)
+               batch_size=s.batch_size, mixed_precision=s.mixed_precision,
+               classifier_precision=s.classifier_precision)
     return out.images
 
 
@@ -279,7 +341,8 @@ def generate(ws: Workspace, cfg: LabConfig, class_name: str, num: int, seed: int
             break
         batch = todo[lo:lo + s.batch_size]
         out = pipe(label, batch, scale, steps, eta, kind, stop=stop, batch_size=s.batch_size,
-                   mixed_precision=s.mixed_precision)
+                   mixed_precision=s.mixed_precision, classifier_precision=s.classifier_precision,
+                   compile=s.compile)
         rows = []
         for sd, image in zip(out.seeds, out.images):
             row = {"file": name(sd), "seed": sd, **params}

@@ -37,3 +37,26 @@ def test_config_hash_is_stable_and_sensitive():
     a, b = preset("tiny"), preset("tiny")
     assert config_hash(a) == config_hash(b)
     assert config_hash(a) != config_hash(apply_overrides(a, ["pretrain.steps=3"]))
+
+
+def test_identity_leaves_out_speed_switches_and_unset_new_fields():
+    """Stage markers and grid run keys hash `identity(section)`: turning on torch.compile must not
+    make finished stages stale, and adding a field at its default must not either."""
+    from dataclasses import replace
+
+    from core.config import identity, preset
+    s = preset("demo").sampling
+    assert identity(replace(s, compile=True)) == identity(s)
+    assert "compile" not in identity(s) and "classifier_precision" not in identity(s)
+    assert identity(replace(s, classifier_precision="bf16"))["classifier_precision"] == "bf16"
+    assert identity(replace(s, guidance_scale=7.0)) != identity(s)
+
+
+def test_sampling_speed_fields_parse_and_validate():
+    import pytest
+
+    from core.config import ConfigError, apply_overrides, preset
+    cfg = apply_overrides(preset("tiny"), ["sampling.compile=true", "sampling.classifier_precision=bf16"])
+    assert cfg.sampling.compile is True and cfg.sampling.classifier_precision == "bf16"
+    with pytest.raises(ConfigError, match="sampling.classifier_precision"):
+        apply_overrides(preset("tiny"), ["sampling.classifier_precision=fp8"])

@@ -77,3 +77,19 @@ def test_bundle_carries_results_and_scored_synthetic_images(demo_ws):
     assert {"confidence", "class", "seed"} <= set(scores.columns) and len(scores) > 0
     assert (demo_ws.root / Path(scores["file"].iloc[0])).exists() or Path(scores["file"].iloc[0]).exists() \
         or (demo_ws.synthetic_dir / scores["file"].iloc[0]).exists()
+
+
+def test_installed_bundle_is_done_under_the_current_demo_preset(demo_ws):
+    """`python -m core run --preset demo` on the installed demo retrains, resamples and reruns
+    nothing: speed switches (sampling.compile, batch_size) and the rows the bundle leaves out of
+    the synthetic tables must not make a bundled stage or grid run stale."""
+    import pandas as pd
+
+    from core.config import preset
+    from core.experiment import PIPELINE, data_sources, grid, is_done, run_keys
+    cfg = preset("demo")
+    stale = [stage for stage in PIPELINE
+             if not is_done(demo_ws, cfg, stage, data_sources() if stage == "data" else None)]
+    assert not stale, f"bundled stages no longer match the demo preset: {stale}"
+    finished = set(pd.read_csv(demo_ws.results_dir / "runs.csv")["run_key"])
+    assert set(run_keys(demo_ws, cfg, grid(cfg))) <= finished

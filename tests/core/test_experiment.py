@@ -98,20 +98,32 @@ def test_stages_skip_by_hash_and_grid_resumes(tmp_path, tiny_cfg, monkeypatch):
     assert os.path.getmtime(ws.filter_classifier_dir / "model.safetensors") == mtime
     assert pd.read_csv(ws.results_dir / "runs.csv")["seconds"].tolist() == runs["seconds"].tolist()
 
+    # images the app adds at another guidance scale (manifest + scores rows) are not this
+    # config's: nothing goes stale, no run is retrained
+    for table in ("manifest.csv", "scores.csv"):
+        frame = pd.read_csv(ws.synthetic_dir / table)
+        extra_row = frame.iloc[:1].assign(file="tumor/tumor-seed5-s7.png", guidance_scale=7.0)
+        pd.concat([frame, extra_row]).to_csv(ws.synthetic_dir / table, index=False)
+    calls.clear()
+    experiment.run_all(ws, cfg)
+    assert calls == []
+    assert pd.read_csv(ws.results_dir / "runs.csv")["seconds"].tolist() == runs["seconds"].tolist()
+
     # a sampling change reruns sampling and what reads it, not the models before it
     calls.clear()
     other = experiment.run_all(ws, apply_overrides(cfg, ["sampling.guidance_scale=3.0"]))
-    assert calls == ["sampling"]       # same images -> same manifest hash -> scoring still valid
+    assert calls == ["sampling", "scoring", "selection"]
     # ...but the manifest holds no image made at guidance 3: none is used, and the runs are redone
     assert other["synthetic"]["generated"] == 0
     assert (pd.read_csv(ws.results_dir / "runs.csv")["n_synthetic"] == 0).all()
 
     # a damaged marker reruns that stage (its rewritten outputs hash the same, so nothing after
-    # it reruns); sampling reruns because the config went back to guidance 10
+    # it reruns for that); sampling and what reads it rerun because the config went back to
+    # guidance 10
     calls.clear()
     (ws.stages_dir / "autoencoder.json").write_text("{ not json")
     experiment.run_all(ws, cfg)
-    assert calls == ["autoencoder", "sampling"]
+    assert calls == ["autoencoder", "sampling", "scoring", "selection"]
     # the guidance-10 runs came back from the archive instead of being retrained
     assert pd.read_csv(ws.results_dir / "runs.csv")["seconds"].tolist() == runs["seconds"].tolist()
     assert len(pd.read_csv(ws.results_dir / "runs_other_configs.csv")) == len(runs)
@@ -196,7 +208,7 @@ def test_real_pipeline_on_demo_data_in_process(tmp_path, tiny_cfg):
     assert (other.results_dir / "summary.json").exists() and other.split_manifest.exists()
     again = experiment.run_all(other, cfg)
     redone = {k for k, v in again["stage_seconds"].items() if v != "skipped"}
-    assert redone == {"selection"}       # accepted/ is not bundled: re-exported from the scores
+    assert redone == set()
     assert again["baseline"]["accuracy"]["runs"] == summary["baseline"]["accuracy"]["runs"]
     with pytest.raises(UserError, match="already has models"):
         install_demo(bundle, other)

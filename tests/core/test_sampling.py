@@ -71,6 +71,35 @@ def test_guidance_raises_target_probability_and_seeds_regenerate_alone(ws, tiny_
     torch.testing.assert_close(alone[0], guided[3], atol=1e-4, rtol=1e-4)
 
 
+def test_compile_that_fails_falls_back_to_eager_with_a_warning(ws, tiny_cfg, monkeypatch):
+    """No C++ compiler for inductor (or an op it cannot trace) must cost speed, not the run."""
+    def broken_compile(module, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("inductor: no C++ compiler found")
+        return call
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    pipe = load_pipeline(ws, tiny_cfg)
+    args = ([0, 1, 0], [7, 8, 9], 10.0, 3, 1.0)
+    eager = pipe(*args, output_type="latent", mixed_precision="no").images
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        fallback = pipe(*args, output_type="latent", mixed_precision="no", compile=True).images
+    assert pipe.compiled("unet").failed and pipe.compiled("classifier").failed
+    torch.testing.assert_close(fallback, eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_sampling_matches_eager(ws, tiny_cfg):
+    """torch.compile (inductor; ~1 min for the tiny models on 2 cores) gives the eager latents."""
+    pipe = load_pipeline(ws, tiny_cfg)
+    args = ([0, 1, 0], [7, 8, 9], 10.0, 3, 1.0)
+    eager = pipe(*args, output_type="latent", mixed_precision="no").images
+    compiled = pipe(*args, output_type="latent", mixed_precision="no", compile=True).images
+    assert pipe.compiled("unet").failed is None and pipe.compiled("classifier").failed is None
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+    assert pipe.unet.device.type != "cpu" or all(    # the eager modules keep their processors
+        type(m.processor).__name__ != "AttnProcessor" for m in pipe.unet.modules() if hasattr(m, "processor"))
+
+
 def test_ddpm_bf16_pil_and_interrupt(ws, tiny_cfg):
     pipe = load_pipeline(ws, tiny_cfg)
     out = pipe([0, 1], [7, 8], 5.0, 6, 0.0, "ddpm", mixed_precision="bf16")
