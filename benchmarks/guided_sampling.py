@@ -11,7 +11,7 @@ preset-shaped) models and seeds in every arm.
 The machine is shared, so one run interleaves the arms round by round (every arm sees the same
 load) and reports medians; achieved FLOP/s is set against a bf16 matmul peak measured in the run.
 
-    python -m benchmarks.guided_sampling [--preset demo] [--rounds 3] [--threads 2]
+    python -m benchmarks.guided_sampling [--preset demo] [--num 128] [--rounds 3] [--threads 2] [--no-compile]
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def build_models(cfg, device):
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="demo")
-    ap.add_argument("--num", type=int, default=60, help="images per arm and round")
+    ap.add_argument("--num", type=int, default=128, help="images per arm and round")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=None, help="our batch size (default: sampling.batch_size)")
     ap.add_argument("--scale", type=float, default=10.0)
