@@ -145,9 +145,10 @@ class SamplingConfig:
     # the classifier's forward + backward for the guidance gradient; guided-diffusion runs it in
     # fp16 (--classifier_use_fp16). fp32 by default: its gradient is exact to ~1e-6 (bf16: ~2%).
     classifier_precision: str = field(default="no", metadata={"key": "if_set"})
-    # torch.compile the UNet (weights frozen in) and the classifier: ~20-40 s of compiling per
-    # batch shape, then ~1.9x the images/s on CPU (benchmarks/guided_sampling.py, issue 4). For
-    # datasets (`python -m core sample`, `run`), never for the app's few-image previews.
+    # torch.compile the UNet (weights frozen in) and the classifier: ~10-40 s of compiling per
+    # batch shape, then 1.3-1.6x the eager images/s at the demo's shapes on CPU
+    # (benchmarks/guided_sampling.py, issue 4). For datasets (`python -m core sample`, `run`),
+    # never for the app's few-image previews.
     compile: bool = field(default=False, metadata={"key": "never"})
 
     def validate(self) -> None:
@@ -316,8 +317,10 @@ def preset(name: str) -> LabConfig:
                                               layers_per_block=2, steps=30_000, batch_size=32,
                                               lr=5e-5, weight_decay=0.05),
             sampling=SamplingConfig(steps=50, eta=1.0, guidance_scale=10.0, batch_size=10,
-                                    num_per_class=500, compile=True,
-                                    classifier_precision="bf16"),  # guided-diffusion: fp16 classifier
+                                    # compile: for GPUs (diffusers' docs); on 2 CPU cores at these
+                                    # shapes it gained nothing (issue 4). bf16 classifier: as
+                                    # guided-diffusion's fp16 one.
+                                    num_per_class=500, compile=True, classifier_precision="bf16"),
             classify=ClassifyConfig(backbone="vit_small_patch16_224", image_size=224, epochs=300,
                                     batch_size=128, lr=5e-4),
             experiment=ExperimentConfig(label_fractions=(0.05,), synthetic_ratios=(0.5, 1.0, 3.0)),
