@@ -185,6 +185,14 @@ def test_cli_sample(ws, tmp_path, capsys):
     assert rc == 0 and sorted(p.name for p in (out / "tumor").iterdir()) == ["tumor-seed5-s3.png", "tumor-seed6-s3.png"]
 
 
+def test_cli_sample_compile_flag_compiles_both_models(ws, tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(type(module).__name__) or module)
+    rc = core_main(["sample", "--workspace", str(ws.root), "--preset", "tiny", "--class", "stroma",
+                    "--steps", "2", "--num", "2", "--out", str(tmp_path / "out"), "--compile"])
+    assert rc == 0 and sorted(compiled) == ["LatentClassifier", "UNet2DModel"]
+
+
 @pytest.mark.distributed
 def test_two_processes_split_seeds_without_duplicates(ws, tmp_path):
     script = tmp_path / "gen.py"
