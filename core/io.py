@@ -7,6 +7,7 @@ half-written file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -94,9 +95,17 @@ def folder_hash(path: str | Path, pattern: str = "*.safetensors") -> str:
     """Short hash of a model folder's weight files (identifies the model in manifests)."""
     h = hashlib.sha256()
     for p in sorted(Path(path).rglob(pattern)):
+        st = p.stat()
         h.update(p.name.encode())
-        h.update(file_sha256(p).encode())
+        h.update(_weights_sha256(str(p.resolve()), st.st_size, st.st_mtime_ns).encode())
     return h.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=256)
+def _weights_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # Stage checks and manifest filters ask for the same model hashes many times per run (the
+    # paper UNet is 1.2 GB); a file rewritten in place gets a new (size, mtime) and is hashed again.
+    return file_sha256(path)
 
 
 def save_png(image: Image.Image, path: str | Path, params: dict) -> Path:
