@@ -4,7 +4,7 @@ Reference loop, as HistoDiffAug's sample_diffusion.py + ldm DDIMSampler do it: f
 the UNet under no_grad, the classifier (weights left trainable, as there) differentiated w.r.t.
 its input every step through `torch.enable_grad` + `autograd.grad`. The issue-4 reference also
 keeps the UNet's graph. Ours: the pipeline with a bf16-autocast UNet (channels_last on CUDA only:
-on CPU it slows group norm ~3x), larger batches, a frozen fp32 classifier; then the same with
+on CPU it made group norm ~7x slower), larger batches, a frozen fp32 classifier; then the same with
 `compile=True` (inductor, the UNet's weights frozen into its graph). Same (random-init,
 preset-shaped) models and seeds in every arm.
 
