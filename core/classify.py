@@ -26,6 +26,7 @@ from core.config import ClassifyConfig, LabConfig, config_hash, save_config
 from core.images import BadImage, load_rgb, to_tensor
 from core.io import atomic_dir, atomic_write_json
 from core.metrics import classification_metrics
+from core.training import autocast
 from core.workspace import Workspace
 
 MEAN = STD = (0.5, 0.5, 0.5)   # images are fed in [-1, 1] (core.images.to_tensor), i.e. (x - 0.5) / 0.5
@@ -107,10 +108,7 @@ def _augment(batch_u8: torch.Tensor, aug: v2.Compose) -> torch.Tensor:
 def _autocast(cfg: ClassifyConfig, dev: torch.device):
     # torch.autocast rather than an Accelerator: a grid run is one device, minutes long and
     # restarted whole, so it needs neither Accelerate's checkpoints nor its distribution.
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
-    if dtype is torch.float16 and dev.type == "cpu":
-        dtype = torch.bfloat16
-    return torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    return autocast(dev, cfg.mixed_precision)
 
 
 # --- training -------------------------------------------------------------------------------

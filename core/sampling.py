@@ -32,6 +32,7 @@ from core.images import to_pil
 from core.io import folder_hash, save_png
 from core.latent_classifier import LatentClassifier, load_latent_classifier, load_scheduler_checked
 from core.pretrain import prefers_channels_last
+from core.training import autocast, autocast_dtype
 from core.workspace import Workspace
 
 STAGE = "sample"
@@ -80,7 +81,7 @@ class GuidedLatentPipeline(DiffusionPipeline):
     def decode(self, latents: torch.Tensor, mixed_precision: str = "no") -> list:
         vae_cfg = self.vae.config
         z = latents / vae_cfg.scaling_factor + (getattr(vae_cfg, "shift_factor", None) or 0.0)
-        with torch.no_grad(), _autocast(z.device, mixed_precision):
+        with torch.no_grad(), autocast(z.device, mixed_precision):
             images = self.vae.decode(z.to(self.vae.device)).sample
         return to_pil(images.float())
 
@@ -102,7 +103,7 @@ class GuidedLatentPipeline(DiffusionPipeline):
         sched = self.sampling_scheduler(scheduler)
         sched.set_timesteps(int(num_inference_steps))
         wants_x0 = callback is not None and "x0" in inspect.signature(callback).parameters
-        cls_dtype = _autocast_dtype(self.unet.device, classifier_precision)
+        cls_dtype = autocast_dtype(self.unet.device, classifier_precision)
         device = self.unet.device
         channels_last = prefers_channels_last(device, mixed_precision)
         unet, classifier = (self.compiled("unet"), self.compiled("classifier")) if compile \
@@ -119,7 +120,7 @@ class GuidedLatentPipeline(DiffusionPipeline):
                 # channels_last is the tensor-core layout on CUDA; on CPU bf16 group norm took 2.2 ms
                 # per call on it against 0.3 ms in NCHW (batch 64; issue 4), half of sampling's time.
                 z_in = z.contiguous(memory_format=torch.channels_last) if channels_last else z
-                with _autocast(device, mixed_precision):
+                with autocast(device, mixed_precision):
                     eps = unet(z_in, t).sample.float()
                 if scheduler == "ddim":
                     eps = condition_score(eps, z, t, sched, classifier, y, scale, cls_dtype)
@@ -205,18 +206,6 @@ class ShortSequenceAttnProcessor:
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if device.type == "cpu" and dtype is torch.float16:
-        dtype = torch.bfloat16  # fp16 autocast on CPU is slow; bf16 is the CPU's fast type
-    return dtype
-
-
-def _autocast(device: torch.device, mixed_precision: str):
-    dtype = _autocast_dtype(device, mixed_precision)
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 # ---- loading ---------------------------------------------------------------------------------

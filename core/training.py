@@ -29,6 +29,20 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
 
 
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for a config precision ("no" | "bf16" | "fp16") on `device`; None: fp32."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if device.type == "cpu" and dtype is torch.float16:
+        dtype = torch.bfloat16  # fp16 autocast on CPU is slow; bf16 is the CPU's fast type
+    return dtype
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """torch.autocast for a config precision, for loops that run outside an Accelerator."""
+    dtype = autocast_dtype(device, precision)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def fresh_accelerator_state() -> None:
     """Forget the previous Accelerator's settings (the process group, if any, is kept).
 
