@@ -1,8 +1,8 @@
 """The downstream backbone classifier (timm) and the filter classifier that scores synthetic images.
 
-Every run of the protocol grid goes through `train_classifier`: identical epochs, augmentations
-and seeds for the baseline and the augmented arm; the checkpoint kept is the epoch with the best
-VALIDATION balanced accuracy (the test split is only touched by `evaluate` at the very end).
+Every run of the protocol grid goes through `train_classifier`: the same optimizer-step budget,
+augmentations and seeds for the baseline and the augmented arm; the weights kept are those of the
+best VALIDATION balanced accuracy (the test split is only touched by `evaluate` at the very end).
 """
 from __future__ import annotations
 
@@ -123,8 +123,11 @@ def train_classifier(train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list
                      progress=None, stop=None, stage: str = "classify"):
     """Train `cfg.backbone` on train_df (+ extra_df, e.g. accepted synthetic images).
 
-    Frames need `path` and `label`. Returns (model with the best-val-epoch weights, history);
-    history.attrs holds best_epoch, skipped files and stopped.
+    Frames need `path` and `label`. `cfg.budget == "steps"`: exactly `cfg.steps` optimizer steps
+    whatever the data size (equal compute for every arm); "epochs": `cfg.epochs` passes. The
+    batch is capped at the training set's size. Validation runs `cfg.evals` times; the weights of
+    the best validation balanced accuracy are returned. Returns (model, history); history.attrs
+    holds best_step, best_val_balanced_accuracy, steps, batch_size, skipped files and stopped.
     """
     cfg = _classify_cfg(cfg)
     torch.manual_seed(seed)
@@ -136,60 +139,58 @@ def train_classifier(train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list
     x_val, vkeep, vskipped = load_images(val_df["path"], cfg.image_size)
     y_val = val_df["label"].to_numpy()[vkeep]
     skipped.update(vskipped)
-    if len(x_train) == 0:
-        raise UserError("no readable training image (all files were skipped)")
+    n = len(x_train)
+    if n < 2:   # BatchNorm cannot train on a single image
+        raise UserError(f"training needs at least 2 readable images, got {n} ({len(skipped)} skipped)")
+    batch = min(cfg.batch_size, n)
+    total = cfg.steps if cfg.budget == "steps" else cfg.epochs * (n // batch)
+    eval_at = set(np.linspace(total / cfg.evals, total, cfg.evals).round().astype(int).tolist())
     model = build_backbone(cfg.backbone, len(classes), cfg.pretrained_path)
     model = model.to(dev).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = len(x_train)
-    if n < 2:
-        raise UserError(f"training needs at least 2 readable images, got {n}")
-    # a trailing batch of one image is dropped: BatchNorm cannot train on a single sample
-    steps_per_epoch = n // cfg.batch_size + (1 if n % cfg.batch_size > 1 else 0)
-    total = steps_per_epoch * cfg.epochs
     sched = get_scheduler("cosine", opt, num_warmup_steps=total // 10, num_training_steps=total)
     gen = torch.Generator().manual_seed(seed)
     aug = _augmenter()
-    rows, best, best_state, step, stopped = [], -1.0, None, 0, False
-    for epoch in range(cfg.epochs):
-        model.train()
-        t0, loss_sum = time.perf_counter(), 0.0
-        order = torch.randperm(n, generator=gen)
-        for b in range(steps_per_epoch):
-            if stop is not None and stop.is_set():
-                stopped = True
-                break
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = _to_input(_augment(x_train[idx], aug), dev)
-            with _autocast(cfg, dev):
-                loss = F.cross_entropy(model(x).float(), y_train[idx].to(dev),
-                                       label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            value = loss.item()
-            loss_sum += value
-            if progress is not None:
-                progress({"stage": stage, "step": step, "total": total, "epoch": epoch, "loss": value})
-        if stopped:
+    rows, best, best_state, best_step, stopped, done = [], -1.0, None, None, False, 0
+    order, cursor, loss_sum, since, t0 = torch.randperm(n, generator=gen), 0, 0.0, 0, time.perf_counter()
+    for step in range(1, total + 1):
+        if stop is not None and stop.is_set():
+            stopped = True
             break
+        if cursor + batch > n:     # a new pass; the remainder is dropped so every batch is full
+            order, cursor = torch.randperm(n, generator=gen), 0
+        idx = order[cursor:cursor + batch]
+        cursor += batch
+        model.train()
+        x = _to_input(_augment(x_train[idx], aug), dev)
+        with _autocast(cfg, dev):
+            loss = F.cross_entropy(model(x).float(), y_train[idx].to(dev), label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        value, done = loss.item(), step
+        loss_sum, since = loss_sum + value, since + 1
+        if progress is not None:
+            progress({"stage": stage, "step": step, "total": total, "loss": value})
+        if step not in eval_at:
+            continue
         val = evaluate_arrays(model, x_val, y_val, classes, cfg) if len(x_val) else {}
-        row = {"epoch": epoch, "train_loss": loss_sum / steps_per_epoch, "lr": sched.get_last_lr()[0],
-               "val_accuracy": val.get("accuracy", np.nan),
-               "val_balanced_accuracy": val.get("balanced_accuracy", np.nan),
-               "images_per_s": n / max(time.perf_counter() - t0, 1e-9)}
-        rows.append(row)
-        score = row["val_balanced_accuracy"] if len(x_val) else epoch   # no val: keep the last epoch
+        rows.append({"step": step, "epoch": step * batch / n, "train_loss": loss_sum / since,
+                     "lr": sched.get_last_lr()[0], "val_accuracy": val.get("accuracy", np.nan),
+                     "val_balanced_accuracy": val.get("balanced_accuracy", np.nan),
+                     "images_per_s": since * batch / max(time.perf_counter() - t0, 1e-9)})
+        loss_sum, since, t0 = 0.0, 0, time.perf_counter()
+        score = rows[-1]["val_balanced_accuracy"] if len(x_val) else step   # no val: keep the last
         if score > best:
-            best, best_state = score, copy.deepcopy(model.state_dict())
-            best_epoch = epoch
+            best, best_state, best_step = score, copy.deepcopy(model.state_dict()), step
     if best_state is not None:
         model.load_state_dict(best_state)
     history = pd.DataFrame(rows)
-    history.attrs.update(best_epoch=best_epoch if best_state is not None else None,
-                         skipped=skipped, stopped=stopped, n_train=int(n))
+    has_val = len(x_val) > 0 and best_state is not None
+    history.attrs.update(best_step=best_step, best_val_balanced_accuracy=float(best) if has_val else None,
+                         steps=done, batch_size=batch, budget=cfg.budget,
+                         skipped=skipped, stopped=stopped, n_train=int(n), n_val=int(len(x_val)))
     return model.eval(), history
 
 
@@ -216,7 +217,9 @@ def predict(model: torch.nn.Module, images: torch.Tensor, cfg: ClassifyConfig | 
 
 def evaluate_arrays(model, images: torch.Tensor, labels, classes: list[str], cfg: ClassifyConfig) -> dict:
     probs, _ = predict(model, images, cfg)
-    return classification_metrics(np.asarray(labels), probs.argmax(1).numpy(), classes)
+    out = classification_metrics(np.asarray(labels), probs.argmax(1).numpy(), classes)
+    out["pred"] = probs.argmax(1).tolist()
+    return out
 
 
 def evaluate(model: torch.nn.Module, df: pd.DataFrame, classes: list[str], cfg: ClassifyConfig) -> dict:
@@ -226,6 +229,9 @@ def evaluate(model: torch.nn.Module, df: pd.DataFrame, classes: list[str], cfg: 
     if len(images) == 0:
         raise UserError("no readable evaluation image (all files were skipped)")
     out = evaluate_arrays(model, images, df["label"].to_numpy()[keep], classes, cfg)
+    # per image, in df's order, for the paired bootstrap over test images (core.summary)
+    out["predictions"] = pd.DataFrame({"path": df["path"].to_numpy()[keep], "label": df["label"].to_numpy()[keep],
+                                       "pred": out.pop("pred")})
     out["skipped"] = skipped
     return out
 
@@ -243,12 +249,11 @@ def class_centroids(features: torch.Tensor, labels, num_classes: int) -> torch.T
 
 
 def train_filter_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=None, seed: int = 0) -> dict:
-    """Train on the real TRAIN split (VAL picks the epoch), save weights, config and centroids."""
-    from core.data import load_splits
-    splits, classes = load_splits(ws)
-    train_df, val_df = splits[splits.split == "train"], splits[splits.split == "val"]
-    if train_df.empty:
-        raise UserError(f"{ws.split_manifest}: the train split is empty")
+    """Train on the budget's labeled train images (its val images pick the weights); save weights,
+    config, centroids (from the same train images) and labels.csv, the exact set it used."""
+    from core.budget import budget_labels, write_labels
+    labels, classes = budget_labels(ws, cfg)
+    train_df, val_df = labels[labels.split == "train"], labels[labels.split == "val"]
     model, history = train_classifier(train_df, val_df, classes, cfg.classify, seed,
                                       progress=progress, stop=stop, stage="filter_classifier")
     if history.attrs["stopped"]:
@@ -257,21 +262,23 @@ def train_filter_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
     _, feats = predict(model, images, cfg.classify)
     cent = class_centroids(feats, train_df["label"].to_numpy()[keep], len(classes))
     present = np.bincount(train_df["label"].to_numpy()[keep], minlength=len(classes)) > 0
+    best = history.attrs["best_val_balanced_accuracy"]
     info = {"backbone": cfg.classify.backbone, "classes": classes, "image_size": cfg.classify.image_size,
             "mean": list(MEAN), "std": list(STD), "num_features": int(feats.shape[1]),
-            "best_epoch": history.attrs["best_epoch"], "config_hash": config_hash(cfg.classify),
-            "centroid_classes_present": present.tolist(),
-            "val": history.iloc[-1:].to_dict("records")[0] if len(history) else {}}
+            "best_step": history.attrs["best_step"], "val_balanced_accuracy": best,
+            "chance": 1 / len(classes), "config_hash": config_hash(cfg.classify),
+            "n_train": int(len(train_df)), "n_val": int(len(val_df)),
+            "centroid_classes_present": present.tolist()}
     with atomic_dir(ws.filter_classifier_dir) as tmp:
         save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()},
                   str(tmp / "model.safetensors"))
         save_file({"centroids": cent.contiguous()}, str(tmp / "centroids.safetensors"))
         atomic_write_json(tmp / "config.json", info)
         history.to_csv(tmp / "history.csv", index=False)
+        write_labels(tmp, labels)
         save_config(cfg, tmp, "lab_config.json")
-    return {"stopped": False, "classes": classes, "best_epoch": info["best_epoch"],
-            "val_balanced_accuracy": float(history["val_balanced_accuracy"].max()) if len(history) else None,
-            "skipped": history.attrs["skipped"]}
+    return {"stopped": False, "classes": classes, "best_step": info["best_step"],
+            "val_balanced_accuracy": best, "skipped": history.attrs["skipped"]}
 
 
 def load_filter_classifier(ws: Workspace) -> tuple[torch.nn.Module, dict, torch.Tensor]:
@@ -292,7 +299,7 @@ def load_filter_classifier(ws: Workspace) -> tuple[torch.nn.Module, dict, torch.
 @guarded
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m core classify",
-                                     description="train the filter classifier on the real train split")
+                                     description="train the filter classifier on the label budget's train images")
     add_common(parser)
     args = parser.parse_args(argv)
     cfg, ws = resolve_config(args), workspace(args)

@@ -23,18 +23,20 @@ class ConfigError(ValueError):
 class DataConfig:
     image_size: int = 64            # pixels seen by the autoencoder and the classifiers
     mpp: float = 1.0                # target microns per pixel: every source is resampled to this scale
-    label_fraction: float = 1.0     # few-label protocol: stratified fraction of the labeled train set
     val_fraction: float = 0.2       # validation carved from labeled train (model selection only)
     test_fraction: float = 0.2      # carved (stratified) as test only when no test set is given
-    seed: int = 0
+    seed: int = 0                   # also the seed of every label-budget subset (experiment.label_fractions)
     num_workers: int = 0
+    # Your --labeled images outside the test set also feed pre-training, labels unused: images a
+    # budget does not label are exactly the unlabeled data the method exploits, and pre-training
+    # reads no label. Test images never do. (The bundled demo pre-trains on other slides only.)
+    pool_labeled_images: bool = True
 
     def validate(self) -> None:
         _positive(self, "image_size", "mpp")
-        if not 0 < self.label_fraction <= 1:
-            raise ConfigError(f"data.label_fraction must be in (0, 1], got {self.label_fraction}")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.val_fraction <= 0.5:
+            # validation comes out of each budget and must never outgrow what the run trains on
+            raise ConfigError(f"data.val_fraction must be in [0, 0.5], got {self.val_fraction}")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
 
@@ -181,33 +183,53 @@ class ClassifyConfig:
     backbone: str = "resnet18"
     pretrained_path: str = ""       # optional local weights file; nothing is downloaded
     image_size: int = 64
-    epochs: int = 15
-    batch_size: int = 64
+    # Every classifier trains for `steps` optimizer steps whatever its data size ("steps"): a
+    # 48-image set gets as many updates as a 4,800-image one, and the baseline and augmented arms
+    # get equal compute, so a gain is data, not extra updates. "epochs" keeps fixed epochs instead.
+    budget: str = "steps"
+    steps: int = 300
+    epochs: int = 15                # used when budget = "epochs"
+    evals: int = 15                 # validation checks per run; the best one's weights are kept
+    batch_size: int = 64            # capped at the training set's size
     lr: float = 1e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     mixed_precision: str = "bf16"
 
     def validate(self) -> None:
-        _positive(self, "epochs", "batch_size", "lr", "image_size")
+        _positive(self, "steps", "epochs", "evals", "batch_size", "lr", "image_size")
         _precision(self, "mixed_precision")
+        if self.budget not in ("steps", "epochs"):
+            raise ConfigError(f"classify.budget must be steps|epochs, got {self.budget!r}")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    # The label budgets: each value is what every model of its runs may label — a fraction of the
+    # labeled pool (<= 1) or a whole number of images per class (> 1). One subset per budget,
+    # drawn with data.seed and shared by all seeds; the first budget is the one the lab shows.
     label_fractions: tuple[float, ...] = (1.0,)
     synthetic_ratios: tuple[float, ...] = (1.0,)
     seeds: tuple[int, ...] = (0, 1, 2)
+    # rounds of extra sampling for a class with too few accepted images for the largest ratio
+    topup_rounds: int = 2
+    bootstrap: int = 2000           # resamples of the test images for the paired bootstrap interval
 
     def validate(self) -> None:
         if not self.seeds:
             raise ConfigError("experiment.seeds must name at least one seed")
+        if not self.label_fractions:
+            raise ConfigError("experiment.label_fractions must name at least one budget")
         for r in self.synthetic_ratios:
             if r <= 0:
                 raise ConfigError(f"experiment.synthetic_ratios must be > 0, got {r}")
         for f in self.label_fractions:
-            if not 0 < f <= 1:
-                raise ConfigError(f"experiment.label_fractions must be in (0, 1], got {f}")
+            if not (0 < f <= 1 or (f > 1 and float(f).is_integer())):
+                raise ConfigError("experiment.label_fractions: each must be a fraction in (0, 1] or a "
+                                  f"whole number of images per class (> 1), got {f}")
+        if self.topup_rounds < 0:
+            raise ConfigError(f"experiment.topup_rounds must be >= 0, got {self.topup_rounds}")
+        _positive(self, "bootstrap")
 
 
 @dataclass(frozen=True)
@@ -283,7 +305,8 @@ def preset(name: str) -> LabConfig:
             # The filter classifier ships in the demo bundle (<= 40 MB in all): a 1.5M-parameter
             # MobileNetV3 keeps it at 6 MB where resnet18 would take 45 MB.
             classify=ClassifyConfig(backbone="mobilenetv3_small_100"),
-            experiment=ExperimentConfig(synthetic_ratios=(0.5, 1.0)),
+            # all labels first (the budget the lab shows), then the few-label regime
+            experiment=ExperimentConfig(label_fractions=(1.0, 0.25, 0.1), synthetic_ratios=(0.5, 1.0)),
         ).validate()
     if name == "tiny":
         return LabConfig(
@@ -297,13 +320,13 @@ def preset(name: str) -> LabConfig:
             classifier=LatentClassifierConfig(block_out_channels=(8, 16), steps=20, batch_size=8),
             sampling=SamplingConfig(steps=4, batch_size=8, num_per_class=16),
             selection=SelectionConfig(threshold=0.3),
-            classify=ClassifyConfig(backbone="test_resnet", image_size=32, epochs=2, batch_size=16),
+            classify=ClassifyConfig(backbone="test_resnet", image_size=32, steps=24, evals=2, batch_size=16),
             experiment=ExperimentConfig(seeds=(0, 1, 2)),
         ).validate()
     if name == "paper":
         return LabConfig(
             preset="paper",
-            data=DataConfig(image_size=256, mpp=0.5, label_fraction=0.05, num_workers=8),
+            data=DataConfig(image_size=256, mpp=0.5, num_workers=8),
             autoencoder=AutoencoderConfig(block_out_channels=(128, 256, 512), layers_per_block=2,
                                           latent_channels=3, steps=100_000, batch_size=16, lr=4.5e-6,
                                           disc_weight=0.5, mixed_precision="bf16"),
@@ -321,8 +344,9 @@ def preset(name: str) -> LabConfig:
                                     # shapes it gained nothing (issue 4). bf16 classifier: as
                                     # guided-diffusion's fp16 one.
                                     num_per_class=500, compile=True, classifier_precision="bf16"),
-            classify=ClassifyConfig(backbone="vit_small_patch16_224", image_size=224, epochs=300,
-                                    batch_size=128, lr=5e-4),
+            # the reference: 300 epochs at batch 128 over ~5k labeled images, about 12k steps
+            classify=ClassifyConfig(backbone="vit_small_patch16_224", image_size=224, steps=12_000,
+                                    evals=30, batch_size=128, lr=5e-4),
             experiment=ExperimentConfig(label_fractions=(0.05,), synthetic_ratios=(0.5, 1.0, 3.0)),
         ).validate()
     raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -342,8 +366,24 @@ def from_dict(data: dict) -> LabConfig:
             kwargs["preset"] = data["preset"]
             continue
         sub_type = f.default_factory  # type: ignore[attr-defined]
-        kwargs[f.name] = _build(sub_type, data[f.name])
+        kwargs[f.name] = _build(sub_type, _migrate(f.name, dict(data[f.name])))
     return LabConfig(**kwargs).validate()
+
+
+MOVED = {"data.label_fraction": "experiment.label_fractions (one label budget for every model of a run)"}
+
+
+def _migrate(section: str, values: dict) -> dict:
+    """Configs saved before the one-label-budget protocol carried data.label_fraction, which cut
+    the labeled set before experiment.label_fractions cut it again. At 1.0 it did nothing and is
+    dropped; any other value made a workspace whose arms saw different labels: refused."""
+    if section == "data" and "label_fraction" in values:
+        old = values.pop("label_fraction")
+        if float(old) != 1.0:
+            raise ConfigError(f"this config has data.label_fraction={old}, the old protocol that gave "
+                              "the augmented arm more labels than its baseline; make the workspace again "
+                              "with experiment.label_fractions")
+    return values
 
 
 def _build(cls: Any, values: dict) -> Any:
@@ -370,6 +410,8 @@ def apply_overrides(cfg: LabConfig, overrides: list[str] | tuple[str, ...]) -> L
         if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
             raise ConfigError(f"unknown config section {section!r} in override {item!r}")
         sub = getattr(cfg, section)
+        if key in MOVED:
+            raise ConfigError(f"{key} is gone: use {MOVED[key]}")
         if name not in {f.name for f in fields(sub)}:
             raise ConfigError(f"unknown field {key!r} in override {item!r}")
         default = getattr(sub, name)

@@ -51,6 +51,9 @@ def _print_check(report: dict) -> None:
         print("  sizes: " + ", ".join(f"{k} ({v})" for k, v in list(report["sizes"].items())[:8]))
     if report.get("empty_classes"):
         print(f"  empty class folders: {', '.join(report['empty_classes'])}")
+    usable = [name for name, n in report.get("classes", {}).items() if n > 0 and not name.startswith("test/")]
+    if report.get("format", "").startswith("folder (") and len(usable) < 2:
+        print(f"  WARNING: {len(usable)} usable class(es); a classifier needs at least 2, so `run` will refuse this set")
     skipped = report.get("skipped", [])
     print(f"  skipped: {len(skipped)}")
     for item in skipped[:MAX_LISTED]:

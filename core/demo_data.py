@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from core.config import LabConfig, config_hash, save_config
 from core.io import atomic_dir, atomic_write_json, atomic_write_text, save_png
-from core.splits import SPLITS, apply_label_fraction, write_manifest
+from core.splits import SPLITS, write_manifest
 from core.tiling import tile_to_folder
 from core.workspace import Workspace
 
@@ -105,8 +105,7 @@ def build_demo(ws: Workspace, cfg: LabConfig, force: bool = False, progress=None
     start = time.perf_counter()
     ws.ensure()
     marker = ws.data_dir / "demo.json"
-    key = config_hash(cfg.data.image_size, cfg.data.mpp, cfg.data.label_fraction,
-                      cfg.data.seed, BUILD_VERSION)
+    key = config_hash(cfg.data.image_size, cfg.data.mpp, cfg.data.seed, BUILD_VERSION)
     if not force and marker.exists() and ws.split_manifest.exists():
         previous = json.loads(marker.read_text())
         if previous.get("hash") == key:
@@ -114,10 +113,9 @@ def build_demo(ws: Workspace, cfg: LabConfig, force: bool = False, progress=None
     annotations = load_annotations()
     frame, image, classes = demo_patches(cfg, annotations)
     labeled = _write_labeled(ws, cfg, frame, image, annotations)
-    labeled = apply_label_fraction(labeled, cfg.data.label_fraction, cfg.data.seed)
     write_manifest(ws.data_dir, labeled, classes, {
         "source": "demo: assets/skin.tif, hand-annotated regions, spatially disjoint bands",
-        "label_fraction": cfg.data.label_fraction, "seed": cfg.data.seed,
+        "seed": cfg.data.seed,
         "bands": {s: annotations["splits"][s] for s in SPLITS}, "mpp": cfg.data.mpp})
     pools = _write_pools(ws, cfg, progress)
     save_config(cfg, ws.data_dir)

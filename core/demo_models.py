@@ -19,53 +19,71 @@ from core.cli import UserError, add_common, guarded, workspace
 from core.io import atomic_dir, atomic_write_json, file_sha256
 from core.workspace import Workspace
 
-MODEL_DIRS = ("autoencoder", "unet", "scheduler", "latent_classifier", "filter_classifier")
+SHARED_MODELS = ("autoencoder", "unet", "scheduler")
+LABEL_MODELS = ("latent_classifier", "filter_classifier")
+MODEL_DIRS = SHARED_MODELS + LABEL_MODELS
 MODEL_FILES = ("*.safetensors", "*.json", "*.csv")
 MANIFEST = "bundle.json"
 
 
-def _parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[Path, str]]]:
-    """bundle-relative destination -> list of (source file, relative name) per top folder."""
-    out: dict[str, list[tuple[Path, str]]] = {}
-    for name in MODEL_DIRS:
-        folder = ws.models_dir / name
-        if not (folder / "config.json").exists() and not any(folder.glob("*.json")):
-            raise UserError(f"cannot export: {folder} has no model (finish `python -m core run` first)")
-        out[f"models/{name}"] = [(p, p.relative_to(folder).as_posix())
-                                 for pattern in MODEL_FILES for p in sorted(folder.rglob(pattern))]
-    needed = {"synthetic": ["manifest.csv", "scores.csv"], "results": ["runs.csv", "summary.json"],
-              "accepted": ["manifest.csv"]}
-    for top, names in needed.items():
-        root = ws.root / top
+def _model_files(folder: Path) -> list[tuple[Path, str]]:
+    if not (folder / "config.json").exists() and not any(folder.glob("*.json")):
+        raise UserError(f"cannot export: {folder} has no model (finish `python -m core run` first)")
+    return [(p, p.relative_to(folder).as_posix()) for pattern in MODEL_FILES for p in sorted(folder.rglob(pattern))]
+
+
+def _budget_parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[Path, str]]]:
+    """One label budget's files (its models, synthetic tables, accepted set, markers, labels),
+    keyed by their folder relative to the workspace root."""
+    prefix = "" if not ws.scope else f"budgets/{ws.scope}/"
+    out = {f"{prefix}models/{name}": _model_files(ws.label_root / "models" / name) for name in LABEL_MODELS}
+    for top, names in {"synthetic": ["manifest.csv", "scores.csv"], "accepted": ["manifest.csv"]}.items():
+        root = ws.label_root / top
         for n in names:
             if not (root / n).exists():
                 raise UserError(f"cannot export: {root / n} is missing (finish `python -m core run` first)")
         files = [(root / n, n) for n in names]
-        if top == "results":
-            files += [(p, p.name) for p in sorted(root.glob("*")) if p.is_file() and p.name not in names]
         if top == "accepted" and include_images:    # the selection stage's export, so it stays done
             files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))]
         if top == "synthetic" and include_images:
             current = _current_files(ws)
             files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))
                       if p.relative_to(root).as_posix() in current]
-        out[top] = files
-    out["stages"] = [(p, p.name) for p in sorted(ws.stages_dir.glob("*.json"))]
-    # training curves and EMA sample grids, so the pre-training tab opens populated too
-    out["metrics"] = [(p, p.name) for p in sorted(ws.metrics_dir.glob("*.jsonl"))]
-    out["samples"] = [(p, p.relative_to(ws.samples_dir).as_posix())
-                      for p in sorted((ws.samples_dir / "pretrain").glob("*.png"))]
+        out[prefix + top] = files
+    out[prefix + "stages"] = [(p, p.name) for p in sorted(ws.stages_dir.glob("*.json"))]
+    out[prefix + "metrics"] = [(p, p.name) for p in sorted(ws.metrics_dir.glob("*.jsonl"))]
+    if ws.labels_file.exists():
+        out.setdefault(prefix.rstrip("/") or ".", []).append((ws.labels_file, "labels.csv"))
+    return out
+
+
+def _parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[Path, str]]]:
+    """bundle-relative destination folder -> list of (source file, relative name)."""
+    from core.budget import budget_views
+    from core.config import load_config
     if not (ws.root / "config.json").exists():
         raise UserError(f"cannot export: {ws.root / 'config.json'} is missing")
+    out: dict[str, list[tuple[Path, str]]] = {f"models/{n}": _model_files(ws.models_dir / n) for n in SHARED_MODELS}
     out["."] = [(ws.root / "config.json", "config.json")]
+    for _, view in budget_views(ws, load_config(ws.root / "config.json")):
+        for top, files in _budget_parts(view, include_images).items():
+            out.setdefault(top, []).extend(files)
+    results = ws.results_dir
+    for n in ("runs.csv", "summary.json"):
+        if not (results / n).exists():
+            raise UserError(f"cannot export: {results / n} is missing (finish `python -m core run` first)")
+    out["results"] = [(p, p.relative_to(results).as_posix()) for p in sorted(results.rglob("*")) if p.is_file()]
+    # training curves and EMA sample grids, so the pre-training tab opens populated too
+    out["samples"] = [(p, p.relative_to(ws.samples_dir).as_posix())
+                      for p in sorted((ws.samples_dir / "pretrain").glob("*.png"))]
     return out
 
 
 def _current_files(ws: Workspace) -> set[str]:
-    """Synthetic images made by the workspace's own config (the folder may also hold images from
-    other guidance scales the lab generated); only those go into the bundle."""
+    """Synthetic images made by the workspace's own config for this budget (the folder may also
+    hold images from other guidance scales the lab generated); only those go into the bundle."""
     from core.config import load_config
-    from core.experiment import current_selection
+    from core.stages import current_selection
     rows = current_selection(ws, load_config(ws.root / "config.json"))
     return set(rows["file"].astype(str))
 
@@ -74,7 +92,7 @@ def _filter_tables(bundle_synthetic: Path, keep: set[str]) -> None:
     for name in ("manifest.csv", "scores.csv"):
         path = bundle_synthetic / name
         # as text (dtype=str): the kept rows stay byte for byte as written, so the stage markers'
-        # row hashes (core.experiment.output_hash) still match them
+        # row hashes (core.stages.output_hash) still match them
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         frame[frame["file"].isin(keep)].to_csv(path, index=False)
 
@@ -92,7 +110,11 @@ def export_demo(ws: Workspace, to: str | Path, include_images: bool = True) -> d
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest)
         if include_images:
-            _filter_tables(tmp / "synthetic", _current_files(ws))
+            from core.budget import budget_views
+            from core.config import load_config
+            for _, view in budget_views(ws, load_config(ws.root / "config.json")):
+                prefix = Path("budgets") / view.scope if view.scope else Path()
+                _filter_tables(tmp / prefix / "synthetic", _current_files(view))
         for top, files in parts.items():
             for _, rel in files:
                 dest_rel = rel if top == "." else f"{top}/{rel}"
@@ -141,7 +163,9 @@ def install_demo(bundle: str | Path, ws: Workspace, overwrite: bool = False, bui
             if src.exists():
                 with atomic_dir(ws.root / group) as tmp:
                     shutil.copytree(src, tmp, dirs_exist_ok=True)
-    shutil.copy2(bundle / "config.json", ws.root / "config.json")
+    for name in ("config.json", "labels.csv"):
+        if (bundle / name).exists():
+            shutil.copy2(bundle / name, ws.root / name)
     data = None
     if build_data:
         from core.config import load_config

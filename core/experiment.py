@@ -1,127 +1,33 @@
 """One command from data to an honest accuracy table: every stage, skip-by-hash, the protocol grid.
 
-Stage markers (stages/STAGE.json) hold a key hashed from the sub-configs the stage depends on
-and the output hashes of the stages it reads; a stage whose key matches and whose outputs still
-hash the same is skipped, so a killed run resumes at the first unfinished stage (the trainers
-themselves resume from their checkpoints). Grid runs append one row each to results/runs.csv as
-they finish; a rerun skips rows whose run key is already there.
+Shared stages (data, autoencoder, pretrain) run once; the label-trained ones (latent classifier,
+filter classifier, sampling, scoring, selection) once per label budget, each on exactly the
+budget's labeled subset (core.budget), skipped when their marker says done (core.stages). Then
+each budget's short classes are topped up (core.topup) and the grid runs: a baseline and an
+augmented run per seed and ratio, on the budget's labels, for the same optimizer steps. Each run
+appends one row to results/runs.csv and writes results/runs/KEY/ (labels.csv, synthetic.csv,
+predictions.csv); a rerun skips rows whose run key is already there.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from core.budget import budget_labels, budget_name, budget_views, realised, write_labels
 from core.cli import UserError, add_common, guarded, resolve_config, workspace
 from core.config import LabConfig, config_hash, identity, save_config, to_dict
-from core.io import atomic_write_json, atomic_write_text, folder_hash
-from core.metrics import markdown_table, paired_interval, summarize  # noqa: F401  (public here too)
+from core.io import atomic_write_json, atomic_write_text
+from core.metrics import at_chance
+from core.stages import (DEPENDS, PER_BUDGET, PIPELINE, SHARED, current_selection, is_done,  # noqa: F401
+                         made_by_config, mark_done, output_hash, read_marker, stage_key, stage_outputs)
+from core.summary import markdown_table, summarize
+from core.topup import accepted_images, class_wants, draw_synthetic, top_up
 from core.workspace import Workspace
-
-PIPELINE = ("data", "autoencoder", "pretrain", "latent_classifier", "filter_classifier",
-            "sampling", "scoring", "selection")
-# stage -> (config sections it reads, upstream stages whose outputs it reads)
-DEPENDS = {
-    "data": (("data",), ()),
-    "autoencoder": (("autoencoder", "data"), ("data",)),
-    "pretrain": (("pretrain",), ("autoencoder",)),
-    "latent_classifier": (("classifier",), ("pretrain", "data")),
-    "filter_classifier": (("classify",), ("data",)),
-    "sampling": (("sampling",), ("latent_classifier",)),
-    "scoring": ((), ("filter_classifier", "sampling")),
-    "selection": (("selection",), ("scoring",)),
-}
-
-
-def stage_outputs(ws: Workspace, stage: str) -> list[Path]:
-    return {
-        "data": [ws.split_manifest, ws.data_dir / "pools.csv"],
-        "autoencoder": [ws.autoencoder_dir],
-        "pretrain": [ws.unet_dir, ws.scheduler_dir],
-        "latent_classifier": [ws.latent_classifier_dir] + (
-            [ws.finetuned_unet_dir] if ws.finetuned_unet_dir.exists() else []),
-        "filter_classifier": [ws.filter_classifier_dir],
-        "sampling": [ws.synthetic_dir / "manifest.csv"],
-        "scoring": [ws.synthetic_dir / "scores.csv"],
-        "selection": [ws.accepted_dir / "manifest.csv"],
-    }[stage]
-
-
-def output_hash(ws: Workspace, stage: str, cfg: LabConfig | None = None) -> str | None:
-    """Content hash of a stage's outputs; None when any is missing. With `cfg`, the synthetic
-    tables count only the rows of images this config made (`made_by_config`): images the app adds
-    at other guidance scales, and rows a demo bundle leaves out, do not make the stage stale."""
-    parts = []
-    for p in stage_outputs(ws, stage):
-        if p.is_dir():
-            if not any(p.iterdir()):
-                return None
-            parts.append(folder_hash(p, "*.safetensors") + folder_hash(p, "*.json"))
-        elif p.is_file():
-            # tables hold absolute paths: hash them relative to the workspace, so a workspace
-            # moved or installed elsewhere (core.demo_models) keeps its stage markers valid
-            text = p.read_text(encoding="utf-8").replace(str(ws.root), "<ws>")
-            if cfg is not None and p.parent == ws.synthetic_dir:
-                text = _rows_made_by(ws, cfg, text)
-            parts.append(config_hash(text))
-        else:
-            return None
-    return config_hash(parts)
-
-
-def _rows_made_by(ws: Workspace, cfg: LabConfig, text: str) -> str:
-    # read as text (dtype=str): the hash sees the rows as written, with no float reformatting
-    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    if "file" in frame:
-        frame = frame.drop_duplicates("file", keep="last")     # as read_manifest: a re-made file's latest row
-    rows = frame[made_by_config(ws, cfg, frame)]
-    return (rows.sort_values("file", kind="stable") if "file" in rows else rows).to_csv(index=False)
-
-
-def stage_key(ws: Workspace, cfg: LabConfig, stage: str, extra=None) -> str:
-    sections, upstream = DEPENDS[stage]
-    return config_hash(stage, {s: identity(getattr(cfg, s)) for s in sections},
-                       {u: read_marker(ws, u).get("output_hash") for u in upstream}, extra)
-
-
-def read_marker(ws: Workspace, stage: str) -> dict:
-    path = ws.stages_dir / f"{stage}.json"
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError:
-        return {}     # a damaged marker means "not done"; the stage reruns
-
-
-def is_done(ws: Workspace, cfg: LabConfig, stage: str, extra=None) -> bool:
-    marker = read_marker(ws, stage)
-    return bool(marker) and marker.get("key") == stage_key(ws, cfg, stage, extra) \
-        and marker.get("output_hash") == output_hash(ws, stage, cfg)
-
-
-def mark_done(ws: Workspace, cfg: LabConfig, stage: str, result, seconds: float, extra=None) -> dict:
-    sections, upstream = DEPENDS[stage]
-    marker = {"stage": stage, "key": stage_key(ws, cfg, stage, extra), "output_hash": output_hash(ws, stage, cfg),
-              "config_hash": config_hash(*(getattr(cfg, s) for s in sections)),
-              "inputs": {u: read_marker(ws, u).get("output_hash") for u in upstream},
-              "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "result": _jsonable(result)}
-    atomic_write_json(ws.stages_dir / f"{stage}.json", marker)
-    return marker
-
-
-def _jsonable(result):
-    if isinstance(result, pd.DataFrame):
-        return {"rows": len(result)}
-    if isinstance(result, dict):
-        return json.loads(json.dumps(result, default=str))
-    return None
-
 
 def _stopped(result, stop) -> bool:
     if stop is not None and stop.is_set():
@@ -151,19 +57,23 @@ def source_fingerprint(paths) -> list:
 def run_data(ws: Workspace, cfg: LabConfig, labeled, test, unlabeled, progress=None, stop=None) -> dict:
     from core.data import build_demo, load_splits, prepare_labeled, prepare_pools
     if labeled is None:
-        result = {"labeled": build_demo(ws, cfg, progress=progress)}
-    else:
-        result = {"labeled": prepare_labeled(ws, cfg, labeled, test)}
+        return {"labeled": build_demo(ws, cfg, progress=progress)}
+    result = {"labeled": prepare_labeled(ws, cfg, labeled, test)}
     if unlabeled:
         result["pools"] = prepare_pools(ws, cfg, list(unlabeled), progress=progress, stop=stop)
-    elif labeled is not None:
-        # No unlabeled pool given: pre-train on the target's own TRAIN images, labels unused
-        # (the paper pre-trains on other data sets; this fallback is named in pools.csv).
+    if cfg.data.pool_labeled_images:
+        # every non-test labeled image, label dropped: what a budget does not label is the
+        # unlabeled data the method exists to exploit (pre-training reads no label)
         splits, _ = load_splits(ws)
-        train = splits[splits.split == "train"]
-        atomic_write_text(ws.data_dir / "pools.csv", pd.DataFrame(
-            {"path": train["path"], "pool": "target_train_unlabeled", "weight": 1.0}).to_csv(index=False))
-        result["pools"] = {"pools": {"target_train_unlabeled": len(train)}}
+        pool = splits[splits.split.isin(("train", "val"))]
+        rows = pd.DataFrame({"path": pool["path"], "pool": "labeled_images_unlabeled", "weight": 1.0})
+        if unlabeled:
+            rows = pd.concat([pd.read_csv(ws.pools_file), rows], ignore_index=True)
+        atomic_write_text(ws.pools_file, rows.to_csv(index=False))
+        result.setdefault("pools", {}).setdefault("pools", {})["labeled_images_unlabeled"] = len(pool)
+    elif not unlabeled:
+        raise UserError("no unlabeled data for pre-training: pass --unlabeled PATH, or leave "
+                        "data.pool_labeled_images on")
     return result
 
 
@@ -187,35 +97,6 @@ def stage_functions(labeled, test, unlabeled):
     }
 
 
-def current_selection(ws: Workspace, cfg: LabConfig) -> pd.DataFrame:
-    """Stored scores with the config's rule applied, restricted to the images this config made:
-    the manifest also keeps images from other guidance scales / models (the UI adds to it), and
-    mixing those in would make the experiment measure something its config does not say."""
-    from core.selection import select
-    kept = select(ws, cfg)
-    return kept[made_by_config(ws, cfg, kept)]
-
-
-def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame) -> pd.Series:
-    """Which rows of a synthetic manifest / scores table are images that `cfg`'s sampling stage
-    made: its guidance scale, steps, scheduler, eta, the workspace's current models, its seeds."""
-    from core.sampling import SEED_STRIDE, unet_dir
-    s = cfg.sampling
-    wanted = {"guidance_scale": s.guidance_scale, "steps": s.steps, "scheduler": s.scheduler, "eta": s.eta,
-              "unet_hash": folder_hash(unet_dir(ws, cfg)), "vae_hash": folder_hash(ws.autoencoder_dir),
-              "classifier_hash": folder_hash(ws.latent_classifier_dir)}
-    mask = pd.Series(True, index=frame.index)
-    for col, value in wanted.items():
-        if col in frame:
-            mask &= (pd.to_numeric(frame[col], errors="coerce") - value).abs() < 1e-9 if isinstance(value, float) \
-                else frame[col].astype(str) == str(value)
-    if {"seed", "label"} <= set(frame.columns):
-        k = pd.to_numeric(frame["seed"], errors="coerce") - pd.to_numeric(frame["label"], errors="coerce") \
-            * SEED_STRIDE - s.seed
-        mask &= (k >= 0) & (k < s.num_per_class)
-    return mask
-
-
 # --- the protocol grid ------------------------------------------------------------------------
 
 def grid(cfg: LabConfig) -> list[dict]:
@@ -231,40 +112,73 @@ def grid(cfg: LabConfig) -> list[dict]:
 
 
 def run_keys(ws: Workspace, cfg: LabConfig, plan: list[dict]) -> list[str]:
-    """Each grid run's key in results/runs.csv: the run, the configs it reads, its inputs' hashes."""
+    """Each grid run's key in results/runs.csv: the run, the configs it reads, its inputs' hashes
+    (the data, and the scores of its budget's synthetic images)."""
+    views = dict(budget_views(ws, cfg))
     base = {"classify": identity(cfg.classify), "selection": identity(cfg.selection),
             "sampling": identity(cfg.sampling),           # which synthetic images the runs drew from
-            "data": read_marker(ws, "data").get("output_hash"),
-            "scores": read_marker(ws, "scoring").get("output_hash")}
-    return [config_hash(base, r) for r in plan]
+            "topup_rounds": cfg.experiment.topup_rounds, "subset_seed": cfg.data.seed,
+            "data": read_marker(ws, "data").get("output_hash")}
+    return [config_hash(base, r, read_marker(views[r["label_fraction"]], "scoring").get("output_hash"))
+            for r in plan]
 
 
-def draw_synthetic(accepted: pd.DataFrame, real: pd.DataFrame, ratio: float, seed: int) -> pd.DataFrame:
-    """round(ratio * n_real) accepted images, split over classes in the real subset's proportions
-    (so the class prior stays the real one), capped by what each class has; seeded."""
-    want = int(round(ratio * len(real)))
-    counts = real["label"].value_counts()
-    parts = []
-    for label, n in counts.items():
-        pool = accepted[accepted["label"] == label]
-        k = min(len(pool), int(round(want * n / len(real))))
-        if k:
-            parts.append(pool.sample(n=k, random_state=np.random.default_rng([seed, int(label)])))
-    cols = ["path", "label"]
-    return pd.concat(parts)[cols] if parts else pd.DataFrame(columns=cols)
+INT_COLUMNS = ("seed", "n_real", "n_val", "n_synthetic", "n_synthetic_wanted", "n_test", "steps",
+               "batch_size", "best_step", "skipped_files")
 
 
-def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> pd.DataFrame:
+def _write_runs(path: Path, runs: pd.DataFrame) -> None:
+    # a resumed table must not turn counts into floats (NaN-free int columns stay int)
+    runs = runs.copy()
+    for col in INT_COLUMNS:
+        if col in runs and runs[col].notna().all():
+            runs[col] = runs[col].astype("int64")
+    atomic_write_text(path, runs.to_csv(index=False))
+
+
+def _run_once(ws: Workspace, bws: Workspace, cfg: LabConfig, run: dict, key: str, labels: pd.DataFrame,
+              accepted: pd.DataFrame, test: pd.DataFrame, classes: list[str], report, stop):
+    """Train and test one run; write its folder; its runs.csv row, or None when stopped."""
     from core.classify import evaluate, train_classifier
+    real, val = labels[labels.split == "train"], labels[labels.split == "val"]
+    extra, per_class = draw_synthetic(accepted, real, run["synthetic_ratio"], run["seed"]) \
+        if run["arm"] == "augmented" else (None, {})
+    t0 = time.perf_counter()
+    model, history = train_classifier(real, val, classes, cfg.classify, run["seed"], extra_df=extra,
+                                      progress=report, stop=stop, stage="experiment")
+    if history.attrs["stopped"]:
+        return None
+    m = evaluate(model, test, classes, cfg.classify)
+    run_dir = ws.runs_dir / key
+    write_labels(run_dir, labels)
+    if extra is not None:
+        named = extra.assign(class_name=[classes[k] for k in extra["label"]])
+        atomic_write_text(run_dir / "synthetic.csv", named.to_csv(index=False))
+    atomic_write_text(run_dir / "predictions.csv", m["predictions"].to_csv(index=False))
+    val_score = history.attrs["best_val_balanced_accuracy"]
+    return {"run_key": key, **run, "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+            "macro_f1": m["macro_f1"], **{f"recall_{c}": v for c, v in m["per_class_recall"].items()},
+            "n_real": len(real), "n_val": len(val), "n_synthetic": 0 if extra is None else len(extra),
+            "n_synthetic_wanted": sum(v["wanted"] for v in per_class.values()),
+            "synthetic_per_class": json.dumps({classes[k]: v for k, v in per_class.items()}),
+            "n_test": m["n"], "steps": history.attrs["steps"], "batch_size": history.attrs["batch_size"],
+            "compute": cfg.classify.budget, "best_step": history.attrs["best_step"],
+            "val_balanced_accuracy": val_score,
+            "at_chance": at_chance(val_score, len(classes), len(val)),
+            "labels": ws.relative(run_dir / "labels.csv"),
+            "latent_classifier": ws.relative(bws.latent_classifier_dir),
+            "filter_classifier": ws.relative(bws.filter_classifier_dir),
+            "skipped_files": len(history.attrs["skipped"]) + len(m["skipped"]),
+            "confusion_matrix": json.dumps(m["confusion_matrix"]),
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, budgets: dict | None = None) -> pd.DataFrame:
     from core.data import load_splits
-    from core.selection import synthetic_path
-    from core.splits import stratified_take
     splits, classes = load_splits(ws)
-    train, val, test = (splits[splits.split == s] for s in ("train", "val", "test"))
+    test = splits[splits.split == "test"]
     if test.empty:
         raise UserError(f"{ws.split_manifest}: the test split is empty (pass --test PATH)")
-    kept = current_selection(ws, cfg)
-    accepted = kept[kept["kept"]].assign(path=lambda d: [str(synthetic_path(ws, f)) for f in d["file"]])
     plan = grid(cfg)
     keys = run_keys(ws, cfg, plan)
     runs_csv, archive_csv = ws.results_dir / "runs.csv", ws.results_dir / "runs_other_configs.csv"
@@ -273,38 +187,27 @@ def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> pd.Data
     known = known.drop_duplicates("run_key", keep="first")
     done = known[known["run_key"].isin(keys)]
     done = done.set_index("run_key").loc[[k for k in keys if k in set(done["run_key"])]].reset_index()
-    atomic_write_text(archive_csv, known[~known["run_key"].isin(keys)].to_csv(index=False))
-    atomic_write_text(runs_csv, done.to_csv(index=False))
+    _write_runs(archive_csv, known[~known["run_key"].isin(keys)])
+    _write_runs(runs_csv, done)
+    views, inputs = dict(budget_views(ws, cfg)), {}
     for i, (run, key) in enumerate(zip(plan, keys)):
         if key in set(done["run_key"]):
             continue
         if stop is not None and stop.is_set():
             break
-        real = train.loc[stratified_take(train, run["label_fraction"], run["seed"])]
-        extra = draw_synthetic(accepted, real, run["synthetic_ratio"], run["seed"]) \
-            if run["arm"] == "augmented" else None
-        t0 = time.perf_counter()
+        bws = views[run["label_fraction"]]
+        if bws not in inputs:
+            inputs[bws] = (budget_labels(bws, cfg)[0], accepted_images(bws, cfg))
 
         def report(p, i=i):
             if progress is not None:
                 progress({**p, "stage": "experiment", "run": i + 1, "runs": len(plan), **run})
-        model, history = train_classifier(real, val, classes, cfg.classify, run["seed"], extra_df=extra,
-                                          progress=report, stop=stop, stage="experiment")
-        if history.attrs["stopped"]:
+        row = _run_once(ws, bws, cfg, run, key, *inputs[bws], test, classes, report, stop)
+        if row is None:
             break
-        m = evaluate(model, test, classes, cfg.classify)
-        row = {"run_key": key, **run, "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
-               "macro_f1": m["macro_f1"],
-               **{f"recall_{c}": v for c, v in m["per_class_recall"].items()},
-               "n_real": len(real), "n_synthetic": 0 if extra is None else len(extra),
-               "n_synthetic_wanted": int(round(run["synthetic_ratio"] * len(real))),
-               "n_test": m["n"], "best_epoch": history.attrs["best_epoch"],
-               "val_balanced_accuracy": float(history["val_balanced_accuracy"].max()),
-               "skipped_files": len(history.attrs["skipped"]) + len(m["skipped"]),
-               "confusion_matrix": json.dumps(m["confusion_matrix"]),
-               "seconds": round(time.perf_counter() - t0, 2)}
         done = pd.DataFrame([row]) if done.empty else pd.concat([done, pd.DataFrame([row])], ignore_index=True)
-        atomic_write_text(runs_csv, done.to_csv(index=False))
+        _write_runs(runs_csv, done)
+        write_summary(ws, cfg, done, classes, budgets, planned=len(plan))
     return done
 
 
@@ -333,41 +236,108 @@ def data_sources(labeled=None, test=None, unlabeled=()) -> dict:
             "unlabeled": unlabeled, "fingerprint": source_fingerprint([p for p in (labeled, test, *unlabeled) if p])}
 
 
+def _predictions(ws: Workspace):
+    def load(run_key: str) -> pd.DataFrame:
+        return pd.read_csv(ws.runs_dir / run_key / "predictions.csv")
+    return load
+
+
+def write_summary(ws: Workspace, cfg: LabConfig, runs: pd.DataFrame, classes: list[str],
+                  budgets: dict | None, planned: int, extra: dict | None = None) -> dict:
+    """summary.json + summary.md for the runs so far ("partial" until the grid is complete), so a
+    killed grid never leaves a summary of another config behind."""
+    primary = Workspace(ws.root)
+    synthetic = synthetic_summary(primary, cfg) if (primary.synthetic_dir / "scores.csv").exists() else {}
+    summary = summarize(runs, classes, cfg, synthetic, _predictions(ws), budgets, planned)
+    summary.update(extra or {})
+    atomic_write_json(ws.results_dir / "summary.json", summary)
+    atomic_write_text(ws.results_dir / "summary.md", markdown_table(summary))
+    return summary
+
+
+def _steps(ws: Workspace, cfg: LabConfig) -> list[tuple[str, Workspace]]:
+    """(stage, the workspace view it runs in): shared stages once, label stages per budget."""
+    views = budget_views(ws, cfg)
+    return [(stage, ws) for stage in SHARED] + [(stage, bws) for _, bws in views for stage in PER_BUDGET]
+
+
+def prepare_budgets(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict | None:
+    """Top up every budget's short classes; describe each budget (labels used, filter classifier
+    at chance or not, top-up per class). None when stopped."""
+    from core.data import load_splits
+    splits, _ = load_splits(ws)
+    out = {}
+    for value, bws in budget_views(ws, cfg):
+        labels, classes = budget_labels(bws, cfg)
+        real = labels[labels.split == "train"]
+        wants = {}
+        for r in cfg.experiment.synthetic_ratios:
+            for label, n in class_wants(real, r).items():
+                wants[label] = max(wants.get(label, 0), n)
+        topped = top_up(bws, cfg, wants, classes, progress, stop)
+        if topped.get("stopped"):
+            return None
+        info = json.loads((bws.filter_classifier_dir / "config.json").read_text())
+        score, n_val = info.get("val_balanced_accuracy"), int((labels.split == "val").sum())
+        out[budget_name(value)] = {
+            "value": value, "folder": ws.relative(bws.label_root) if bws.scope else ".",
+            "labels": ws.relative(bws.labels_file), "per_class": realised(labels, splits, value),
+            "filter_val_balanced_accuracy": score, "filter_at_chance": at_chance(score, len(classes), n_val),
+            "topup": topped["per_class"]}
+    return out
+
+
 def run_all(ws: Workspace, cfg: LabConfig, labeled=None, test=None, unlabeled=(), progress=None,
-            stop=None) -> dict:
-    """Every stage (skipped when done for this config), the grid, then results/summary.json."""
-    ws.ensure()
+            stop=None, notify=None) -> dict:
+    """Every stage (skipped when done for this config), top-up, the grid, then results/summary.json.
+    `notify(line)` hears what the data stage skipped and why, as soon as it is known."""
+    ws = Workspace(ws.root).ensure()
     save_config(cfg, ws.root)
     unlabeled = tuple(str(u) for u in unlabeled or ())
     sources = data_sources(labeled, test, unlabeled)
     functions = stage_functions(labeled, test, unlabeled)
-    timings = {}
-    for i, stage in enumerate(PIPELINE):
+    timings, steps = {}, _steps(ws, cfg)
+    for i, (stage, sws) in enumerate(steps):
+        name = f"{stage}[{sws.scope}]" if sws.scope else stage
         extra = sources if stage == "data" else None
-        if is_done(ws, cfg, stage, extra):
-            timings[stage] = "skipped"
+        if stage == "autoencoder":     # a budget the data cannot meet fails now, not after pre-training
+            for _, bws in budget_views(ws, cfg):
+                budget_labels(bws, cfg)
+        if is_done(sws, cfg, stage, extra):
+            timings[name] = "skipped"
             continue
         if stop is not None and stop.is_set():
-            return {"stopped": True, "stage": stage}
+            return {"stopped": True, "stage": name}
         if progress is not None:
-            progress({"stage": stage, "step": 0, "total": 0, "pipeline_step": i, "pipeline_total": len(PIPELINE)})
+            progress({"stage": name, "step": 0, "total": 0, "pipeline_step": i, "pipeline_total": len(steps)})
         t0 = time.perf_counter()
-        result = functions[stage](ws, cfg, progress=progress, stop=stop)
+        result = functions[stage](sws, cfg, progress=progress, stop=stop)
         if _stopped(result, stop):
-            return {"stopped": True, "stage": stage}
-        mark_done(ws, cfg, stage, result, time.perf_counter() - t0, extra)
-        timings[stage] = round(time.perf_counter() - t0, 2)
-    runs = run_grid(ws, cfg, progress, stop)
+            return {"stopped": True, "stage": name}
+        mark_done(sws, cfg, stage, result, time.perf_counter() - t0, extra)
+        timings[name] = round(time.perf_counter() - t0, 2)
+        if stage == "data" and notify is not None:
+            for line in data_report(ws):
+                notify(line)
+    budgets = prepare_budgets(ws, cfg, progress, stop)
+    if budgets is None:
+        return {"stopped": True, "stage": "top-up"}
+    runs = run_grid(ws, cfg, progress, stop, budgets)
     if stop is not None and stop.is_set():
         return {"stopped": True, "stage": "experiment", "runs_done": len(runs)}
     from core.data import load_splits
     _, classes = load_splits(ws)
-    summary = summarize(runs, classes, cfg, synthetic_summary(ws, cfg))
-    summary["stage_seconds"] = timings
-    atomic_write_json(ws.results_dir / "summary.json", summary)
-    atomic_write_text(ws.results_dir / "summary.md", markdown_table(summary))
+    summary = write_summary(ws, cfg, runs, classes, budgets, len(grid(cfg)), {"stage_seconds": timings})
     save_config(cfg, ws.results_dir)
     return summary
+
+
+def data_report(ws: Workspace) -> list[str]:
+    """What the data stage skipped and why, as lines for the console (as `data prepare` prints)."""
+    labeled = (read_marker(ws, "data").get("result") or {}).get("labeled") or {}
+    lines = [f"skipped {s['path']}: {s['reason']}" for s in labeled.get("skipped") or [] if isinstance(s, dict)]
+    lines += [f"empty class folder (no usable image): {c}" for c in labeled.get("empty_classes") or []]
+    return lines
 
 
 class ConsoleProgress:
@@ -397,11 +367,14 @@ def cli(argv: list[str]) -> int:
     if args.test is not None and args.labeled is None:
         raise UserError("--test needs --labeled (the demo brings its own test split)")
     cfg, ws = resolve_config(args), workspace(args)
-    out = run_all(ws, cfg, args.labeled, args.test, args.unlabeled, progress=ConsoleProgress())
+    out = run_all(ws, cfg, args.labeled, args.test, args.unlabeled, progress=ConsoleProgress(),
+                  notify=lambda line: print(line, file=sys.stderr, flush=True))
     if out.get("stopped"):
         print(f"stopped during {out['stage']}; rerun the same command to resume", file=sys.stderr)
         return 130
     print(markdown_table(out))
-    print(f"synthetic: {out['synthetic']['accepted']} accepted of {out['synthetic']['generated']}")
+    for name, b in out["budgets"].items():
+        print(f"budget {name}: " + ", ".join(f"{c} {v['accepted']}/{v['generated']} accepted"
+                                              for c, v in b["topup"].items()))
     print(f"results in {ws.results_dir}")
     return 0

@@ -14,7 +14,7 @@ import pandas as pd
 from core.cli import UserError
 from core.config import LabConfig, save_config
 from core.images import array_to_rgb, is_image_path, scan_images
-from core.splits import SPLITS, apply_label_fraction, split_off, write_manifest
+from core.splits import SPLITS, split_off, write_manifest
 from core.workspace import Workspace
 
 # MedMNIST v2 PathMNIST label order (medmnist INFO["pathmnist"]["label"]), written with the
@@ -111,8 +111,8 @@ def _npz_frame(npz: dict) -> pd.DataFrame:
 def prepare_labeled(ws: Workspace, cfg: LabConfig, labeled: str | Path,
                     test: str | Path | None = None) -> dict:
     """Few-label protocol over a labeled folder or .npz -> data/splits.csv (+ classes.json,
-    split_protocol.json). Order: test (given, the file's own, or carved first), then the
-    label fraction of the rest, then validation carved from that fraction."""
+    split_protocol.json). Order: test (given, the file's own, or carved first), then validation
+    carved from the rest. Label budgets are drawn later from train+val (core.budget)."""
     d, labeled = cfg.data, Path(labeled).expanduser()
     ws.ensure()
     notes, skipped, empty = [], [], []
@@ -140,7 +140,9 @@ def prepare_labeled(ws: Workspace, cfg: LabConfig, labeled: str | Path,
         test_scan = scan_labeled(test)
         unknown = sorted(set(test_scan["classes"]) - set(classes))
         if unknown:
-            raise UserError(f"test folder {test} has classes missing from {labeled}: {', '.join(unknown)}")
+            why = [f"{c}: every file was unreadable (e.g. {_first_reason(skipped, c)})" for c in unknown if c in empty]
+            raise UserError(f"test folder {test} has classes missing from {labeled}: {', '.join(unknown)}"
+                            + (f" ({'; '.join(why)})" if why else ""))
         frame = pd.concat([frame, test_scan["frame"].assign(split="test")], ignore_index=True)
         skipped += test_scan["skipped"]
         empty += [f"test/{c}" for c in test_scan["empty_classes"]]
@@ -148,18 +150,22 @@ def prepare_labeled(ws: Workspace, cfg: LabConfig, labeled: str | Path,
         frame = split_off(frame, d.test_fraction, d.seed, "test")
         notes.append(f"no test set given: a stratified {d.test_fraction:.0%} of the labeled data "
                      f"(seed {d.seed}) was carved as test before anything else")
-    frame = apply_label_fraction(frame, d.label_fraction, d.seed)
     frame = split_off(frame, d.val_fraction, d.seed + 1, "val")
     if labeled.suffix.lower() == ".npz":
         frame = _materialise_npz(ws, npz, frame)
     write_manifest(ws.data_dir, frame, classes, {
         "source": str(labeled.resolve()), "test_source": str(Path(test).resolve()) if test else None,
-        "label_fraction": d.label_fraction, "val_fraction": d.val_fraction, "seed": d.seed,
+        "val_fraction": d.val_fraction, "seed": d.seed,
         "notes": notes, "skipped": len(skipped)})
     save_config(cfg, ws.data_dir)
     counts = frame.groupby(["split", "class_name"]).size().unstack(fill_value=0)
     return {"classes": classes, "notes": notes, "skipped": skipped, "empty_classes": empty,
             "counts": {s: {c: int(v) for c, v in row.items()} for s, row in counts.iterrows()}}
+
+
+def _first_reason(skipped: list[dict], class_name: str) -> str:
+    hit = next((s for s in skipped if Path(s["path"]).parent.name == class_name), None)
+    return f"{hit['path']}: {hit['reason']}" if hit else "no image files"
 
 
 def npz_preview(path: str | Path) -> dict:

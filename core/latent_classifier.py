@@ -30,6 +30,7 @@ from core import cli as cli_util
 from core.cli import UserError
 from core.config import LabConfig, config_hash, save_config
 from core.io import atomic_dir, atomic_write_text
+from core.budget import budget_labels, write_labels
 from core.latents import augment, latent_cache
 from core.training import (MetricsLog, adamw, make_accelerator, resume_step, step_generator,
                            train_loop)
@@ -112,13 +113,11 @@ def load_scheduler_checked(ws: Workspace) -> DDPMScheduler:
 
 
 def split_latents(ws: Workspace, cfg: LabConfig, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(scaled latents N x C x h x w, labels, class names) of one labeled split, via the latent cache.
-
-    Unreadable images are skipped by the cache (listed in its `skipped`); labels follow `kept`.
-    """
+    """(scaled latents N x C x h x w, labels, class names) of the label budget's train or val
+    images, via the latent cache. Unreadable images are skipped by the cache (listed in its
+    `skipped`); labels follow `kept`."""
     from core.autoencoder import load_autoencoder
-    from core.data import load_splits
-    frame, classes = load_splits(ws)
+    frame, classes = budget_labels(ws, cfg)
     rows = frame[frame["split"] == split]
     if rows.empty:
         return np.zeros((0,)), np.zeros((0,), dtype=np.int64), classes
@@ -155,7 +154,8 @@ def accuracy_by_t(model: LatentClassifier, scheduler: DDPMScheduler, latents: to
 
 
 def train_latent_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> pd.DataFrame:
-    """Train on the TRAIN split, report per-t-bucket accuracy on VAL, save to ws.latent_classifier_dir.
+    """Train on the budget's train images, report per-t-bucket accuracy on its val images, save to
+    ws.latent_classifier_dir with labels.csv (the exact labeled images it used).
 
     Resumes from checkpoints/classifier when the config matches. Returns the accuracy-by-t frame
     (`frame.attrs["stopped"]` is True when `stop` interrupted it; the checkpoint is then kept).
@@ -164,7 +164,7 @@ def train_latent_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
     scheduler = load_scheduler_checked(ws)
     train_z, train_y, classes = split_latents(ws, cfg, "train")
     if len(train_z) == 0:
-        raise UserError(f"the labeled train split in {ws.split_manifest} is empty")
+        raise UserError(f"the label budget in {ws.labels_file} has no training image")
     val_z, val_y, _ = split_latents(ws, cfg, "val")
     eval_split = "val"
     if len(val_z) == 0:  # val_fraction = 0: report on train rather than touching the test split
@@ -225,6 +225,7 @@ def train_latent_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
         with atomic_dir(ws.latent_classifier_dir) as tmp:
             net.save_pretrained(tmp)
             atomic_write_text(tmp / "accuracy_by_t.csv", table.to_csv(index=False))
+            write_labels(tmp, budget_labels(ws, cfg)[0])
             save_config(cfg, tmp, "lab_config.json")
     table.attrs["stopped"] = result["stopped"]
     return table

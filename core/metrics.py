@@ -11,7 +11,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from core.config import LabConfig, config_hash, to_dict
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
@@ -160,64 +159,44 @@ def paired_interval(baseline: Sequence[float], augmented: Sequence[float],
     return out
 
 
-# --- the experiment's summary ---------------------------------------------------------------
+# --- the paired bootstrap over test images ---------------------------------------------------
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+def paired_bootstrap(labels, baseline_preds, augmented_preds, num_classes: int, resamples: int = 2000,
+                     confidence: float = 0.95, seed: int = 0) -> dict:
+    """Interval for mean-over-seeds (augmented - baseline) accuracy and balanced accuracy when
+    the TEST IMAGES are resampled: each resample draws the same test images for every run, so it
+    shows how much the delta depends on which test images were drawn (the seed interval cannot).
+    `*_preds` are (seeds, images) predicted labels in the order of `labels`."""
+    y = np.asarray(labels, dtype=np.int64)
+    base, aug = np.atleast_2d(np.asarray(baseline_preds)), np.atleast_2d(np.asarray(augmented_preds))
+    if base.shape != aug.shape or base.shape[1] != len(y):
+        raise ValueError(f"paired_bootstrap needs (seeds, {len(y)}) predictions per arm, got {base.shape} and {aug.shape}")
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(y), np.full(len(y), 1 / len(y)), size=resamples).astype(np.float64)  # (B, N)
+    onehot = np.eye(num_classes)[y]                                                                    # (N, C)
+    support = counts @ onehot                                                                          # (B, C)
 
-
-def _stats(values) -> dict:
-    v = [float(x) for x in values]
-    return {"mean": float(np.mean(v)) if v else None,
-            "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 if v else None, "runs": v}
-
-
-def summarize(runs: pd.DataFrame, classes: list[str], cfg: LabConfig, synthetic: dict | None = None) -> dict:
-    """summary.json: per-arm mean/std per metric and the paired per-seed delta, for the main cell
-    (first label fraction; ratio 1.0 when in the grid, else the first ratio) and for every cell."""
-    cells = []
-    ratios = cfg.experiment.synthetic_ratios
-    main_ratio = 1.0 if 1.0 in ratios else ratios[0]
-    for f in cfg.experiment.label_fractions:
-        base = runs[(runs.arm == "baseline") & (runs.label_fraction == f)].sort_values("seed")
-        for r in ratios:
-            aug = runs[(runs.arm == "augmented") & (runs.label_fraction == f)
-                       & (runs.synthetic_ratio == r)].sort_values("seed")
-            paired = base.merge(aug, on="seed", suffixes=("_b", "_a"))
-            cell = {"label_fraction": f, "synthetic_ratio": r, "seeds": paired["seed"].tolist(),
-                    "baseline": {m: _stats(base[m]) for m in METRICS},
-                    "augmented": {m: _stats(aug[m]) for m in METRICS},
-                    "delta": {m: paired_interval(paired[f"{m}_b"], paired[f"{m}_a"]) for m in METRICS},
-                    "per_class_recall": {arm: {c[len("recall_"):]: _stats(frame[c].dropna())["mean"]
-                                               for c in runs.columns if c.startswith("recall_")}
-                                         for arm, frame in (("baseline", base), ("augmented", aug))},
-                    "n_real": int(base["n_real"].iloc[0]) if len(base) else None,
-                    "n_synthetic": _stats(aug["n_synthetic"])["mean"] if len(aug) else None}
-            if len(aug) and (aug["n_synthetic"] < aug["n_synthetic_wanted"]).any():
-                # too few accepted images for this ratio: said in the summary, never hidden
-                cell["shortfall"] = (f"ratio {r:g} wants {int(aug['n_synthetic_wanted'].max())} synthetic "
-                                     f"images, only {int(aug['n_synthetic'].min())} accepted were available")
-            cells.append(cell)
-    main = next((c for c in cells if c["label_fraction"] == cfg.experiment.label_fractions[0]
-                 and c["synthetic_ratio"] == main_ratio), cells[0] if cells else {})
-    return {"classes": classes, "main_cell": {"label_fraction": main.get("label_fraction"),
-                                              "synthetic_ratio": main.get("synthetic_ratio")},
-            "baseline": main.get("baseline"), "augmented": main.get("augmented"),
-            "delta": main.get("delta"), "grid": cells, "synthetic": synthetic or {},
-            "runs": len(runs), "config": to_dict(cfg), "config_hash": config_hash(cfg)}
+    def per_resample(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        acc = counts @ correct.T / len(y)                                                              # (B, S)
+        hits = np.einsum("bn,sn,nc->bsc", counts, correct, onehot)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = hits / support[:, None, :]
+        return acc, np.nanmean(recall, axis=2)
+    acc_b, bal_b = per_resample((base == y).astype(np.float64))
+    acc_a, bal_a = per_resample((aug == y).astype(np.float64))
+    out = {"resamples": resamples, "confidence": confidence, "n_test": int(len(y)), "seeds": int(base.shape[0])}
+    lo, hi = 100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2
+    for name, d in (("accuracy", (acc_a - acc_b).mean(1)), ("balanced_accuracy", (bal_a - bal_b).mean(1))):
+        out[name] = {"low": float(np.percentile(d, lo)), "high": float(np.percentile(d, hi))}
+    return out
 
 
-def markdown_table(summary: dict) -> str:
-    lines = ["| label fraction | synthetic ratio | arm | accuracy | balanced acc. | macro-F1 |",
-             "|---|---|---|---|---|---|"]
-    fmt = lambda s: "n/a" if not s or s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"  # noqa: E731
-    for c in summary["grid"]:
-        for arm in ("baseline", "augmented"):
-            lines.append(f"| {c['label_fraction']:g} | {c['synthetic_ratio']:g} | {arm} | "
-                         + " | ".join(fmt(c[arm][m]) for m in METRICS) + " |")
-        d = c["delta"]["accuracy"]
-        ci = "" if d["low"] is None else f" (95% CI {d['low']:+.3f} .. {d['high']:+.3f})"
-        lines.append(f"| | | delta (paired, n={d['n']}) | "
-                     f"{'n/a' if d['mean'] is None else format(d['mean'], '+.3f')}{ci} | | |")
-        if c.get("shortfall"):
-            lines.append(f"| | | note | {c['shortfall']} | | |")
-    return "\n".join(lines) + "\n"
+def chance_margin(num_classes: int, n_val: int) -> float:
+    """How far above chance (1/C) a validation balanced accuracy must be to count as learning:
+    two binomial standard errors of a chance-level score on n_val images, at least 0.05."""
+    p = 1 / num_classes
+    return max(0.05, 2 * math.sqrt(p * (1 - p) / max(n_val, 1)))
+
+
+def at_chance(score, num_classes: int, n_val: int) -> bool:
+    return score is None or not np.isfinite(score) or score <= 1 / num_classes + chance_margin(num_classes, n_val)

@@ -7,6 +7,7 @@ table alone (vectorised pandas / numpy), so the UI can move a slider without rec
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +47,37 @@ def load_manifest(ws: Workspace) -> pd.DataFrame:
 
 
 def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
-                    batch_size: int = 64) -> pd.DataFrame:
+                    batch_size: int = 64, reuse: bool = False) -> pd.DataFrame:
     """Score every manifest image: p(target), predicted class, nearest centroid + distances.
 
     Unreadable images get NaN scores and an `error` reason (never kept); the table is written
-    to synthetic/scores.csv atomically once all rows are scored.
+    to synthetic/scores.csv atomically once all rows are scored. `reuse` keeps the stored scores
+    of images already scored by the same filter classifier and scores only the new ones.
     """
-    from core.classify import load_filter_classifier, load_images, predict
+    from core.classify import load_filter_classifier
     manifest = load_manifest(ws)
+    kept = None
+    if reuse and (ws.synthetic_dir / "scores.csv").exists():
+        # as text: the kept rows are written back byte for byte, so stage hashes over them hold
+        old = pd.read_csv(ws.synthetic_dir / "scores.csv", dtype=str, keep_default_na=False)
+        same = old["filter_hash"] == folder_hash(ws.filter_classifier_dir)
+        kept = old[same & old["file"].isin(manifest["file"])].drop_duplicates("file", keep="last")
+        manifest = manifest[~manifest["file"].isin(kept["file"])].reset_index(drop=True)
     model, info, centroids = load_filter_classifier(ws)
+    scores = _score(ws, manifest, model, info, centroids, progress, stop, batch_size)
+    if scores.attrs.get("stopped"):
+        return scores
+    text = scores.to_csv(index=False)
+    if kept is not None:
+        new = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        text = pd.concat([kept, new], ignore_index=True).fillna("").to_csv(index=False)
+    atomic_write_text(ws.synthetic_dir / "scores.csv", text)
+    return load_scores(ws) if kept is not None else scores
+
+
+def _score(ws: Workspace, manifest: pd.DataFrame, model, info: dict, centroids, progress, stop,
+           batch_size: int) -> pd.DataFrame:
+    from core.classify import load_images, predict
     classes = info["classes"]
     unknown = sorted(set(manifest["class"].astype(str)) - set(classes))
     if unknown:
@@ -95,7 +118,6 @@ def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
                              nearest_class=name[near], nearest_distance=near_d,
                              centroid_distance=target_d, error=errors,
                              filter_hash=folder_hash(ws.filter_classifier_dir))
-    atomic_write_text(ws.synthetic_dir / "scores.csv", scores.to_csv(index=False))
     return scores
 
 

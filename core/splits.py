@@ -1,8 +1,8 @@
-"""Few-label protocol: stratified, seeded subsets and the split manifest downstream reads.
+"""Stratified, seeded splits and the split manifest downstream reads (data/splits.csv).
 
-The paper trains on a small labeled fraction of NCT-CRC-HE-100K; here the fraction, the seed and
-the resulting rows are written to data/splits.csv so a split can be reproduced and shown. The
-validation split is always carved from labeled training data: model selection never sees test.
+The manifest holds the whole labeled pool (train + val) and the test set; the few-label protocol
+draws each label budget from the pool later (core.budget). The validation split is always carved
+from labeled training data: model selection never sees test.
 """
 from __future__ import annotations
 
@@ -48,16 +48,6 @@ def split_off(frame: pd.DataFrame, fraction: float, seed: int, name: str,
     moved = stratified_take(pool[multi], fraction, seed, min_per_class=1)
     frame.loc[moved, "split"] = name
     return frame
-
-
-def apply_label_fraction(frame: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
-    """Keep a stratified `fraction` of the train rows; val/test rows are untouched."""
-    if fraction >= 1:
-        return frame.reset_index(drop=True)
-    train = frame[frame["split"] == "train"]
-    kept = stratified_take(train, fraction, seed)
-    others = frame[frame["split"] != "train"]
-    return pd.concat([frame.loc[kept], others]).reset_index(drop=True)
 
 
 def finalize(frame: pd.DataFrame, classes: list[str]) -> pd.DataFrame:

@@ -1,4 +1,12 @@
-"""Where every stage reads and writes inside a workspace folder (the one layout all stages share)."""
+"""Where every stage reads and writes inside a workspace folder (the one layout all stages share).
+
+A workspace can hold several label budgets (experiment.label_fractions). Everything trained or
+made from labels — the latent classifier, the filter classifier, the synthetic set, its scores and
+accepted images, their checkpoints, metrics and stage markers — belongs to one budget and lives
+under `label_root`: the workspace root for the config's first budget (the one the lab shows), or
+`budgets/NAME/` for the others. Shared, label-free things (data, autoencoder, UNet, latent cache,
+results) always live at the root.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,9 +16,19 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Workspace:
     root: Path
+    scope: str = ""      # "" = the root holds this view's label budget; else budgets/<scope>/
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, scope: str = ""):
         object.__setattr__(self, "root", Path(root).expanduser().resolve())
+        object.__setattr__(self, "scope", scope)
+
+    def for_budget(self, name: str, primary: bool) -> "Workspace":
+        """The view of label budget `name`: the root itself when it is the primary budget."""
+        return Workspace(self.root, "" if primary else name)
+
+    @property
+    def label_root(self) -> Path:
+        return self.root / "budgets" / self.scope if self.scope else self.root
 
     # data built or indexed by core.data
     @property
@@ -21,6 +39,12 @@ class Workspace:
     def unlabeled_dir(self) -> Path: return self.data_dir / "unlabeled"    # POOL/*.png
     @property
     def split_manifest(self) -> Path: return self.data_dir / "splits.csv"  # path,class,split
+    @property
+    def pools_file(self) -> Path: return self.data_dir / "pools.csv"       # path,pool,weight
+
+    # the labels this view's budget may use: path,label,class_name,split (train|val)
+    @property
+    def labels_file(self) -> Path: return self.label_root / "labels.csv"
 
     # models, each in diffusers save_pretrained layout (safetensors + config.json)
     @property
@@ -32,34 +56,40 @@ class Workspace:
     @property
     def scheduler_dir(self) -> Path: return self.models_dir / "scheduler"
     @property
-    def latent_classifier_dir(self) -> Path: return self.models_dir / "latent_classifier"
+    def latent_classifier_dir(self) -> Path: return self.label_root / "models" / "latent_classifier"
     @property
-    def finetuned_unet_dir(self) -> Path: return self.models_dir / "unet_finetuned"   # classifier.finetune_unet
+    def finetuned_unet_dir(self) -> Path: return self.label_root / "models" / "unet_finetuned"
     @property
-    def filter_classifier_dir(self) -> Path: return self.models_dir / "filter_classifier"
+    def filter_classifier_dir(self) -> Path: return self.label_root / "models" / "filter_classifier"
 
-    # training state
+    # training state: label-trained stages keep theirs under the budget's root
     @property
     def cache_dir(self) -> Path: return self.root / "cache"
     @property
-    def checkpoints_dir(self) -> Path: return self.root / "checkpoints"
+    def checkpoints_dir(self) -> Path: return self.label_root / "checkpoints"
     @property
-    def metrics_dir(self) -> Path: return self.root / "metrics"           # STAGE.jsonl, read live by the UI
+    def metrics_dir(self) -> Path: return self.label_root / "metrics"     # STAGE.jsonl, read live by the UI
     @property
     def samples_dir(self) -> Path: return self.root / "samples"           # pretrain sample grids
 
     # synthetic data and results
     @property
-    def synthetic_dir(self) -> Path: return self.root / "synthetic"       # CLASS/*.png + manifest.csv
+    def synthetic_dir(self) -> Path: return self.label_root / "synthetic"  # CLASS/*.png + manifest.csv
     @property
-    def accepted_dir(self) -> Path: return self.root / "accepted"         # ImageFolder + manifest.csv
+    def accepted_dir(self) -> Path: return self.label_root / "accepted"    # ImageFolder + manifest.csv
     @property
     def results_dir(self) -> Path: return self.root / "results"           # runs.csv, summary.json
     @property
-    def stages_dir(self) -> Path: return self.root / "stages"             # STAGE.done markers (config hash)
+    def runs_dir(self) -> Path: return self.results_dir / "runs"          # RUN_KEY/labels.csv, predictions
+    @property
+    def stages_dir(self) -> Path: return self.label_root / "stages"       # STAGE.json markers (config hash)
 
     def metrics_file(self, stage: str) -> Path:
         return self.metrics_dir / f"{stage}.jsonl"
+
+    def relative(self, path: str | Path) -> str:
+        """A path inside the workspace as the workspace-relative POSIX string tables store."""
+        return Path(path).resolve().relative_to(self.root).as_posix()
 
     def ensure(self) -> "Workspace":
         self.root.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ def ws(tmp_path):
 
 @pytest.fixture
 def cfg(tiny_cfg):
-    return apply_overrides(tiny_cfg, ["classify.epochs=3", "classify.batch_size=8", "classify.lr=0.003"])
+    return apply_overrides(tiny_cfg, ["classify.steps=9", "classify.evals=3", "classify.batch_size=8",
+                                      "classify.lr=0.003"])
 
 
 def test_train_learns_selects_on_val_and_skips_corrupt_files(ws, cfg):
@@ -33,9 +34,11 @@ def test_train_learns_selects_on_val_and_skips_corrupt_files(ws, cfg):
                        pd.DataFrame([{"path": str(bad), "label": 0}])], ignore_index=True)
     val, test = splits[splits.split == "val"], splits[splits.split == "test"]
     model, history = train_classifier(train, val, classes, cfg.classify, seed=0)
-    assert list(history.columns[:3]) == ["epoch", "train_loss", "lr"]
-    assert len(history) == 3
-    assert history.attrs["best_epoch"] == int(history["val_balanced_accuracy"].idxmax())
+    assert list(history.columns[:4]) == ["step", "epoch", "train_loss", "lr"]
+    assert history["step"].tolist() == [3, 6, 9] and history.attrs["steps"] == 9
+    best = history.loc[history["val_balanced_accuracy"].idxmax()]
+    assert history.attrs["best_step"] == best["step"]
+    assert history.attrs["best_val_balanced_accuracy"] == best["val_balanced_accuracy"]
     assert str(bad) in history.attrs["skipped"]
     metrics = evaluate(model, test, classes, cfg.classify)
     assert metrics["accuracy"] >= 0.75, metrics          # colour-separable classes
@@ -45,7 +48,7 @@ def test_train_learns_selects_on_val_and_skips_corrupt_files(ws, cfg):
 
 def test_same_seed_same_model(ws, cfg):
     splits = make_splits(ws, per_split={"train": 4, "val": 2})
-    one = apply_overrides(cfg, ["classify.epochs=1"]).classify
+    one = apply_overrides(cfg, ["classify.steps=2", "classify.evals=1"]).classify
     train, val = splits[splits.split == "train"], splits[splits.split == "val"]
     a, _ = train_classifier(train, val, ["tumor", "stroma"], one, seed=3)
     b, _ = train_classifier(train, val, ["tumor", "stroma"], one, seed=3)
@@ -81,20 +84,44 @@ def test_centroids_are_unit_class_means():
     assert torch.allclose(cent, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
 
 
-def test_filter_classifier_roundtrip_never_reads_test(ws, cfg):
+def test_filter_classifier_roundtrip_never_reads_test(ws, cfg, monkeypatch):
+    import core.classify as classify
     splits = make_splits(ws)
-    # point the test rows at missing files: training must not touch them
-    splits.loc[splits.split == "test", "path"] = str(ws.root / "nowhere.png")
-    splits.to_csv(ws.split_manifest, index=False)
+    test_paths = set(splits[splits.split == "test"].path)
+    read = []
+    real_load = classify.load_images
+
+    def recording(paths, size):       # every image the filter classifier decodes, test ones included
+        read.extend(str(p) for p in paths)
+        return real_load(paths, size)
+    monkeypatch.setattr(classify, "load_images", recording)
     out = train_filter_classifier(ws, cfg)
+    assert read and not test_paths & set(read), "the filter classifier read a test image"
     assert out["stopped"] is False and out["classes"] == ["tumor", "stroma"]
+    # labels.csv is exactly what it trained and selected on: the budget's train + val images
+    labels = pd.read_csv(ws.filter_classifier_dir / "labels.csv")
+    pool = splits[splits.split != "test"]
+    assert set(labels.path) == set(pool.path) == set(read)
+    assert (labels.set_index("path").loc[pool.path, "split"].to_numpy() == pool.split.to_numpy()).all()
     model, info, cent = load_filter_classifier(ws)
     assert info["backbone"] == "test_resnet" and info["image_size"] == 32
     assert cent.shape == (2, model.num_features)
     assert torch.allclose(cent.norm(dim=1), torch.ones(2), atol=1e-5)
-    saved = json.loads((ws.filter_classifier_dir / "config.json").read_text())
-    assert saved["classes"] == ["tumor", "stroma"]
+    history = pd.read_csv(ws.filter_classifier_dir / "history.csv")
+    assert info["val_balanced_accuracy"] == pytest.approx(history["val_balanced_accuracy"].max())
+    assert info["best_step"] == history.loc[history["val_balanced_accuracy"].idxmax(), "step"]
     assert (ws.filter_classifier_dir / "lab_config.json").exists()
+
+
+def test_filter_classifier_trains_on_the_budget_subset(ws, cfg):
+    splits = make_splits(ws, per_split={"train": 20, "val": 10, "test": 4})
+    half = apply_overrides(cfg, ["experiment.label_fractions=0.5"])
+    train_filter_classifier(ws, half)
+    labels = pd.read_csv(ws.filter_classifier_dir / "labels.csv")
+    assert labels.groupby(["class_name", "split"]).size().to_dict() == {
+        (c, s): n for c in ("tumor", "stroma") for s, n in (("train", 10), ("val", 5))}
+    assert set(labels.path) <= set(splits[splits.split != "test"].path)
+    assert pd.read_csv(ws.labels_file).equals(labels)
 
 
 def test_stop_event_returns_early(ws, cfg):
@@ -106,9 +133,27 @@ def test_stop_event_returns_early(ws, cfg):
     assert not ws.filter_classifier_dir.exists()
 
 
-def test_trailing_single_image_batch_is_dropped(ws, cfg):
+def test_every_batch_is_full_and_capped_at_the_set_size(ws, cfg):
     splits = make_splits(ws, per_split={"train": 9, "val": 2})       # 18 train images
-    one = apply_overrides(cfg, ["classify.epochs=1", "classify.batch_size=17"]).classify
-    _, history = train_classifier(splits[splits.split == "train"], splits[splits.split == "val"],
-                                  ["tumor", "stroma"], one, seed=0)
-    assert len(history) == 1 and history.attrs["n_train"] == 18
+    train, val = splits[splits.split == "train"], splits[splits.split == "val"]
+    epochs = apply_overrides(cfg, ["classify.budget=epochs", "classify.epochs=2", "classify.batch_size=17"]).classify
+    _, history = train_classifier(train, val, ["tumor", "stroma"], epochs, seed=0)
+    assert history.attrs["steps"] == 2 and history.attrs["batch_size"] == 17 and history.attrs["n_train"] == 18
+    big = apply_overrides(cfg, ["classify.batch_size=64"]).classify            # a few-label set
+    _, history = train_classifier(train, val, ["tumor", "stroma"], big, seed=0)
+    assert history.attrs["batch_size"] == 18 and history.attrs["steps"] == big.steps
+
+
+def test_step_budget_gives_every_arm_the_same_optimizer_steps(ws, cfg):
+    splits = make_splits(ws, per_split={"train": 6, "val": 2})
+    train, val = splits[splits.split == "train"], splits[splits.split == "val"]
+    extra = pd.concat([train] * 3, ignore_index=True)                            # 4x the images
+    _, base = train_classifier(train, val, ["tumor", "stroma"], cfg.classify, seed=0)
+    _, aug = train_classifier(train, val, ["tumor", "stroma"], cfg.classify, seed=0, extra_df=extra)
+    assert base.attrs["steps"] == aug.attrs["steps"] == cfg.classify.steps
+    assert aug.attrs["n_train"] == 4 * base.attrs["n_train"]
+    epochs = apply_overrides(cfg, ["classify.budget=epochs", "classify.epochs=1"]).classify
+    _, base = train_classifier(train, val, ["tumor", "stroma"], epochs, seed=0)
+    _, aug = train_classifier(train, val, ["tumor", "stroma"], epochs, seed=0, extra_df=extra)
+    # the option says so: one optimizer step per full batch, so more images take more steps
+    assert (base.attrs["steps"], aug.attrs["steps"]) == (12 // 8, 48 // 8)

@@ -49,13 +49,14 @@ def test_prepare_and_demo_commands(tmp_path, capsys):
                 tmp_path / "nct" / cls / f"{cls}-{i}.tif")
     ws = tmp_path / "ws"
     assert cli(["prepare", "--workspace", str(ws), "--preset", "tiny", "--labeled", str(tmp_path / "nct"),
-                "--set", "data.label_fraction=0.5",
+                "--set", "data.val_fraction=0.25",
                 "--unlabeled", f"{ROOT / 'assets' / 'ihc.png'}:2"]) == 0
     out = capsys.readouterr().out
     assert "carved as test" in out and "ihc" in out
     frame = (ws / "data" / "splits.csv").read_text().splitlines()
-    assert frame[0] == "path,label,class_name,split" and len(frame) - 1 == 4 + 8  # 4 test + half of 16
-    assert json.loads((ws / "config.json").read_text())["data"]["label_fraction"] == 0.5
+    assert frame[0] == "path,label,class_name,split" and len(frame) - 1 == 20     # the whole labeled pool
+    assert sum(",val" in line for line in frame) == 4                               # 25% of 16 non-test
+    assert json.loads((ws / "config.json").read_text())["data"]["val_fraction"] == 0.25
     assert cli(["demo", "--workspace", str(tmp_path / "demo_ws"), "--preset", "tiny"]) == 0
     assert "demo data built" in capsys.readouterr().out
     assert cli(["demo", "--workspace", str(tmp_path / "demo_ws")]) == 0            # tiny from config.json

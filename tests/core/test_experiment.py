@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def fast(cfg):
-    return apply_overrides(cfg, ["classify.epochs=2", "classify.batch_size=8", "classify.lr=0.01",
+    return apply_overrides(cfg, ["classify.steps=6", "classify.batch_size=8", "classify.lr=0.01",
                                  "experiment.seeds=0,1,2", "experiment.synthetic_ratios=0.5,1.0",
-                                 "selection.threshold=0.0"])
+                                 "experiment.topup_rounds=0", "selection.threshold=0.0"])
 
 
 def fake_generative_stages(monkeypatch, calls):
@@ -87,7 +87,9 @@ def test_stages_skip_by_hash_and_grid_resumes(tmp_path, tiny_cfg, monkeypatch):
     assert summary["synthetic"]["generated"] == 24
     saved = json.loads((ws.results_dir / "summary.json").read_text())
     assert saved["augmented"]["macro_f1"]["mean"] == pytest.approx(summary["augmented"]["macro_f1"]["mean"])
-    assert saved["config"]["classify"]["epochs"] == 2
+    assert saved["config"]["classify"]["steps"] == 6
+    assert (runs.steps == 6).all()                      # equal compute: every arm, every ratio
+    assert saved["status"] == "complete" and saved["label_subsets"].startswith("one labeled subset")
     assert (ws.stages_dir / "pretrain.json").exists()
 
     # same config: nothing reruns, no run is retrained (runs.csv rows are reused)
@@ -154,11 +156,12 @@ def test_killed_grid_resumes_where_it_stopped(tmp_path, tiny_cfg, monkeypatch):
 def test_draw_synthetic_keeps_real_class_prior():
     real = pd.DataFrame({"path": [f"r{i}" for i in range(10)], "label": [0] * 8 + [1] * 2})
     acc = pd.DataFrame({"path": [f"s{i}" for i in range(40)], "label": [0] * 20 + [1] * 20})
-    out = experiment.draw_synthetic(acc, real, 1.0, seed=0)
+    out, report = experiment.draw_synthetic(acc, real, 1.0, seed=0)
     assert out["label"].value_counts().to_dict() == {0: 8, 1: 2}
-    capped = experiment.draw_synthetic(acc, real, 3.0, seed=0)
+    capped, report = experiment.draw_synthetic(acc, real, 3.0, seed=0)
     assert capped["label"].value_counts().to_dict() == {0: 20, 1: 6}     # class 0 capped at 20
-    assert experiment.draw_synthetic(acc.iloc[:0], real, 1.0, 0).empty
+    assert report == {0: {"wanted": 24, "drawn": 20, "accepted": 20}, 1: {"wanted": 6, "drawn": 6, "accepted": 20}}
+    assert experiment.draw_synthetic(acc.iloc[:0], real, 1.0, 0)[0].empty
 
 
 def test_cli_rejects_test_without_labeled(tmp_path):
@@ -183,10 +186,12 @@ def test_real_pipeline_on_demo_data_in_process(tmp_path, tiny_cfg):
     """Every real stage on the bundled demo with the tiny preset (fewer steps), then a rerun
     that skips every stage and every grid run."""
     cfg = apply_overrides(tiny_cfg, ["autoencoder.steps=6", "pretrain.steps=6", "classifier.steps=6",
-                                     "classify.epochs=1", "sampling.num_per_class=6"])
+                                     "classify.steps=4", "sampling.num_per_class=6",
+                                     "experiment.label_fractions=0.25", "experiment.topup_rounds=1"])
     ws = Workspace(tmp_path / "ws")
     summary = experiment.run_all(ws, cfg)
-    assert summary["synthetic"]["generated"] == 6 * len(summary["classes"])
+    assert_one_label_budget(ws, 0.25)
+    assert summary["synthetic"]["generated"] >= 6 * len(summary["classes"])
     assert len(summary["baseline"]["accuracy"]["runs"]) == len(cfg.experiment.seeds)
     for name in ("baseline", "augmented"):
         assert 0 <= summary[name]["accuracy"]["mean"] <= 1
@@ -217,6 +222,28 @@ def test_real_pipeline_on_demo_data_in_process(tmp_path, tiny_cfg):
         install_demo(bundle, Workspace(tmp_path / "third"))
 
 
+def assert_one_label_budget(ws: Workspace, fraction: float) -> None:
+    """From the files alone: every run's labels.csv, its latent classifier's and its filter
+    classifier's list the same images, none from test, about `fraction` of the labeled pool."""
+    splits = pd.read_csv(ws.split_manifest)
+    pool, test = splits[splits.split != "test"], set(splits[splits.split == "test"].path)
+    runs = pd.read_csv(ws.results_dir / "runs.csv")
+    assert len(runs) > 0
+    for row in runs.itertuples():
+        own = pd.read_csv(ws.root / row.labels)
+        latent = pd.read_csv(ws.root / row.latent_classifier / "labels.csv")
+        filt = pd.read_csv(ws.root / row.filter_classifier / "labels.csv")
+        assert set(own.path) == set(latent.path) == set(filt.path)
+        for other in (latent, filt):
+            assert own.set_index("path").loc[other.path, "split"].tolist() == other.split.tolist()
+        assert not set(own.path) & test
+        for split in ("train", "val"):
+            part = pool[pool.split == split].groupby("class_name").size()
+            got = own[own.split == split].groupby("class_name").size()
+            assert (got - (part * fraction).round()).abs().max() == 0, (split, got, part)
+        assert row.n_real == (own.split == "train").sum() and row.n_val == (own.split == "val").sum()
+
+
 def _user_image_folder(root, classes, per_class, size, seed):
     rng = np.random.default_rng(seed)
     from labdata import tile
@@ -236,14 +263,17 @@ def test_user_image_folder_with_separate_test_folder(tmp_path, tiny_cfg):
     test = _user_image_folder(tmp_path / "test", classes, 5, 40, seed=1)
     (train / "tumor" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     cfg = apply_overrides(tiny_cfg, ["autoencoder.steps=4", "pretrain.steps=4", "classifier.steps=4",
-                                     "classify.epochs=1", "sampling.num_per_class=4"])
+                                     "classify.steps=4", "sampling.num_per_class=4"])
     ws = Workspace(tmp_path / "ws")
     summary = experiment.run_all(ws, cfg, labeled=train, test=test)
     assert summary["classes"] == classes
     runs = pd.read_csv(ws.results_dir / "runs.csv")
     assert (runs.n_test == 15).all()                       # the given test folder, whole
     assert {f"recall_{c}" for c in classes} <= set(runs.columns)
-    assert pd.read_csv(ws.data_dir / "pools.csv")["pool"].unique().tolist() == ["target_train_unlabeled"]
+    pools = pd.read_csv(ws.data_dir / "pools.csv")
+    splits = pd.read_csv(ws.split_manifest)
+    assert pools["pool"].unique().tolist() == ["labeled_images_unlabeled"]   # train + val, labels unused
+    assert set(pools.path) == set(splits[splits.split != "test"].path)
     assert summary["synthetic"]["generated"] == 4 * 3
 
 
@@ -262,9 +292,90 @@ def test_cli_on_a_pathmnist_style_npz(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     cmd = [sys.executable, "-m", "core", "run", "--preset", "tiny", "--workspace", str(tmp_path / "ws"),
            "--labeled", str(npz), "--set", "autoencoder.steps=4", "--set", "pretrain.steps=4",
-           "--set", "classifier.steps=4", "--set", "classify.epochs=1"]
+           "--set", "classifier.steps=4", "--set", "classify.steps=4"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ws" / "results" / "summary.json").read_text())
     assert len(summary["classes"]) == 3
     assert pd.read_csv(tmp_path / "ws" / "results" / "runs.csv")["n_test"].eq(12).all()
+
+
+def test_short_classes_are_topped_up_and_what_cannot_be_is_reported(tmp_path, tiny_cfg, monkeypatch):
+    """A class whose generator gives good images is topped up to its want; one whose generator
+    never gives an acceptable image is sampled for every round and then reported short."""
+    import core.sampling as sampling
+    from core.classify import train_filter_classifier
+    from core.io import folder_hash, save_png
+    from core.selection import score_synthetic
+    from core.topup import top_up
+    from labdata import tile
+    ws = Workspace(tmp_path / "ws").ensure()
+    make_splits(ws)
+    cfg = apply_overrides(fast(tiny_cfg), ["classify.steps=18", "selection.threshold=0.5",
+                                           "sampling.num_per_class=4", "experiment.topup_rounds=2"])
+    for folder in (ws.unet_dir, ws.autoencoder_dir, ws.latent_classifier_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text("{}")
+    make_synthetic(ws, per_class=4)              # 2 good + 2 wrong-colour images per class
+    train_filter_classifier(ws, cfg)
+    score_synthetic(ws, cfg)
+    made = []
+
+    def fake_generate(ws_, cfg_, class_name, num, seed, progress=None, stop=None, **_):
+        label = ["tumor", "stroma"].index(class_name)
+        drawn = label if class_name == "tumor" else 0          # stroma never comes out right
+        rng, rows = np.random.default_rng(seed), []
+        for sd in range(seed, seed + num):
+            row = {"file": f"{class_name}/{class_name}-seed{sd}.png", "class": class_name, "label": label,
+                   "seed": sd, "guidance_scale": cfg_.sampling.guidance_scale, "steps": cfg_.sampling.steps,
+                   "scheduler": cfg_.sampling.scheduler, "eta": cfg_.sampling.eta,
+                   "unet_hash": folder_hash(ws_.unet_dir), "vae_hash": folder_hash(ws_.autoencoder_dir),
+                   "classifier_hash": folder_hash(ws_.latent_classifier_dir)}
+            save_png(tile(rng, drawn), ws_.synthetic_dir / row["file"], row)
+            rows.append(row)
+        pd.concat([pd.read_csv(ws_.synthetic_dir / "manifest.csv"), pd.DataFrame(rows)]) \
+            .to_csv(ws_.synthetic_dir / "manifest.csv", index=False)
+        made.append((class_name, seed, num))
+        return rows
+    monkeypatch.setattr(sampling, "generate", fake_generate)
+    out = top_up(ws, cfg, {0: 6, 1: 6}, ["tumor", "stroma"])
+    tumor, stroma = out["per_class"]["tumor"], out["per_class"]["stroma"]
+    assert tumor["accepted"] >= 6 and tumor["rounds"] == 1            # one round was enough
+    assert stroma["accepted"] < 6 and stroma["rounds"] == 2 and stroma["generated"] == 4 + 4 + 4
+    assert [m for m in made if m[0] == "stroma"] == [("stroma", 1 * 1_000_000 + 4, 4), ("stroma", 1_000_000 + 8, 4)]
+    # the draw then delivers tumor's ratio and says stroma's shortfall per class
+    from core.summary import _shortfall
+    from core.topup import accepted_images
+    real = pd.read_csv(ws.split_manifest).query("split == 'train'")
+    _, report = experiment.draw_synthetic(accepted_images(ws, cfg), real, 0.5, seed=0)
+    assert report[0]["drawn"] == 6 and report[1]["drawn"] < 6
+    text = _shortfall({"tumor": report[0], "stroma": report[1]}, 0.5, 2)
+    assert text.startswith("ratio 0.5 not met for 1 class(es)") and "stroma:" in text and "tumor" not in text
+    # a rerun finds every top-up image done and adds nothing
+    made.clear()
+    assert top_up(ws, cfg, {0: 6, 1: 6}, ["tumor", "stroma"])["per_class"] == out["per_class"] and \
+        all(m[0] == "stroma" for m in made)
+
+
+def test_run_refuses_one_class_and_names_a_class_lost_to_bad_files(tmp_path, capsys):
+    one = _user_image_folder(tmp_path / "one", ["tumor"], 6, 32, seed=0)
+    assert experiment.cli(["--workspace", str(tmp_path / "w1"), "--preset", "tiny", "--labeled", str(one)]) == 2
+    assert "1 usable class(es) (tumor); a classifier needs at least 2" in capsys.readouterr().err
+    train = _user_image_folder(tmp_path / "train", ["a", "b", "c"], 6, 32, seed=0)
+    for f in (train / "c").iterdir():
+        f.write_bytes(b"\xff\xd8 broken")
+    test = _user_image_folder(tmp_path / "test", ["a", "b", "c"], 3, 32, seed=1)
+    args = ["--workspace", str(tmp_path / "w2"), "--preset", "tiny", "--labeled", str(train), "--test", str(test)]
+    assert experiment.cli(args) == 2
+    err = capsys.readouterr().err
+    assert "classes missing from" in err and "c: every file was unreadable (e.g. " in err and "c_0.jpg" in err
+    # the same class lost with no test folder given: run goes on with the rest but says what it skipped
+    from core.data import prepare_labeled
+    from core.config import preset
+    ws = Workspace(tmp_path / "w3")
+    prepare_labeled(ws, preset("tiny"), train)
+    from core.stages import mark_done
+    mark_done(ws, preset("tiny"), "data", {"labeled": prepare_labeled(ws, preset("tiny"), train)}, 0.0)
+    lines = experiment.data_report(ws)
+    assert "empty class folder (no usable image): c" in lines
+    assert sum(line.startswith("skipped ") and "/c/" in line for line in lines) == 6

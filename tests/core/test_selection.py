@@ -66,7 +66,7 @@ def test_apply_threshold_and_curve_are_fast_on_1000_rows():
 def test_score_filter_export_end_to_end(tmp_path, tiny_cfg):
     from core.classify import train_filter_classifier
     ws = Workspace(tmp_path / "ws").ensure()
-    cfg = apply_overrides(tiny_cfg, ["classify.epochs=6", "classify.batch_size=8", "classify.lr=0.01"])
+    cfg = apply_overrides(tiny_cfg, ["classify.steps=18", "classify.batch_size=8", "classify.lr=0.01"])
     make_splits(ws)
     make_synthetic(ws)
     (ws.synthetic_dir / "tumor" / "tumor-0005.png").write_bytes(b"\x89PNG broken")   # corrupt file

@@ -14,7 +14,7 @@ from PIL import Image
 from core.cli import UserError
 from core.data import load_splits
 from core.labeled import PATHMNIST_CLASSES, prepare_labeled, scan_labeled
-from core.splits import apply_label_fraction, split_off, stratified_take
+from core.splits import split_off, stratified_take
 from core.workspace import Workspace
 
 
@@ -35,15 +35,15 @@ def test_stratified_take_is_stratified_reproducible_and_order_free():
     assert other != set(frame.loc[idx, "path"])
 
 
-def test_label_fraction_then_val_carve_keeps_splits_disjoint():
+def test_val_carve_keeps_splits_disjoint():
     frame = _frame({"a": 100, "b": 50})
     frame.loc[frame.index[::10], "split"] = "test"
     test_before = set(frame[frame.split == "test"].path)
-    out = split_off(apply_label_fraction(frame, 0.5, 0), 0.2, 1, "val")
+    out = split_off(frame, 0.2, 1, "val")
     assert set(out[out.split == "test"].path) == test_before            # test untouched
     train, val = set(out[out.split == "train"].path), set(out[out.split == "val"].path)
     assert not train & val and not (train | val) & test_before
-    assert len(train | val) == round(90 * 0.5) + round(45 * 0.5)
+    assert len(val) == round(90 * 0.2) + round(45 * 0.2)
 
 
 def _image_folder(root: Path, counts: dict[str, int], size=16, seed=0) -> Path:
@@ -67,7 +67,7 @@ def _tree_digest(root: Path) -> str:
 def test_prepare_folder_without_test_carves_test_first(tmp_path, tiny_cfg):
     root = _image_folder(tmp_path / "nct", {"ADI": 30, "TUM": 20, "EMPTY": 0})
     digest = _tree_digest(root)
-    cfg = replace(tiny_cfg, data=replace(tiny_cfg.data, label_fraction=0.5, val_fraction=0.2))
+    cfg = replace(tiny_cfg, data=replace(tiny_cfg.data, val_fraction=0.2))
     ws = Workspace(tmp_path / "ws")
     result = prepare_labeled(ws, cfg, root)
     assert _tree_digest(root) == digest                       # nothing written into user data
@@ -82,7 +82,9 @@ def test_prepare_folder_without_test_carves_test_first(tmp_path, tiny_cfg):
     prepare_labeled(again, cfg, root)
     assert load_splits(again)[0].equals(frame)                # same seed -> same split
     protocol = json.loads((ws.data_dir / "split_protocol.json").read_text())
-    assert protocol["label_fraction"] == 0.5 and protocol["seed"] == cfg.data.seed
+    # the manifest is the whole labeled pool; label budgets are drawn from it later (core.budget)
+    assert "label_fraction" not in protocol and protocol["seed"] == cfg.data.seed
+    assert frame.groupby("split").size()["train"] + frame.groupby("split").size()["val"] == 24 + 16
 
 
 def test_prepare_with_test_folder_and_class_mismatch(tmp_path, tiny_cfg):
@@ -114,13 +116,12 @@ def test_pathmnist_npz_is_materialised_with_class_names(tmp_path, tiny_cfg):
         arrays[f"{split}_images"] = rng.integers(0, 255, (n, 28, 28, 3), dtype=np.uint8)
         arrays[f"{split}_labels"] = (np.arange(n) % 9).reshape(-1, 1)
     np.savez(tmp_path / "pathmnist.npz", **arrays)
-    cfg = replace(tiny_cfg, data=replace(tiny_cfg.data, label_fraction=0.5))
     ws = Workspace(tmp_path / "ws")
-    result = prepare_labeled(ws, cfg, tmp_path / "pathmnist.npz")
+    result = prepare_labeled(ws, tiny_cfg, tmp_path / "pathmnist.npz")
     frame, classes = load_splits(ws)
     assert classes == PATHMNIST_CLASSES
     assert result["counts"]["test"] == {c: 3 for c in PATHMNIST_CLASSES}   # the file's own test
-    assert (frame.split == "train").sum() + (frame.split == "val").sum() == 9 * round(12 * 0.5)
+    assert (frame.split == "train").sum() + (frame.split == "val").sum() == 90 + 18   # its train + val
     first = frame.iloc[0]
     assert Path(first.path).is_relative_to(ws.labeled_dir / first.split / first.class_name)
     test_row = frame[frame.split == "test"].iloc[0]

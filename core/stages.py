@@ -1,0 +1,169 @@
+"""Stage markers: when a stage of `core run` is done for a config, and which synthetic rows it made.
+
+A marker (stages/STAGE.json) holds a key hashed from the sub-configs the stage depends on and the
+output hashes of the stages it reads; a stage whose key matches and whose outputs still hash the
+same is skipped, so a killed run resumes at the first unfinished stage (the trainers themselves
+resume from their checkpoints). The shared stages (data, autoencoder, pretrain) keep their
+markers at the workspace root; the label-trained ones in their budget's folder (core.budget).
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from core.config import LabConfig, config_hash, identity
+from core.io import atomic_write_json, folder_hash
+from core.workspace import Workspace
+
+SHARED = ("data", "autoencoder", "pretrain")
+PER_BUDGET = ("latent_classifier", "filter_classifier", "sampling", "scoring", "selection")
+PIPELINE = SHARED + PER_BUDGET
+# stage -> (config sections it reads, upstream stages whose outputs it reads)
+DEPENDS = {
+    "data": (("data",), ()),
+    "autoencoder": (("autoencoder", "data"), ("data",)),
+    "pretrain": (("pretrain",), ("autoencoder",)),
+    "latent_classifier": (("classifier",), ("pretrain", "data")),
+    "filter_classifier": (("classify",), ("data",)),
+    "sampling": (("sampling",), ("latent_classifier",)),
+    "scoring": ((), ("filter_classifier", "sampling")),
+    "selection": (("selection",), ("scoring",)),
+}
+LABELED = ("latent_classifier", "filter_classifier")     # stages that read the budget's labels
+
+
+def _owner(ws: Workspace, stage: str) -> Workspace:
+    return Workspace(ws.root) if stage in SHARED else ws
+
+
+def stage_outputs(ws: Workspace, stage: str) -> list[Path]:
+    return {
+        "data": [ws.split_manifest, ws.pools_file],
+        "autoencoder": [ws.autoencoder_dir],
+        "pretrain": [ws.unet_dir, ws.scheduler_dir],
+        "latent_classifier": [ws.latent_classifier_dir] + (
+            [ws.finetuned_unet_dir] if ws.finetuned_unet_dir.exists() else []),
+        "filter_classifier": [ws.filter_classifier_dir],
+        "sampling": [ws.synthetic_dir / "manifest.csv"],
+        "scoring": [ws.synthetic_dir / "scores.csv"],
+        "selection": [ws.accepted_dir / "manifest.csv"],
+    }[stage]
+
+
+def output_hash(ws: Workspace, stage: str, cfg: LabConfig | None = None) -> str | None:
+    """Content hash of a stage's outputs; None when any is missing. With `cfg`, the synthetic
+    tables count only the rows of images this config's sampling stage made (`made_by_config`):
+    images the app adds at other guidance scales, top-up images the experiment adds later, and
+    rows a demo bundle leaves out, do not make the stage stale."""
+    parts = []
+    for p in stage_outputs(ws, stage):
+        if p.is_dir():
+            if not any(p.iterdir()):
+                return None
+            parts.append(folder_hash(p, "*.safetensors") + folder_hash(p, "*.json"))
+        elif p.is_file():
+            # tables hold absolute paths: hash them relative to the workspace, so a workspace
+            # moved or installed elsewhere (core.demo_models) keeps its stage markers valid
+            text = p.read_text(encoding="utf-8").replace(str(ws.root), "<ws>")
+            if cfg is not None and p.parent == ws.synthetic_dir:
+                text = _rows_made_by(ws, cfg, text)
+            parts.append(config_hash(text))
+        else:
+            return None
+    return config_hash(parts)
+
+
+def _rows_made_by(ws: Workspace, cfg: LabConfig, text: str) -> str:
+    # read as text (dtype=str): the hash sees the rows as written, with no float reformatting
+    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    if "file" in frame:
+        frame = frame.drop_duplicates("file", keep="last")     # as read_manifest: a re-made file's latest row
+    rows = frame[made_by_config(ws, cfg, frame, topup=False)]
+    return (rows.sort_values("file", kind="stable") if "file" in rows else rows).to_csv(index=False)
+
+
+def _budget_extra(ws: Workspace, cfg: LabConfig, stage: str):
+    if stage not in LABELED:
+        return None
+    from core.budget import budget_of
+    return {"label_budget": budget_of(ws, cfg), "subset_seed": cfg.data.seed}
+
+
+def stage_key(ws: Workspace, cfg: LabConfig, stage: str, extra=None) -> str:
+    sections, upstream = DEPENDS[stage]
+    extra = extra if extra is not None else _budget_extra(ws, cfg, stage)
+    return config_hash(stage, {s: identity(getattr(cfg, s)) for s in sections},
+                       {u: read_marker(ws, u).get("output_hash") for u in upstream}, extra)
+
+
+def marker_file(ws: Workspace, stage: str) -> Path:
+    return _owner(ws, stage).stages_dir / f"{stage}.json"
+
+
+def read_marker(ws: Workspace, stage: str) -> dict:
+    path = marker_file(ws, stage)
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}     # a damaged marker means "not done"; the stage reruns
+
+
+def is_done(ws: Workspace, cfg: LabConfig, stage: str, extra=None) -> bool:
+    marker = read_marker(ws, stage)
+    return bool(marker) and marker.get("key") == stage_key(ws, cfg, stage, extra) \
+        and marker.get("output_hash") == output_hash(_owner(ws, stage), stage, cfg)
+
+
+def mark_done(ws: Workspace, cfg: LabConfig, stage: str, result, seconds: float, extra=None) -> dict:
+    sections, upstream = DEPENDS[stage]
+    marker = {"stage": stage, "key": stage_key(ws, cfg, stage, extra),
+              "output_hash": output_hash(_owner(ws, stage), stage, cfg),
+              "config_hash": config_hash(*(getattr(cfg, s) for s in sections)),
+              "inputs": {u: read_marker(ws, u).get("output_hash") for u in upstream},
+              "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "result": _jsonable(result)}
+    atomic_write_json(marker_file(ws, stage), marker)
+    return marker
+
+
+def _jsonable(result):
+    if isinstance(result, pd.DataFrame):
+        return {"rows": len(result)}
+    if isinstance(result, dict):
+        return json.loads(json.dumps(result, default=str))
+    return None
+
+
+def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, topup: bool = True) -> pd.Series:
+    """Which rows of a synthetic manifest / scores table are images that `cfg` made for this budget:
+    its guidance scale, steps, scheduler, eta, the budget's current models, its seeds — the
+    sampling stage's num_per_class per class and, with `topup`, the experiment's top-up rounds."""
+    from core.sampling import SEED_STRIDE, unet_dir
+    s = cfg.sampling
+    wanted = {"guidance_scale": s.guidance_scale, "steps": s.steps, "scheduler": s.scheduler, "eta": s.eta,
+              "unet_hash": folder_hash(unet_dir(ws, cfg)), "vae_hash": folder_hash(ws.autoencoder_dir),
+              "classifier_hash": folder_hash(ws.latent_classifier_dir)}
+    mask = pd.Series(True, index=frame.index)
+    for col, value in wanted.items():
+        if col in frame:
+            mask &= (pd.to_numeric(frame[col], errors="coerce") - value).abs() < 1e-9 if isinstance(value, float) \
+                else frame[col].astype(str) == str(value)
+    if {"seed", "label"} <= set(frame.columns):
+        k = pd.to_numeric(frame["seed"], errors="coerce") - pd.to_numeric(frame["label"], errors="coerce") \
+            * SEED_STRIDE - s.seed
+        rounds = 1 + (cfg.experiment.topup_rounds if topup else 0)
+        mask &= (k >= 0) & (k < s.num_per_class * rounds)
+    return mask
+
+
+def current_selection(ws: Workspace, cfg: LabConfig) -> pd.DataFrame:
+    """Stored scores with the config's rule applied, restricted to the images this config made:
+    the manifest also keeps images from other guidance scales / models (the UI adds to it), and
+    mixing those in would make the experiment measure something its config does not say."""
+    from core.selection import select
+    kept = select(ws, cfg)
+    return kept[made_by_config(ws, cfg, kept)]
