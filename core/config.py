@@ -333,7 +333,9 @@ def preset(name: str) -> LabConfig:
             pretrain=PretrainConfig(block_out_channels=(192, 384, 384, 768, 768), layers_per_block=2,
                                     attention_resolutions=(32, 16, 8), attention_head_dim=24,
                                     resnet_time_scale_shift="scale_shift", resblock_updown=True,
-                                    steps=400_000, batch_size=4, lr=5e-5, warmup_steps=10_000,
+                                    # the reference's (LDM's) "linear" betas are linear in sqrt(beta):
+                                    # diffusers' scaled_linear; its "linear" gives alpha-bar(500) .08 not .15
+                                    beta_schedule="scaled_linear", steps=400_000, batch_size=4, lr=5e-5, warmup_steps=10_000,
                                     ema_decay=0.9999, checkpoint_every=5000, sample_every=5000,
                                     log_every=50),
             classifier=LatentClassifierConfig(block_out_channels=(128, 128, 256, 256, 512, 512),

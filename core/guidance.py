@@ -69,10 +69,28 @@ def condition_mean(mean: torch.Tensor, variance: torch.Tensor | float, z_t: torc
     return mean + scale * variance * grad.to(mean.dtype)
 
 
+# How DDPMScheduler.step (diffusers 0.42) turns _get_variance(t) into its noise's std: the `_log`
+# types do not share a convention, so each one's value is mapped back to the variance sigma^2.
+_TO_VARIANCE = {
+    "fixed_small": lambda v: v,               # step: v ** 0.5
+    "fixed_small_log": lambda v: v ** 2,      # returns exp(0.5 log v), a std; step: v itself
+    "fixed_large": lambda v: v,               # beta_t; step: v ** 0.5
+    # log(beta_t): step's (log beta_t) ** 0.5 is NaN there, so the variance meant (beta_t) is returned
+    "fixed_large_log": lambda v: v.exp(),
+}
+
+
 def ddpm_variance(scheduler, t: int) -> torch.Tensor:
-    """The DDPM step's posterior variance at t (what `DDPMScheduler.step` multiplies its noise by, squared)."""
+    """sigma_t^2 of the DDPM step at timestep t: what `DDPMScheduler.step` multiplies its noise by, squared.
+
+    _get_variance reads the previous timestep of the scheduler's inference schedule (set_timesteps),
+    so with fewer steps than training steps this is the variance of the jump t -> prev(t), the one
+    the step at t draws with. The learned types need the model's variance output: a clear error.
+    """
     if int(t) <= 0:
-        return torch.tensor(0.0)
-    # _get_variance is diffusers' own formula for every variance_type; reused, not re-derived.
-    v = scheduler._get_variance(int(t)).detach().float().cpu()
-    return v.exp() if str(scheduler.config.variance_type).endswith("_log") else v
+        return torch.tensor(0.0)                 # step adds no noise at t = 0
+    kind = str(scheduler.config.variance_type)
+    if kind not in _TO_VARIANCE:
+        raise UserError(f"classifier guidance with the DDPM scheduler supports variance_type "
+                        f"{', '.join(_TO_VARIANCE)}; got {kind!r} (its variance needs the model's output)")
+    return _TO_VARIANCE[kind](scheduler._get_variance(int(t)).detach().float().cpu())

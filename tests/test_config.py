@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from core.config import ConfigError, apply_overrides, config_hash, from_dict, preset, to_dict
@@ -16,6 +17,19 @@ def test_paper_preset_matches_reference_shapes():
     assert cfg.autoencoder.latent_channels == 3
     assert cfg.pretrain.block_out_channels == (192, 384, 384, 768, 768)
     assert (cfg.pretrain.beta_start, cfg.pretrain.beta_end) == (0.0015, 0.0155)
+
+
+def test_paper_scheduler_has_ldm_linear_betas():
+    """LDM's "linear" is linear in sqrt(beta); diffusers' "linear" shares only the endpoints
+    (alpha-bar at t=500: 0.150 vs 0.081), so alpha-bar is pinned mid-schedule, not the betas' ends."""
+    from core.pretrain import build_scheduler
+    cfg = preset("paper").pretrain
+    alphas_cumprod = build_scheduler(cfg).alphas_cumprod.double().numpy()
+    betas = np.linspace(0.0015 ** 0.5, 0.0155 ** 0.5, 1000, dtype=np.float64) ** 2
+    reference = np.cumprod(1 - betas)
+    for t in (250, 500, 750):
+        assert alphas_cumprod[t] == pytest.approx(reference[t], rel=1e-5)
+    assert alphas_cumprod[500] == pytest.approx(0.150, abs=5e-4)
 
 
 def test_overrides_parse_types_and_name_bad_fields():

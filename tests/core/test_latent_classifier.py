@@ -16,10 +16,10 @@ from core.workspace import Workspace
 from labdata import make_splits
 
 
-def make_model_workspace(root, cfg, classes=("tumor", "stroma"), unet=True):
+def make_model_workspace(root, cfg, classes=("tumor", "stroma"), unet=True, per_split=None):
     """Labeled colour-coded tiles + a (random-weight) autoencoder, scheduler and UNet saved in place."""
     ws = Workspace(root).ensure()
-    frame = make_splits(ws, classes=classes, size=cfg.data.image_size)
+    frame = make_splits(ws, classes=classes, per_split=per_split, size=cfg.data.image_size)
     torch.manual_seed(0)
     vae = build_autoencoder(cfg.autoencoder)
     images = torch.stack([ImageDataset(frame["path"][:16], None, cfg.data.image_size)[i] for i in range(16)])
@@ -62,9 +62,14 @@ def test_mean_pooling_variant():
 
 
 def test_noise_aware_training_learns_and_logs_accuracy_by_t(tmp_path, tiny_cfg):
-    cfg = quick(tiny_cfg, steps=60)
+    # The random-weight autoencoder leaves a weak class signal in the latents (class means differ by
+    # ~0.05 against a 0.5 per-pixel spread) and most training t are noise-dominated: at 60 steps the
+    # noise-aware classifier was still at chance everywhere, so it trains longer here.
+    cfg = quick(tiny_cfg, steps=400, batch_size=32, log_every=100)
     ws = make_model_workspace(tmp_path / "ws", cfg, unet=False)
     table = train_latent_classifier(ws, cfg)
+    # balanced val (6 + 6): a classifier blind to z_t (a function of t alone) sat at 0.5 here
+    assert table["accuracy"].iloc[:2].mean() >= 0.75, table["accuracy"].tolist()
     assert len(table) == cfg.classifier.t_buckets and set(table["split"]) == {"val"}
     assert table["t_min"].iloc[0] == 0 and table["t_max"].iloc[-1] == 999
     assert set(table["noise_aware"]) == {True} and table["loss"].notna().all()
@@ -73,7 +78,7 @@ def test_noise_aware_training_learns_and_logs_accuracy_by_t(tmp_path, tiny_cfg):
     model = load_latent_classifier(ws)
     assert list(model.config.class_names) == ["tumor", "stroma"]
     log = read_jsonl(ws.metrics_file("classifier"))
-    assert [r["step"] for r in log if "loss" in r] == [10, 20, 30, 40, 50, 60]
+    assert [r["step"] for r in log if "loss" in r] == [100, 200, 300, 400]
     assert any("accuracy_by_t" in r for r in log)
 
 
