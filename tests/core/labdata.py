@@ -61,3 +61,26 @@ def make_synthetic(ws, classes=("tumor", "stroma"), per_class=6, size=32, seed=1
     frame = pd.DataFrame(rows)
     frame.to_csv(ws.synthetic_dir / "manifest.csv", index=False)
     return frame
+
+
+def assert_one_label_budget(ws) -> None:
+    """From the files alone: every run's labels.csv, its latent classifier's and its filter
+    classifier's list the same images, none from test, and the run's label fraction of the
+    labeled pool per class and part (train / val)."""
+    splits = pd.read_csv(ws.split_manifest)
+    pool, test = splits[splits.split != "test"], set(splits[splits.split == "test"].path)
+    runs = pd.read_csv(ws.results_dir / "runs.csv")
+    assert len(runs) > 0
+    for row in runs.itertuples():
+        own = pd.read_csv(ws.root / row.labels)
+        latent = pd.read_csv(ws.root / row.latent_classifier / "labels.csv")
+        filt = pd.read_csv(ws.root / row.filter_classifier / "labels.csv")
+        assert set(own.path) == set(latent.path) == set(filt.path)
+        for other in (latent, filt):
+            assert own.set_index("path").loc[other.path, "split"].tolist() == other.split.tolist()
+        assert not set(own.path) & test
+        for split in ("train", "val"):
+            part = pool[pool.split == split].groupby("class_name").size()
+            got = own[own.split == split].groupby("class_name").size().reindex(part.index, fill_value=0)
+            assert (got - (part * row.label_fraction).round()).abs().max() == 0, (split, got, part)
+        assert row.n_real == (own.split == "train").sum() and row.n_val == (own.split == "val").sum()
