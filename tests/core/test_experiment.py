@@ -12,6 +12,7 @@ import pytest
 import core.experiment as experiment
 from core.cli import UserError
 from core.config import apply_overrides
+from core.config import config_hash as cfg_hash
 from core.workspace import Workspace
 from labdata import assert_one_label_budget, make_splits, make_synthetic
 
@@ -146,11 +147,18 @@ def test_killed_grid_resumes_where_it_stopped(tmp_path, tiny_cfg, monkeypatch):
     out = experiment.run_all(ws, cfg, progress=progress, stop=stop)
     assert out["stopped"] is True and out["runs_done"] == 1
     assert len(pd.read_csv(ws.results_dir / "runs.csv")) == 1
+    # the summary on disk describes this config's finished run, marked partial
+    partial = json.loads((ws.results_dir / "summary.json").read_text())
+    assert partial["status"] == "partial: 1 of 4 runs" and partial["config_hash"] == cfg_hash(cfg)
+    assert "partial: 1 of 4 runs" in (ws.results_dir / "summary.md").read_text()
     calls.clear()
     summary = experiment.run_all(ws, cfg)
     assert calls == []                      # every stage was finished before the stop
     runs = pd.read_csv(ws.results_dir / "runs.csv")
-    assert len(runs) == 4 and summary["runs"] == 4
+    assert len(runs) == 4 and summary["runs"] == 4 and summary["status"] == "complete"
+    text = pd.read_csv(ws.results_dir / "runs.csv", dtype=str)        # counts stay integers on resume
+    for col in ("seed", "n_real", "n_synthetic", "steps", "n_test"):
+        assert not text[col].str.contains(".", regex=False).any(), (col, text[col].tolist())
 
 
 def test_draw_synthetic_keeps_real_class_prior():
