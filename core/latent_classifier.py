@@ -293,6 +293,7 @@ def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=N
     if not result["stopped"] and accelerator.is_main_process:
         with atomic_dir(ws.finetuned_unet_dir) as tmp:
             accelerator.unwrap_model(unet).save_pretrained(tmp)
+            write_labels(tmp, budget_labels(ws, cfg)[0])     # the budget images it trained on
             save_config(cfg, tmp, "lab_config.json")
     return result
 
