@@ -85,7 +85,8 @@ def start_tune(ctx: AppContext) -> str:
     except JobBusy as e:
         raise UserError(str(e)) from e
     return (f"auto-tune started: {NUM} images per class at scales {', '.join(f'{s:g}' for s in GRID)}, "
-            "then the scale with the best acceptance x coverage (copy rate <= 5%) per class")
+            "then per class the scale with the best acceptance x coverage among those that copy no more "
+            "than 5% (or than real images do)")
 
 
 def tuned_scales(ctx: AppContext) -> str:

@@ -5,7 +5,10 @@ For every class and every scale of the grid, `num` images are sampled (seeds as 
 images already in synthetic/ are reused), scored by the filter classifier and measured by
 core.quality. Objective per (class, scale): acceptance rate under the config's selection rule x
 coverage (Naeem et al.: the share of real images with a synthetic one inside their k-NN ball),
-among scales whose copy rate stays at or under `copy_ceiling`; ties go to the smaller scale.
+among scales whose copy rate stays at or under max(`copy_ceiling`, the class's real-vs-real copy
+rate) — a class whose real images are near-duplicates of each other (blank background) shows
+"copies" even among held-out real images, and a scale is not blamed for matching that; ties go
+to the smaller scale.
 Acceptance alone favours large scales that collapse onto a few confident modes; coverage alone
 favours s = 0; the product asks for images that are both confidently of their class and spread
 over the real class.
@@ -33,14 +36,15 @@ def sweep(ws: Workspace, cfg: LabConfig, grid=GRID, num: int = NUM, features: st
     """Sample, score and measure the grid; returns the sweep table (one row per class x scale,
     `chosen` marks each class's pick) and writes it to results/guidance_sweep.csv."""
     from core.quality import evaluate, floor_for
-    from core.sampling import SEED_STRIDE, generate, load_pipeline
+    from core.sampling import SEED_STRIDE, generate
     from core.selection import score_synthetic, select, synthetic_path
     grid = sorted({float(s) for s in grid})
     if not grid or min(grid) < 0:
         raise UserError(f"tune-guidance: the grid must hold scales >= 0, got {grid}")
     if num < 2 * 5 + 2:
         raise UserError(f"tune-guidance: --num must be >= 12 (coverage needs more than k=5 images), got {num}")
-    classes = list(load_pipeline(ws, cfg).classifier.config.class_names)
+    from core.data import load_splits
+    classes = list(load_splits(ws)[1])     # the latent classifier's classes (generate checks them)
     files, total, done = [], len(classes) * len(grid), 0
     for label, cls in enumerate(classes):
         for scale in grid:
@@ -75,7 +79,8 @@ def sweep(ws: Workspace, cfg: LabConfig, grid=GRID, num: int = NUM, features: st
                                              "recall", "density", "coverage", "diversity", "copy_rate")},
                       "acceptance": accept, "floor_fd": floor.get("fd"), "floor_coverage": floor.get("coverage"),
                       "floor_copy_rate": floor.get("copy_rate"),
-                      "objective": accept * row["coverage"], "eligible": row["copy_rate"] <= copy_ceiling,
+                      "objective": accept * row["coverage"],
+                      "eligible": row["copy_rate"] <= max(copy_ceiling, floor.get("copy_rate", 0.0)),
                       "features": result["features"]})
     frame = pd.DataFrame(table).sort_values(["class", "guidance_scale"]).reset_index(drop=True)
     frame["chosen"] = False
@@ -140,7 +145,7 @@ def cli(argv: list[str]) -> int:
     cols = ["class", "guidance_scale", "n", "acceptance", "coverage", "floor_coverage", "fd", "floor_fd",
             "copy_rate", "objective", "chosen"]
     print(out["table"][cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"objective: acceptance x coverage, copy rate <= {args.copy_ceiling:g}; "
+    print(f"objective: acceptance x coverage, copy rate <= max({args.copy_ceiling:g}, real-vs-real copy rate); "
           f"features: {out['table']['features'].iloc[0]}")
     for cls, scale in out["choices"].items():
         print(f"{cls}: guidance scale {scale:g}")
