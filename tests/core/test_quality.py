@@ -46,12 +46,12 @@ def test_far_apart_gaussians_score_at_the_theory_values():
 def test_fd_in_the_reduced_basis_equals_torchmetrics_on_the_raw_features():
     # fewer images than dimensions, and a mean shift orthogonal to where the images vary
     rng = np.random.default_rng(0)
-    a = np.zeros((40, 64))
-    b = np.zeros((30, 64))
+    a = np.zeros((40, 128))
+    b = np.zeros((30, 128))
     a[:, :8], b[:, :8] = rng.normal(size=(40, 8)), 2 * rng.normal(size=(30, 8))
     b[:, 50] += 3.0
     from torchmetrics.image.fid import FrechetInceptionDistance
-    raw = FrechetInceptionDistance(feature=qm._Precomputed(64)).double()
+    raw = FrechetInceptionDistance(feature=qm._Precomputed(128)).double()
     raw.update(torch.as_tensor(a), real=True)
     raw.update(torch.as_tensor(b), real=False)
     assert qm.frechet_distance(a, b) == pytest.approx(float(raw.compute()), rel=1e-6)
