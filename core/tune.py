@@ -85,7 +85,8 @@ def sweep(ws: Workspace, cfg: LabConfig, grid=GRID, num: int = NUM, features: st
     frame = pd.DataFrame(table).sort_values(["class", "guidance_scale"]).reset_index(drop=True)
     frame["chosen"] = False
     for _, g in frame.groupby("class"):
-        ok = g[g["eligible"] & g["objective"].notna()]
+        # no accepted image at any eligible scale: every objective is 0 and no scale is better
+        ok = g[g["eligible"] & (g["objective"] > 0)]
         if len(ok):
             best = ok["objective"].max()
             frame.loc[ok[ok["objective"] >= best - 1e-12].index[0], "chosen"] = True   # smallest scale on ties
@@ -150,6 +151,7 @@ def cli(argv: list[str]) -> int:
     for cls, scale in out["choices"].items():
         print(f"{cls}: guidance scale {scale:g}")
     for cls in out["no_eligible"]:
-        print(f"{cls}: no scale under the copy-rate ceiling; keeps {cfg.sampling.scale_for(cls):g}")
+        print(f"{cls}: no scale had accepted images under the copy-rate ceiling; "
+              f"keeps {cfg.sampling.scale_for(cls):g}")
     print(f"wrote {ws.guidance_sweep_csv} and sampling.class_guidance_scales in {ws.root / 'config.json'}")
     return 0
