@@ -150,8 +150,9 @@ def cli(argv: list[str]) -> int:
           f"features: {out['table']['features'].iloc[0]}")
     for cls, scale in out["choices"].items():
         print(f"{cls}: guidance scale {scale:g}")
+    saved = load_config(ws.root / "config.json").sampling if (ws.root / "config.json").exists() else cfg.sampling
     for cls in out["no_eligible"]:
         print(f"{cls}: no scale had accepted images under the copy-rate ceiling; "
-              f"keeps {cfg.sampling.scale_for(cls):g}")
+              f"samples at {saved.scale_for(cls):g}")
     print(f"wrote {ws.guidance_sweep_csv} and sampling.class_guidance_scales in {ws.root / 'config.json'}")
     return 0
