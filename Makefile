@@ -12,7 +12,7 @@ $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m pip install -q -r requirements.txt 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -c "import torch, torchvision, diffusers, accelerate, timm, gradio, plotly, pandas, safetensors, openslide, tifffile"
+	$(BIN)/python -c "import torch, torchvision, diffusers, accelerate, timm, gradio, plotly, pandas, safetensors, openslide, tifffile, torchmetrics"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.pretrain_step
 	$(BIN)/python -m benchmarks.guided_sampling
 	$(BIN)/python -m benchmarks.app_latency
+	$(BIN)/python -m benchmarks.quality_eval
 
 clean:
 	rm -rf $(VENV) workspaces .pytest_cache

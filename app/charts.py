@@ -137,3 +137,45 @@ def confusion_heatmap(matrix: np.ndarray, classes: list[str], title: str) -> go.
                                 xaxis=dict(title="predicted"),
                                 yaxis=dict(title="true", autorange="reversed")))
     return fig
+
+
+def guidance_sweep(table: pd.DataFrame) -> go.Figure:
+    """Per class, against the guidance scale: acceptance and coverage (left axis, 0-1) and the
+    Fréchet distance (right axis), each floor dashed. Columns: class, guidance_scale, acceptance,
+    coverage, fd, floor_coverage, floor_fd, chosen (optional)."""
+    from plotly.subplots import make_subplots
+    if table.empty:
+        return _empty("quality vs guidance scale", "no sweep yet: press Evaluate quality or Auto-tune guidance")
+    classes = sorted(table["class"].astype(str).unique())
+    cols = min(4, len(classes))
+    rows = math.ceil(len(classes) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=classes,
+                        specs=[[{"secondary_y": True}] * cols for _ in range(rows)])
+    series = [("acceptance", "#2a9d8f", False), ("coverage", "#264653", False), ("fd", "#e76f51", True)]
+    for i, name in enumerate(classes):
+        r, c = divmod(i, cols)
+        part = table[table["class"].astype(str) == name].sort_values("guidance_scale")
+        x = part["guidance_scale"].map(lambda v: f"{v:g}")      # categories: the grid is uneven (0..30)
+        for col, colour, right in series:
+            if col not in part:
+                continue
+            fig.add_trace(go.Scatter(x=x, y=part[col], mode="lines+markers", name=col, legendgroup=col,
+                                     showlegend=i == 0, line=dict(color=colour)),
+                          row=r + 1, col=c + 1, secondary_y=right)
+            floor = f"floor_{col}"
+            if floor in part and part[floor].notna().any():
+                fig.add_trace(go.Scatter(x=x, y=part[floor], mode="lines", name=f"{col} floor (real vs real)",
+                                         legendgroup=floor, showlegend=i == 0,
+                                         line=dict(color=colour, dash="dash", width=1)),
+                              row=r + 1, col=c + 1, secondary_y=right)
+        if "chosen" in part and part["chosen"].astype(bool).any():
+            pick = part[part["chosen"].astype(bool)]
+            fig.add_trace(go.Scatter(x=pick["guidance_scale"].map(lambda v: f"{v:g}"), y=pick["coverage"],
+                                     mode="markers", marker=dict(symbol="star", size=14, color="gold"),
+                                     name="chosen", legendgroup="chosen", showlegend=i == 0),
+                          row=r + 1, col=c + 1)
+        fig.update_yaxes(range=[0, 1.02], row=r + 1, col=c + 1, secondary_y=False)
+    fig.update_layout(**dict(_LAYOUT, height=max(300, 260 * rows), title="quality vs guidance scale "
+                             "(left: acceptance, coverage; right: FD; dashed: real-vs-real floor)"))
+    fig.update_xaxes(title_text="guidance scale")
+    return fig

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import gradio as gr
 from PIL import Image
 
+from app import quality_panel
 from app.previews import LABEL_H, LABEL_W, grid_canvas, preview_image
 from app.context import COMPUTE, AppContext, job_markdown, stop_job
 from core.cli import UserError
@@ -289,6 +290,7 @@ def build(ctx: AppContext) -> dict:
             grid_seed = gr.Number(0, label="seed", precision=0)
             grid_btn = gr.Button("Make grid")
         grid_image = gr.Image(label="grid", type="pil", interactive=False)
+    sweep = quality_panel.build_sweep(ctx)
     names = list(fields)
 
     def to_request(values: dict) -> Request:
@@ -345,10 +347,12 @@ def build(ctx: AppContext) -> dict:
     stop_btn.click(lambda: stop_job(ctx, (JOB, "grid")), None, status_md, queue=False,
                    api_name="sample_stop", cancels=[gen, regen, grid_ev])
 
+    refresh_sweep, sweep_outputs = sweep["refresh"]
+
     def refresh():
         names_now = class_names(ctx)
         value = names_now[0] if names_now else None
         return (hint(ctx), gr.update(choices=names_now, value=value),
-                gr.update(choices=names_now, value=names_now))
+                gr.update(choices=names_now, value=names_now), *refresh_sweep())
 
-    return {"refresh": (refresh, [hint_md, fields["class_name"], grid_classes])}
+    return {"refresh": (refresh, [hint_md, fields["class_name"], grid_classes, *sweep_outputs])}

@@ -12,7 +12,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from app import charts
+from app import charts, quality_panel
 from app.context import COMPUTE, AppContext, job_markdown
 from core.cli import UserError
 from core.jobs import JobBusy
@@ -84,13 +84,15 @@ def counts_table(scores: pd.DataFrame, mask: pd.Series, classes: list[str]) -> p
 
 
 def gallery_items(scores: pd.DataFrame, mask: pd.Series, show: str, class_filter: str,
-                  per_class: int) -> list[tuple[str, str]]:
-    """(path, caption) sorted by confidence within each class; at most `per_class` per class."""
+                  per_class: int, copies: set[str] = frozenset()) -> list[tuple[str, str]]:
+    """(path, caption) sorted by confidence within each class; at most `per_class` per class.
+    Images the last quality evaluation found as close to a real image as real images are to each
+    other (`copies`) say so in their caption."""
     chosen = scores if show == "all" else scores[mask if show == "accepted" else ~mask]
     if class_filter and class_filter != ALL:
         chosen = chosen[chosen["class"] == class_filter]
     chosen = chosen.groupby("class", sort=True).head(int(per_class))
-    return [(p, f"{c} · {conf:.2f}") for p, c, conf in
+    return [(p, f"{c} · {conf:.2f}" + (" · ⚠ likely copy" if p in copies else "")) for p, c, conf in
             zip(chosen["image_path"], chosen["class"], chosen["confidence"])]
 
 
@@ -109,7 +111,10 @@ def refilter(ctx: AppContext, threshold: float, strategy: str, quota: int, show:
     accepted = int(table["accepted"].iloc[-1])
     summary = (f"**{accepted} accepted / {total - accepted} rejected** of {total} stored images "
                f"at threshold {float(threshold):.2f} ({strategy})")
-    return (summary, table, gallery_items(scores, mask, show, class_filter, per_class),
+    copies = quality_panel.likely_copies(ctx)
+    if copies:
+        summary += f" · {len(copies)} likely copies of real images (nearest-neighbour audit)"
+    return (summary, table, gallery_items(scores, mask, show, class_filter, per_class, copies),
             *figures(ctx, scores, classes, float(threshold)))
 
 
@@ -185,6 +190,7 @@ def build(ctx: AppContext) -> dict:
     hist = gr.Plot(label="confidence histograms")
     gallery = gr.Gallery(label="sorted by confidence within each class", columns=8, height=420,
                          elem_id="selection-gallery", preview=False, fit_columns=False)
+    quality_panel.build_neighbour(ctx, gallery)
     with gr.Row():
         score_btn = gr.Button("Score synthetic images")
         export_btn = gr.Button("Export accepted set", variant="primary")

@@ -14,6 +14,8 @@ STAGES = {
     "filter": "core.selection",
     "classify": "core.classify",
     "run": "core.experiment",
+    "evaluate": "core.quality",
+    "tune-guidance": "core.tune",
     "export-demo": "core.demo_models",
 }
 

@@ -152,11 +152,33 @@ class SamplingConfig:
     # (benchmarks/guided_sampling.py, issue 4). For datasets (`python -m core sample`, `run`),
     # never for the app's few-image previews.
     compile: bool = field(default=False, metadata={"key": "never"})
+    # "class=scale" entries (written by `python -m core tune-guidance`) that override
+    # guidance_scale for their class; "if_set" so workspaces made before it keep their keys
+    class_guidance_scales: tuple[str, ...] = field(default=(), metadata={"key": "if_set"})
+
+    def scale_for(self, class_name: str) -> float:
+        """The guidance scale `class_name` is sampled at: its class_guidance_scales entry, else guidance_scale."""
+        return self.class_scales().get(str(class_name), self.guidance_scale)
+
+    def class_scales(self) -> dict[str, float]:
+        out = {}
+        for item in self.class_guidance_scales:
+            name, sep, value = str(item).rpartition("=")
+            try:
+                scale = float(value)
+            except ValueError:
+                scale = -1.0
+            if not sep or not name or scale < 0:
+                raise ConfigError(f"sampling.class_guidance_scales entries must be CLASS=SCALE with "
+                                  f"SCALE >= 0, got {item!r}")
+            out[name] = scale
+        return out
 
     def validate(self) -> None:
         _positive(self, "steps", "batch_size", "num_per_class")
         if self.guidance_scale < 0:
             raise ConfigError(f"sampling.guidance_scale must be >= 0, got {self.guidance_scale}")
+        self.class_scales()
         if self.scheduler not in ("ddim", "ddpm"):
             raise ConfigError(f"sampling.scheduler must be ddim|ddpm, got {self.scheduler!r}")
         if self.eta < 0:

@@ -320,7 +320,7 @@ def generate(ws: Workspace, cfg: LabConfig, class_name: str, num: int, seed: int
     `accelerate launch` / torchrun each process takes seeds[rank::world]. Returns the manifest rows."""
     from accelerate import PartialState
     s = cfg.sampling
-    scale = check_scale(s.guidance_scale if guidance_scale is None else guidance_scale)
+    scale = check_scale(s.scale_for(class_name) if guidance_scale is None else guidance_scale)
     steps = int(s.steps if steps is None else steps)
     eta = float(s.eta if eta is None else eta)
     kind = scheduler or s.scheduler

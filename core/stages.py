@@ -148,6 +148,10 @@ def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, topup: bo
               "unet_hash": folder_hash(unet_dir(ws, cfg)), "vae_hash": folder_hash(ws.autoencoder_dir),
               "classifier_hash": folder_hash(ws.latent_classifier_dir)}
     mask = pd.Series(True, index=frame.index)
+    if s.class_guidance_scales and "class" in frame:   # per-class scales (tune-guidance) win
+        wanted.pop("guidance_scale")
+        scale = frame["class"].astype(str).map(s.class_scales()).fillna(s.guidance_scale)
+        mask &= (pd.to_numeric(frame["guidance_scale"], errors="coerce") - scale).abs() < 1e-9
     for col, value in wanted.items():
         if col in frame:
             mask &= (pd.to_numeric(frame[col], errors="coerce") - value).abs() < 1e-9 if isinstance(value, float) \

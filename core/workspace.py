@@ -84,6 +84,20 @@ class Workspace:
     @property
     def stages_dir(self) -> Path: return self.label_root / "stages"       # STAGE.json markers (config hash)
 
+    def feature_cache(self, key: str) -> Path:   # core.features: image features by content hash
+        return self.cache_dir / f"features-{key}.safetensors"
+
+    @property
+    def synthetic_manifest(self) -> Path: return self.synthetic_dir / "manifest.csv"
+    @property
+    def synthetic_scores(self) -> Path: return self.synthetic_dir / "scores.csv"
+    @property
+    def quality_csv(self) -> Path: return self.results_dir / "quality.csv"          # core.quality
+    @property
+    def guidance_sweep_csv(self) -> Path: return self.results_dir / "guidance_sweep.csv"  # core.tune
+    @property
+    def quality_images_csv(self) -> Path: return self.results_dir / "quality_images.csv"  # nearest real per image
+
     def metrics_file(self, stage: str) -> Path:
         return self.metrics_dir / f"{stage}.jsonl"
 

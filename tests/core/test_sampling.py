@@ -251,3 +251,22 @@ def test_two_processes_split_seeds_without_duplicates(ws, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = pd.read_csv(ws.synthetic_dir / "manifest.csv")
     assert sorted(manifest["seed"]) == list(range(100, 107)) and manifest["file"].is_unique
+
+
+def test_per_class_guidance_scales_drive_generate_and_the_experiment_filter(ws, tiny_cfg):
+    from core.config import ConfigError, identity
+    from core.experiment import made_by_config
+    base = replace(fp32(tiny_cfg), sampling=replace(fp32(tiny_cfg).sampling, num_per_class=2, guidance_scale=1.0))
+    cfg = replace(base, sampling=replace(base.sampling, class_guidance_scales=("stroma=2.5",)))
+    frame = generate_dataset(ws, cfg)
+    names = {c: sorted(Path(f).name for f in g["file"]) for c, g in frame.groupby("class")}
+    assert all(n.endswith("-s2.5.png") for n in names["stroma"]) and len(names["stroma"]) == 2
+    assert all(n.endswith("-s1.png") for n in names["tumor"])
+    manifest = pd.read_csv(ws.synthetic_dir / "manifest.csv")
+    assert made_by_config(ws, cfg, manifest).all()
+    # without the per-class entry, the stroma images are not what the config makes
+    assert made_by_config(ws, base, manifest).tolist() == (manifest["class"] == "tumor").tolist()
+    assert "class_guidance_scales" not in identity(base.sampling)      # old stage keys stay valid
+    assert identity(cfg.sampling)["class_guidance_scales"] == ("stroma=2.5",)
+    with pytest.raises(ConfigError, match="class_guidance_scales"):
+        replace(base.sampling, class_guidance_scales=("stroma:2",)).validate()
