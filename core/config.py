@@ -331,7 +331,7 @@ def preset(name: str) -> LabConfig:
             # all labels first (the budget the lab shows), then the few-label regime
             # one top-up round: a class the filter rejects wholesale at 200 images is not rescued
             # by 400 more on CPU time (the shortfall is reported per class instead)
-            experiment=ExperimentConfig(label_fractions=(1.0, 0.25, 0.1), synthetic_ratios=(0.5, 1.0),
+            experiment=ExperimentConfig(label_fractions=(1.0, 0.25, 0.1), synthetic_ratios=(1.0,),
                                         topup_rounds=1),
         ).validate()
     if name == "tiny":

@@ -325,11 +325,31 @@ def run_all(ws: Workspace, cfg: LabConfig, labeled=None, test=None, unlabeled=()
     runs = run_grid(ws, cfg, progress, stop, budgets)
     if stop is not None and stop.is_set():
         return {"stopped": True, "stage": "experiment", "runs_done": len(runs)}
+    quality = quality_section(ws, cfg, progress, stop)
+    if quality is None:
+        return {"stopped": True, "stage": "quality", "runs_done": len(runs)}
     from core.data import load_splits
     _, classes = load_splits(ws)
-    summary = write_summary(ws, cfg, runs, classes, budgets, len(grid(cfg)), {"stage_seconds": timings})
+    summary = write_summary(ws, cfg, runs, classes, budgets, len(grid(cfg)),
+                            {"stage_seconds": timings, "quality": quality})
     save_config(cfg, ws.results_dir)
     return summary
+
+
+def quality_section(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict | None:
+    """summary.json's `quality`: per budget, the accepted synthetic images the runs drew from,
+    measured per class beside the real-vs-real floor (core.quality). None when stopped."""
+    from core.quality import quality_summary
+    out = {}
+    for value, bws in budget_views(ws, cfg):
+        try:
+            q = quality_summary(bws, cfg, progress=progress, stop=stop)
+        except UserError as e:      # e.g. too few real images of a class to split in halves
+            q = {"error": str(e)}
+        if q.get("stopped"):
+            return None
+        out[budget_name(value)] = q
+    return out
 
 
 def data_report(ws: Workspace) -> list[str]:

@@ -148,6 +148,17 @@ def markdown_table(summary: dict) -> str:
             lines.append(f"| | | shortfall | {c['shortfall']} | | |")
     lines.append("")
     lines.append(f"Labels: {summary.get('label_subsets', '')}. Compute: {summary.get('compute', '')}.")
+    for name, q in (summary.get("quality") or {}).items():
+        if q.get("error") or not q.get("per_class"):
+            lines.append(f"Quality, budget {name}: {q.get('error') or 'no accepted synthetic image to measure'}.")
+            continue
+        lines.append(f"Quality of the accepted images, budget {name} ({q['features']}; real-vs-real floor in brackets):")
+        for c, m in q["per_class"].items():
+            f = m["floor"]
+            fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
+            lines.append(f"- {c} (n={m['n']}): FD {fmt(m['fd'])} ({fmt(f.get('fd'))}), coverage "
+                         f"{fmt(m['coverage'])} ({fmt(f.get('coverage'))}), copy rate {fmt(m['copy_rate'])} "
+                         f"({fmt(f.get('copy_rate'))})")
     for name, b in (summary.get("budgets") or {}).items():
         if b.get("filter_at_chance"):
             lines.append(f"Budget {name}: the filter classifier stayed at chance on validation "

@@ -91,6 +91,10 @@ def test_stages_skip_by_hash_and_grid_resumes(tmp_path, tiny_cfg, monkeypatch):
     assert saved["config"]["classify"]["steps"] == 6
     assert (runs.steps == 6).all()                      # equal compute: every arm, every ratio
     assert saved["status"] == "complete" and saved["label_subsets"].startswith("one labeled subset")
+    quality = saved["quality"]["f1"]          # the accepted images the runs drew from, with floors
+    assert quality["features"] and set(quality["per_class"]) == {"tumor", "stroma"}
+    assert all("fd" in m["floor"] for m in quality["per_class"].values())
+    assert "Quality of the accepted images, budget f1" in (ws.results_dir / "summary.md").read_text()
     assert (ws.stages_dir / "pretrain.json").exists()
 
     # same config: nothing reruns, no run is retrained (runs.csv rows are reused)
