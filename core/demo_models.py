@@ -45,7 +45,7 @@ def _budget_parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[P
         files = [(root / n, n) for n in names]
         if top == "accepted" and include_images:    # the selection stage's export, so it stays done
             files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))]
-        if top == "synthetic" and include_images:
+        if top == "synthetic" and include_images and not ws.scope:   # other budgets: accepted copies only
             current = _current_files(ws)
             files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))
                       if p.relative_to(root).as_posix() in current]

@@ -44,7 +44,13 @@ def accepted_images(ws: Workspace, cfg: LabConfig) -> pd.DataFrame:
     from core.stages import current_selection
     kept = current_selection(ws, cfg)
     kept = kept[kept["kept"]]
-    return kept.assign(path=[str(synthetic_path(ws, f)) for f in kept["file"]],
+
+    def where(file, cls) -> str:
+        # an installed demo bundle ships only the accepted copies of a non-primary budget's images
+        src = synthetic_path(ws, file)
+        copy = ws.accepted_dir / str(cls) / src.name
+        return str(src if src.exists() or not copy.exists() else copy)
+    return kept.assign(path=[where(f, c) for f, c in zip(kept["file"], kept["class"])],
                        label=kept["label"].astype(int))
 
 
