@@ -49,14 +49,19 @@ class JobRunner:
                 "last": {}}
 
     # -- control ----------------------------------------------------------------------------
-    def start(self, name: str, fn: Callable[..., Any], **kwargs: Any) -> int:
+    def start(self, name: str, fn: Callable[..., Any], *, setup: Callable[[], Any] | None = None,
+              **kwargs: Any) -> int:
         """Run `fn(progress=..., stop=..., **kwargs)` in a thread; returns the job id.
 
-        Raises JobBusy while another job holds the slot.
+        Raises JobBusy while another job holds the slot. `setup()` runs after the slot is taken
+        and before the job starts (a destructive step such as archiving a previous run must never
+        touch files a running job still writes); if it raises, the slot stays free.
         """
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 raise JobBusy(f"'{self._status['name']}' is running; stop it or wait for it to finish")
+            if setup is not None:
+                setup()
             self._job_id += 1
             self._stop = threading.Event()
             self._result = None
