@@ -127,15 +127,55 @@ def clean_partial_checkpoints(folder: Path) -> list[Path]:
 
 
 def resume_step(accelerator: Accelerator, folder: Path) -> int:
-    """Load the newest complete checkpoint into the prepared objects; 0 when there is none."""
+    """Load the newest checkpoint that loads into the prepared objects; 0 when there is none.
+
+    A checkpoint that fails to load (truncated file, bad header) is renamed to
+    `checkpoint-STEP.corrupt` (kept for inspection, never listed again) with a warning naming it
+    and the cause, and the next older one is tried. A failed load_state may have filled some
+    objects; the older checkpoint's load_state overwrites every one of them.
+    """
     if accelerator.is_main_process:
         clean_partial_checkpoints(folder)
     accelerator.wait_for_everyone()
-    latest = latest_checkpoint(folder)
-    if latest is None:
-        return 0
-    accelerator.load_state(str(latest[1]))
-    return latest[0]
+    partly_loaded = False
+    for step, path in reversed(list_checkpoints(folder)):
+        problem = _unreadable(path)
+        if problem is None:
+            try:
+                accelerator.load_state(str(path))
+                return step
+            except Exception as e:  # noqa: BLE001 - any failure to read it makes it unusable
+                problem, partly_loaded = f"{type(e).__name__}: {e}", True
+        _quarantine(accelerator, path, problem)
+    if partly_loaded:       # the objects may hold part of a bad checkpoint: never train on that
+        from core.cli import UserError
+        raise UserError(f"no checkpoint in {folder} loads (each was renamed to *.corrupt); "
+                        "rerun to start from step 0")
+    return 0
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a checkpoint cannot be loaded, from its safetensors headers (cheap: no tensor is read)."""
+    from safetensors import safe_open
+    for file in sorted(path.rglob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: all mean unreadable
+            return f"{file.relative_to(path)}: {type(e).__name__}: {e}"
+    return None
+
+
+def _quarantine(accelerator: Accelerator, path: Path, problem: str) -> None:
+    import sys
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        target = path.with_name(f"{path.name}.corrupt")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(path, target)
+        print(f"warning: skipped {path} ({problem}); kept as {target.name}", file=sys.stderr, flush=True)
+    accelerator.wait_for_everyone()
 
 
 def check_resume_compatible(ckpt_dir: Path, cfg, section: str, fields: tuple[str, ...]) -> None:

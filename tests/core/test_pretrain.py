@@ -175,3 +175,35 @@ def test_resume_refuses_a_different_model_shape(ws, tiny_cfg, capsys):
     assert "pretrain.layers_per_block" in err and "--restart" in err
     assert pt.cli(args) == 0                                        # more steps on the same model: resumes
     assert pt.cli(args + ["--set", "pretrain.layers_per_block=2", "--restart"]) == 0
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.bin"])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(ws, tiny_cfg, capsys, damaged):
+    """A truncated latest checkpoint is set aside (named and kept) and the run resumes from the
+    newest one that loads, through core.training.resume_step (which every trainer uses)."""
+    pt.pretrain(ws, tiny(tiny_cfg, steps=4, checkpoint_every=2, sample_every=100))
+    folder = ws.checkpoints_dir / "pretrain"
+    with open(folder / "checkpoint-4" / damaged, "r+b") as f:
+        f.truncate(1000)
+    args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
+            "--set", "pretrain.checkpoint_every=2", "--set", "pretrain.sample_every=100"]
+    assert pt.cli(args + ["--set", "pretrain.steps=6"]) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint-4" in err and "checkpoint-4.corrupt" in err
+    assert (folder / "checkpoint-4.corrupt" / damaged).stat().st_size == 1000     # kept for inspection
+    assert [s for s, _ in training.list_checkpoints(folder)] == [4, 6]
+    rows = read_jsonl(ws.metrics_file("pretrain"))
+    assert rows[-1]["step"] == 6
+
+
+def test_every_checkpoint_unreadable_is_one_line_then_starts_over(ws, tiny_cfg, capsys):
+    pt.pretrain(ws, tiny(tiny_cfg, steps=2, checkpoint_every=2, sample_every=100))
+    folder = ws.checkpoints_dir / "pretrain"
+    with open(folder / "checkpoint-2" / "optimizer.bin", "r+b") as f:
+        f.truncate(100)
+    args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
+            "--set", "pretrain.steps=2", "--set", "pretrain.sample_every=100"]
+    assert pt.cli(args) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and "Traceback" not in err
+    assert pt.cli(args) == 0 and (folder / "checkpoint-2.corrupt").is_dir()
