@@ -12,11 +12,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from core.config_check import ConfigError, check_fields, declared_types, parse_value
+
 PRESETS = ("tiny", "demo", "paper")
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +230,7 @@ class LabConfig:
         for f in fields(self):
             sub = getattr(self, f.name)
             if dataclasses.is_dataclass(sub):
+                check_fields(sub, f.name)      # types and ranges first: validate() compares values
                 sub.validate()
         if self.data.image_size % self.autoencoder.downsample_factor:
             raise ConfigError(
@@ -372,42 +371,9 @@ def apply_overrides(cfg: LabConfig, overrides: list[str] | tuple[str, ...]) -> L
         sub = getattr(cfg, section)
         if name not in {f.name for f in fields(sub)}:
             raise ConfigError(f"unknown field {key!r} in override {item!r}")
-        default = getattr(sub, name)
-        value = _parse_value(raw, default, key)
+        value = parse_value(raw, declared_types(type(sub))[name], key)
         cfg = replace(cfg, **{section: replace(sub, **{name: value})})
     return cfg.validate()
-
-
-def _parse_value(raw: str, default: Any, key: str) -> Any:
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    if isinstance(default, tuple):
-        if isinstance(value, (int, float)):
-            value = [value]
-        elif isinstance(value, str):
-            value = [json.loads(v) if v.strip().lstrip("-").replace(".", "", 1).isdigit() else v
-                     for v in value.split(",") if v.strip()]
-        return tuple(value)
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() in ("true", "yes", "1"):
-                return True
-            if value.lower() in ("false", "no", "0"):
-                return False
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} expects true/false, got {raw!r}")
-        return value
-    if isinstance(default, int) and not isinstance(value, int):
-        raise ConfigError(f"{key} expects an integer, got {raw!r}")
-    if isinstance(default, float):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key} expects a number, got {raw!r}")
-        return float(value)
-    if isinstance(default, str) and not isinstance(value, str):
-        return raw
-    return value
 
 
 def identity(section: Any) -> dict:
