@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        from core.io import describe_write_error
+        if (line := describe_write_error(e)) is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
     demo = create_app(ctx)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     demo.queue(default_concurrency_limit=1).launch(

@@ -18,6 +18,8 @@ import time
 import traceback
 from typing import Any, Callable
 
+from core.io import describe_write_error
+
 STATES = ("idle", "running", "done", "failed", "stopped")
 TRACEBACK_TAIL_LINES = 12
 
@@ -140,9 +142,11 @@ class JobRunner:
             state = "stopped"
         except BaseException as e:  # noqa: BLE001 - a job must never take the server down
             state = "failed"
-            error = f"{type(e).__name__}: {e}"
-            lines = traceback.format_exc().rstrip().splitlines()
-            tb = "\n".join(lines[-TRACEBACK_TAIL_LINES:])
+            error = describe_write_error(e) or ""
+            if not error:           # a full disk is not a bug: one line, no traceback
+                error = f"{type(e).__name__}: {e}"
+                lines = traceback.format_exc().rstrip().splitlines()
+                tb = "\n".join(lines[-TRACEBACK_TAIL_LINES:])
         with self._lock:
             self._result = result if state != "failed" else None
             self._status.update(state=state, error=error, traceback=tb, finished=time.time())

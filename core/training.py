@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from core.io import append_jsonl
+from core.io import append_jsonl, naming_path
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -104,7 +104,8 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, total_lim
         folder.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    with naming_path(tmp):
+        accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
