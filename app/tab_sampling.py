@@ -275,7 +275,8 @@ def build(ctx: AppContext) -> dict:
     with gr.Row():
         preview = gr.Image(label="denoising preview", type="pil", interactive=False, height=200)
         gallery = gr.Gallery(label="generated (PNG keeps its parameters)", columns=4, height=360,
-                             fit_columns=False, elem_id="sampling-gallery", type="filepath")
+                             fit_columns=False, elem_id="sampling-gallery", type="filepath",
+                             interactive=False)             # read by .select, never uploaded to
     with gr.Row():
         params_json = gr.JSON(label="parameters of the selected image")
         with gr.Column():

@@ -184,7 +184,8 @@ def build(ctx: AppContext) -> dict:
         curve_plot = gr.Plot(label="acceptance curve")
     hist = gr.Plot(label="confidence histograms")
     gallery = gr.Gallery(label="sorted by confidence within each class", columns=8, height=420,
-                         elem_id="selection-gallery", preview=False, fit_columns=False)
+                         elem_id="selection-gallery", preview=False, fit_columns=False,
+                         interactive=False)                 # an output: never an upload target
     with gr.Row():
         score_btn = gr.Button("Score synthetic images")
         export_btn = gr.Button("Export accepted set", variant="primary")

@@ -89,3 +89,18 @@ def test_threshold_endpoint_refilters(served_app):
     high = client.predict(0.9, "threshold", 0, "accepted", "all classes", 8, api_name="/refilter")
     assert "accepted" in low[0] and low[0] != high[0]
     assert len(low[2]) > len(high[2])
+
+
+def test_files_outside_the_shown_folders_are_not_served(served_app):
+    """The workspace's config, models and the data roots are not fetchable; uploads are capped."""
+    import httpx
+    ctx, client = served_app
+    base = client.src.rstrip("/")
+    ws = ctx.workspace
+    secret = next(ws.unet_dir.glob("*.safetensors"))
+    assert httpx.get(f"{base}/gradio_api/file={ws.root / 'config.json'}").status_code == 403
+    assert httpx.get(f"{base}/gradio_api/file={secret}").status_code == 403
+    shown = next(ws.synthetic_dir.rglob("*.png"))
+    assert httpx.get(f"{base}/gradio_api/file={shown}").status_code == 200
+    big = httpx.post(f"{base}/gradio_api/upload", files={"files": ("big.png", b"0" * 6_000_000)})
+    assert big.status_code >= 400
