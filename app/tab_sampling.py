@@ -22,6 +22,9 @@ from core.io import read_png_params, save_png
 from core.jobs import JobBusy, JobStopped
 
 JOB = "sampling"
+# Gradio frees a cancelled or disconnected event's queue slot when it closes the handler, which
+# only asks the job to stop; the next request waits this long for that step to end.
+STOPPING_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ def stream(ctx: AppContext, name: str, job_fn, **kwargs) -> Iterator[tuple[str, 
     """
     events: queue.Queue = queue.Queue()
     try:
-        job_id = ctx.runner.start(name, job_fn, ctx=ctx, events=events, **kwargs)
+        job_id = ctx.runner.start(name, job_fn, wait_if_stopping=STOPPING_WAIT_S, ctx=ctx, events=events,
+                                  **kwargs)
     except JobBusy as e:
         raise UserError(str(e)) from e
     finished = False
@@ -230,8 +234,19 @@ def grid(ctx: AppContext, classes: list[str], scales_text: str, seed: int, steps
 def params_of(ctx: AppContext, path_text: str) -> dict:
     """Parameters stored in a PNG inside the workspace or a data root."""
     path = ctx.resolve_path(path_text, field_name="PNG path")
-    params = read_png_params(path)
-    if not params:
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a PNG file")
+    try:
+        with open(path, "rb") as f:
+            is_png = f.read(8) == b"\x89PNG\r\n\x1a\n"
+        params = read_png_params(path) if is_png else None
+    except OSError as e:                 # unreadable, or a PNG signature on a broken file
+        raise UserError(f"{path} cannot be read as a PNG: {e}") from e
+    except ValueError as e:              # the parameters chunk is not JSON
+        raise UserError(f"{path} has a parameters text chunk that is not JSON: {e}") from e
+    if params is None:
+        raise UserError(f"{path} is not a PNG file")
+    if not isinstance(params, dict) or not params:
         raise UserError(f"{path} carries no parameters text chunk")
     return params
 

@@ -52,13 +52,19 @@ class JobRunner:
 
     # -- control ----------------------------------------------------------------------------
     def start(self, name: str, fn: Callable[..., Any], *, setup: Callable[[], Any] | None = None,
-              **kwargs: Any) -> int:
+              wait_if_stopping: float = 0.0, **kwargs: Any) -> int:
         """Run `fn(progress=..., stop=..., **kwargs)` in a thread; returns the job id.
 
         Raises JobBusy while another job holds the slot. `setup()` runs after the slot is taken
         and before the job starts (a destructive step such as archiving a previous run must never
         touch files a running job still writes); if it raises, the slot stays free.
+        A job already asked to stop is waited for up to `wait_if_stopping` seconds (it ends
+        within a step), so a request right after a cancel or a client disconnect queues behind
+        it instead of being refused.
         """
+        thread = self._thread
+        if wait_if_stopping > 0 and thread is not None and self._stop.is_set():
+            thread.join(wait_if_stopping)
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 raise JobBusy(f"'{self._status['name']}' is running; stop it or wait for it to finish")
