@@ -13,6 +13,7 @@ the dicts the core loops emit (`{"stage", "step", "total", ...}`); the job ends 
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -43,6 +44,7 @@ class JobRunner:
         self._status: dict[str, Any] = self._blank("", "idle")
         self._result: Any = None
         self._job_id = 0
+        self._held: str | None = None     # a short synchronous action holding the slot (hold())
 
     @staticmethod
     def _blank(name: str, state: str) -> dict[str, Any]:
@@ -66,8 +68,7 @@ class JobRunner:
         if wait_if_stopping > 0 and thread is not None and self._stop.is_set():
             thread.join(wait_if_stopping)
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                raise JobBusy(f"'{self._status['name']}' is running; stop it or wait for it to finish")
+            self._refuse_if_busy()
             if setup is not None:
                 setup()
             self._job_id += 1
@@ -81,6 +82,25 @@ class JobRunner:
                                             name=f"job-{name}", daemon=True)
             self._thread.start()
         return job_id
+
+    @contextlib.contextmanager
+    def hold(self, name: str):
+        """Hold the slot for a short synchronous action (e.g. replacing the exported accepted set,
+        which a job may be reading): JobBusy while a job runs, and no job starts until it ends."""
+        with self._lock:
+            self._refuse_if_busy()
+            self._held = name
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held = None
+
+    def _refuse_if_busy(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            raise JobBusy(f"'{self._status['name']}' is running; stop it or wait for it to finish")
+        if self._held is not None:
+            raise JobBusy(f"'{self._held}' is running; wait for it to finish")
 
     def stop(self) -> bool:
         """Ask the running job to stop at its next step; False when nothing is running."""

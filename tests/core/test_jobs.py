@@ -169,3 +169,34 @@ def test_a_failed_append_leaves_no_torn_line(tmp_path, monkeypatch):
     monkeypatch.undo()
     io.append_jsonl(path, {"step": 3})
     assert [r["step"] for r in io.read_jsonl(path)] == [1, 3]
+
+
+def test_hold_keeps_jobs_out_and_waits_for_none():
+    """A synchronous destructive action holds the slot: no job starts meanwhile, and it is
+    refused while a job runs."""
+    runner = JobRunner()
+    with runner.hold("export"):
+        with pytest.raises(JobBusy, match="'export' is running"):
+            runner.start("run", _loop)
+    release = threading.Event()
+    runner.start("run", lambda progress, stop: release.wait(10))
+    with pytest.raises(JobBusy, match="'run' is running"):
+        with runner.hold("export"):
+            pass
+    release.set()
+    runner.wait(10)
+    with runner.hold("export"):
+        pass
+
+
+def test_setup_runs_only_with_the_slot():
+    runner = JobRunner()
+    release, calls = threading.Event(), []
+    runner.start("pretrain", lambda progress, stop: release.wait(10))
+    with pytest.raises(JobBusy):
+        runner.start("pretrain", _loop, setup=lambda: calls.append("archived"))
+    assert calls == []
+    release.set()
+    runner.wait(10)
+    runner.start("pretrain", _loop, setup=lambda: calls.append("archived"), steps=1)
+    assert runner.wait(10)["state"] == "done" and calls == ["archived"]
