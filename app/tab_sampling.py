@@ -72,13 +72,15 @@ def output_path(ctx: AppContext, req: Request, seed: int) -> Path:
             f"{safe}_seed{seed}_g{req.guidance_scale:g}_n{req.steps}_eta{req.eta:g}.png")
 
 
-def image_params(ctx: AppContext, req: Request, seed: int) -> dict[str, Any]:
-    """What made the image: request, scheduler and the hashes of the models (cached pipeline)."""
+def image_params(ctx: AppContext, req: Request, seed: int, batch: list[int] | None = None) -> dict[str, Any]:
+    """What made the image: request, scheduler, the hashes of the models (cached pipeline) and
+    the seeds sampled in the same batch (batched kernels round differently: a seed alone can
+    differ from the same seed in a batch by a few 1/255, so regenerating re-runs the batch)."""
     from core.sampling import load_pipeline
     hashes = getattr(load_pipeline(ctx.workspace, ctx.config), "model_hashes", {})
     return {"class": req.class_name, "seed": seed, "guidance_scale": req.guidance_scale,
             "steps": req.steps, "eta": req.eta, "scheduler": ctx.config.sampling.scheduler,
-            "preset": ctx.config.preset, **hashes}
+            "preset": ctx.config.preset, "batch_seeds": list(batch or [seed]), **hashes}
 
 
 def preview_every(steps: int) -> int:
@@ -111,7 +113,7 @@ def sampling_job(ctx: AppContext, req: Request, events: "queue.Queue", progress=
                                callback=callback, preview_every=preview_every(req.steps), stop=stop)
         # an interrupted call returns only whole finished images: those are kept and shown
         for seed, image in zip(batch, images):
-            path = save_png(image, output_path(ctx, req, seed), image_params(ctx, req, seed))
+            path = save_png(image, output_path(ctx, req, seed), image_params(ctx, req, seed, batch))
             done.append(str(path))
             events.put(("image", str(path)))
         if stop is not None and stop.is_set():
@@ -252,9 +254,16 @@ def params_of(ctx: AppContext, path_text: str) -> dict:
 
 
 def request_from_params(params: dict) -> Request:
+    """The request that remakes the image exactly: its whole batch when it was sampled in one
+    (consecutive seeds, as sampling_job makes them), else the seed alone."""
     try:
+        seed = int(params["seed"])
+        batch = [int(b) for b in params.get("batch_seeds") or [seed]]
+        if seed not in batch or batch != list(range(batch[0], batch[0] + len(batch))):
+            batch = [seed]
         return Request(class_name=str(params["class"]), guidance_scale=float(params["guidance_scale"]),
-                       steps=int(params["steps"]), eta=float(params["eta"]), seed=int(params["seed"]))
+                       steps=int(params["steps"]), eta=float(params["eta"]), seed=batch[0],
+                       num_images=len(batch), batch_size=len(batch))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"the PNG parameters lack a usable field: {e}") from e
 

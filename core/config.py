@@ -135,8 +135,10 @@ class SamplingConfig:
     steps: int = 25
     eta: float = 1.0                # reference: DDIM eta 1.0
     guidance_scale: float = 10.0
-    # speed only: every image has its own seeded generator, so batching does not choose the image
-    batch_size: int = field(default=32, metadata={"key": "never"})
+    # Every image has its own seeded generator, but batched kernels round differently: a seed
+    # alone vs in a batch differs by up to 3/255 in bf16, 1/255 in fp32 (issue 14), so the batch
+    # is part of the key. "if_set" with the demo bundle's 128 as default keeps its markers valid.
+    batch_size: int = field(default=128, metadata={"key": "if_set"})
     num_per_class: int = 64
     seed: int = 0
     mixed_precision: str = "bf16"   # the UNet's autocast

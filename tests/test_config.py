@@ -108,3 +108,16 @@ def test_saved_configs_still_load_and_bad_ones_name_the_field():
     saved["pretrain"]["ema_decay"] = 2
     with pytest.raises(ConfigError, match="pretrain.ema_decay"):
         from_dict(saved)
+
+
+def test_batch_size_keys_stages_but_not_the_demo_bundle():
+    """A seed's pixels depend on the batch it was sampled in (batched kernels round differently),
+    so the batch size is part of the sampling key; at the demo's 128 it is left out, so the
+    bundled stage markers made at 128 stay valid."""
+    from dataclasses import replace
+
+    from core.config import identity
+    demo = preset("demo").sampling
+    assert demo.batch_size == 128 and "batch_size" not in identity(demo)
+    assert identity(replace(demo, batch_size=64)) != identity(demo)
+    assert identity(preset("tiny").sampling)["batch_size"] == 8
