@@ -113,7 +113,9 @@ def job_markdown(status: dict[str, Any]) -> str:
     if status.get("elapsed_s") is not None:
         text += f" · {status['elapsed_s']:.0f} s"
     if state == "failed":
-        text += f"\n\n**Error:** `{status.get('error', '')}`\n\n```\n{status.get('traceback', '')}\n```"
+        text += f"\n\n**Error:** `{status.get('error', '')}`"
+        if status.get("traceback"):          # none for a full disk / read-only workspace: one line
+            text += f"\n\n```\n{status['traceback']}\n```"
     return text
 
 
