@@ -146,6 +146,10 @@ def resume_step(accelerator: Accelerator, folder: Path) -> int:
                 accelerator.load_state(str(path))
                 return step
             except Exception as e:  # noqa: BLE001 - any failure to read it makes it unusable
+                if "size mismatch" in str(e):   # intact, but made by another model shape
+                    from core.cli import UserError
+                    raise UserError(f"{path} was made by a different model shape; rerun with "
+                                    "--restart (or another workspace) to start over") from e
                 problem, partly_loaded = f"{type(e).__name__}: {e}", True
         _quarantine(accelerator, path, problem)
     if partly_loaded:       # the objects may hold part of a bad checkpoint: never train on that

@@ -255,3 +255,16 @@ def test_read_only_workspace_on_the_model_save_is_one_line(ws, tiny_cfg, monkeyp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Read-only file system" in err[0] and str(ws.models_dir) in err[0]
     assert training.latest_checkpoint(ws.checkpoints_dir / "pretrain")[0] == 2   # the steps are kept
+
+
+def test_other_model_shape_without_lab_config_is_not_called_corrupt(ws, tiny_cfg, capsys):
+    """Checkpoints whose shape check cannot run (lab_config.json missing) are intact, not corrupt:
+    a size mismatch is a one-line error and nothing is renamed."""
+    pt.pretrain(ws, tiny(tiny_cfg, steps=2, checkpoint_every=2, sample_every=100))
+    folder = ws.checkpoints_dir / "pretrain"
+    (folder / "lab_config.json").unlink()
+    args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
+            "--set", "pretrain.steps=4", "--set", "pretrain.layers_per_block=2"]
+    assert pt.cli(args) == 2
+    assert "different model shape" in capsys.readouterr().err
+    assert (folder / "checkpoint-2").is_dir() and not list(folder.glob("*.corrupt"))
