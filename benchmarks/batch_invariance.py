@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--timing-images", type=int, default=16)
+    p.add_argument("--precisions", default="bf16,no", help="autocast precisions to compare")
+    p.add_argument("--timing-steps", type=int, default=None, help="steps for the timing (default --steps)")
+    p.add_argument("--skip-diff", action="store_true", help="only the timing")
     args = p.parse_args(argv)
     from core.config import load_config
     from core.demo_models import install_demo
@@ -31,28 +34,30 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline(ws, cfg)
     label = class_index(pipe, pipe.classifier.config.class_names[0])
 
-    def run(seeds, batch, precision):
-        out = pipe(label, seeds, cfg.sampling.guidance_scale, args.steps, cfg.sampling.eta, "ddim",
+    def run(seeds, batch, precision, steps=None):
+        out = pipe(label, seeds, cfg.sampling.guidance_scale, steps or args.steps, cfg.sampling.eta, "ddim",
                    batch_size=batch, mixed_precision=precision)
         return {s: np.asarray(im, dtype=np.int16) for s, im in zip(out.seeds, out.images)}
 
-    print(f"| precision | seed 6 in | max abs diff vs alone (1/255) | pixels differing |")
+    print("| precision | seed 6 in | max abs diff vs alone (1/255) | pixels differing |", flush=True)
     print("|---|---|---|---|")
-    for precision in ("bf16", "no"):
+    precisions = args.precisions.split(",")
+    for precision in precisions if not args.skip_diff else ():
         alone = run([6], 1, precision)[6]
         for seeds in ([5, 6], [6, 7], list(range(6, 14))):
             other = run(seeds, len(seeds), precision)[6]
             diff = np.abs(other - alone)
-            print(f"| {precision} | batch {seeds} | {diff.max()} | {100 * (diff > 0).mean():.1f}% |")
+            print(f"| {precision} | batch {seeds} | {diff.max()} | {100 * (diff > 0).mean():.1f}% |", flush=True)
     n = args.timing_images
-    print(f"\n| precision | {n} images at batch_size | s | images/s |")
+    steps = args.timing_steps or args.steps
+    print(f"\n| precision | {n} images, {steps} steps, at batch_size | s | images/s |")
     print("|---|---|---|---|")
-    for precision in ("bf16", "no"):
+    for precision in precisions:
         for batch in (1, n):
             t = time.perf_counter()
-            run(list(range(n)), batch, precision)
+            run(list(range(n)), batch, precision, steps)
             dt = time.perf_counter() - t
-            print(f"| {precision} | {batch} | {dt:.1f} | {n / dt:.2f} |")
+            print(f"| {precision} | {batch} | {dt:.1f} | {n / dt:.2f} |", flush=True)
     return 0
 
 
