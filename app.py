@@ -22,6 +22,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow --share or a non-loopback --host without --auth (prints a warning)")
     p.add_argument("--data-root", dest="data_roots", action="append", default=[], type=Path,
                    help="a folder (besides the workspace) whose paths may be typed into the UI; repeatable")
     p.add_argument("--preset", default=None, help="tiny | demo | paper (default: the workspace's config)")
@@ -31,6 +33,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.auth is not None and ":" not in args.auth:
         p.error("--auth must be USER:PASS")
     return args
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False                 # a host name or 0.0.0.0-like wildcard: reachable from outside
+
+
+def exposure_check(args: argparse.Namespace) -> str | None:
+    """An error line when the lab would listen beyond this machine without a login; a warning
+    goes to stderr when --insecure allows it anyway."""
+    if args.auth or not (args.share or not is_loopback(args.host)):
+        return None
+    how = "--share" if args.share else f"--host {args.host}"
+    if not args.insecure:
+        return (f"{how} opens the lab (which runs jobs and reads the workspace) to the network "
+                "without a login; add --auth USER:PASS, or --insecure to do it anyway")
+    print(f"warning: {how} without --auth: anyone who can reach this port can use the lab",
+          file=sys.stderr, flush=True)
+    return None
 
 
 def prepare_workspace(ctx, bundle: Path = DEMO_BUNDLE, preset_name: str | None = None) -> list[str]:
@@ -59,7 +85,10 @@ def prepare_workspace(ctx, bundle: Path = DEMO_BUNDLE, preset_name: str | None =
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from app import create_app, launch_kwargs
+    if (problem := exposure_check(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from app import create_app, fresh_upload_cache, launch_kwargs
     from app.context import AppContext
     from core.cli import UserError
     from core.config import ConfigError
@@ -71,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        from core.io import describe_write_error
+        if (line := describe_write_error(e)) is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
+    fresh_upload_cache(ctx)
     demo = create_app(ctx)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     demo.queue(default_concurrency_limit=1).launch(

@@ -1,6 +1,9 @@
 """The Gradio lab: four tabs over one workspace, sharing one compute slot (see app/context.py)."""
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # gradio is imported inside create_app so `app.context` stays importable cheaply
@@ -22,7 +25,8 @@ def create_app(ctx: "AppContext") -> "gr.Blocks":
 
     tabs = [("1 · Pre-training", tab_pretrain), ("2 · Guidance-scale sampling", tab_sampling),
             ("3 · Confidence threshold", tab_selection), ("4 · Augmentation vs baseline", tab_results)]
-    with gr.Blocks(title="HistoDiffusion Lab") as demo:
+    # delete_cache: outputs copied into the cache are removed after a day and at shutdown
+    with gr.Blocks(title="HistoDiffusion Lab", delete_cache=(3600, 86400)) as demo:
         gr.Markdown(f"## HistoDiffusion Lab\nWorkspace `{ctx.workspace.root}` · preset "
                     f"`{ctx.config.preset}` · one compute slot shared by all tabs")
         refreshers = []
@@ -38,6 +42,30 @@ def create_app(ctx: "AppContext") -> "gr.Blocks":
     return demo
 
 
+# The UI takes no uploads (paths are typed); Gradio's /upload route exists anyway, so cap it.
+MAX_UPLOAD = "5mb"
+
+
+def served_dirs(ctx: "AppContext") -> list[str]:
+    """The workspace folders whose files the UI shows (sample grids, galleries, results CSV).
+    Models, checkpoints, configs, labeled data and the --data-root folders are never served."""
+    ws = ctx.workspace
+    return [str(p) for p in (ws.samples_dir, ws.synthetic_dir, ws.accepted_dir, ws.results_dir)]
+
+
 def launch_kwargs(ctx: "AppContext") -> dict:
-    """Launch options every caller needs: the workspace and data roots are the only served dirs."""
-    return {"allowed_paths": [str(p) for p in ctx.allowed_roots], "css": CSS}
+    """Launch options every caller needs: only `served_dirs` may be fetched, uploads are capped."""
+    return {"allowed_paths": served_dirs(ctx), "max_file_size": MAX_UPLOAD, "css": CSS}
+
+
+def fresh_upload_cache(ctx: "AppContext") -> Path:
+    """Point Gradio's upload/output cache at this workspace's own folder and empty it.
+
+    Gradio's `delete_cache` only removes files the running server made; copies left by a killed
+    server (outputs and anything uploaded) would stay servable, so the folder starts empty.
+    Must run before the Blocks are built: each block reads GRADIO_TEMP_DIR once."""
+    folder = ctx.workspace.cache_dir / "gradio"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    return folder

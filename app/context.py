@@ -14,6 +14,7 @@ from core.jobs import JobRunner
 from core.workspace import Workspace
 
 COMPUTE = "compute"      # the one Gradio concurrency id shared by every compute event
+MAX_PATH_CHARS, MAX_NAME_BYTES = 4096, 255     # Linux PATH_MAX / NAME_MAX
 
 
 @dataclass
@@ -49,8 +50,17 @@ class AppContext:
         text = (text or "").strip()
         if not text:
             raise UserError(f"{field_name} is empty")
+        if "\0" in text:
+            raise UserError(f"{field_name} contains a NUL byte")
+        longest = max(len(part.encode()) for part in Path(text).parts)
+        if len(text) > MAX_PATH_CHARS or longest > MAX_NAME_BYTES:
+            raise UserError(f"{field_name} is too long ({len(text)} characters, longest name "
+                            f"{longest} bytes; at most {MAX_PATH_CHARS} and {MAX_NAME_BYTES})")
         raw = Path(text).expanduser()
-        path = (raw if raw.is_absolute() else self.workspace.root / raw).resolve()
+        try:
+            path = (raw if raw.is_absolute() else self.workspace.root / raw).resolve()
+        except (OSError, RuntimeError) as e:         # symlink loops, unreadable parents
+            raise UserError(f"{field_name} {text!r} cannot be resolved: {e}") from e
         if not any(path == root or path.is_relative_to(root) for root in self.allowed_roots):
             roots = ", ".join(str(r) for r in self.allowed_roots)
             raise UserError(f"{field_name} {text!r} is outside the workspace and the data roots "
@@ -103,7 +113,9 @@ def job_markdown(status: dict[str, Any]) -> str:
     if status.get("elapsed_s") is not None:
         text += f" · {status['elapsed_s']:.0f} s"
     if state == "failed":
-        text += f"\n\n**Error:** `{status.get('error', '')}`\n\n```\n{status.get('traceback', '')}\n```"
+        text += f"\n\n**Error:** `{status.get('error', '')}`"
+        if status.get("traceback"):          # none for a full disk / read-only workspace: one line
+            text += f"\n\n```\n{status['traceback']}\n```"
     return text
 
 

@@ -38,22 +38,25 @@ def start_pretrain(ctx: AppContext, preset_name: str, fields: dict, fresh: bool)
     """Start (or resume from the latest checkpoint) a pre-training run in the shared slot."""
     from core import pretrain as pretrain_mod  # heavy (torch/diffusers): imported on first use
     cfg = pretrain_config(ctx, preset_name, fields)
-    if fresh:
-        archived = archive_run(ctx)
-        note = f"previous run archived to {archived.name}; " if archived else ""
-    else:
-        note = "resuming from the latest checkpoint; " if latest_checkpoint(ctx) else ""
+    archived: list[Path | None] = []
+    # archiving moves the checkpoints a running job writes: it happens only once the slot is ours
+    setup = (lambda: archived.append(archive_run(ctx))) if fresh else None
+    resuming = not fresh and latest_checkpoint(ctx) is not None
     try:
-        ctx.runner.start(STAGE, pretrain_mod.pretrain, ws=ctx.workspace, cfg=cfg)
+        ctx.runner.start(STAGE, pretrain_mod.pretrain, setup=setup, ws=ctx.workspace, cfg=cfg)
     except JobBusy as e:
         raise UserError(str(e)) from e
+    if fresh:
+        note = f"previous run archived to {archived[0].name}; " if archived and archived[0] else ""
+    else:
+        note = "resuming from the latest checkpoint; " if resuming else ""
     return f"{note}pre-training started ({cfg.pretrain.steps} steps, preset {preset_name})"
 
 
 def latest_checkpoint(ctx: AppContext) -> Path | None:
-    folder = ctx.workspace.checkpoints_dir / STAGE
-    found = sorted(folder.glob("checkpoint-*"), key=_step_of) if folder.exists() else []
-    return found[-1] if found else None
+    from core.training import latest_checkpoint as newest    # skips temp and quarantined folders
+    found = newest(ctx.workspace.checkpoints_dir / STAGE)
+    return found[1] if found else None
 
 
 def archive_run(ctx: AppContext) -> Path | None:

@@ -23,6 +23,9 @@ from core.io import read_png_params, save_png
 from core.jobs import JobBusy, JobStopped
 
 JOB = "sampling"
+# Gradio frees a cancelled or disconnected event's queue slot when it closes the handler, which
+# only asks the job to stop; the next request waits this long for that step to end.
+STOPPING_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,15 @@ def output_path(ctx: AppContext, req: Request, seed: int) -> Path:
             f"{safe}_seed{seed}_g{req.guidance_scale:g}_n{req.steps}_eta{req.eta:g}.png")
 
 
-def image_params(ctx: AppContext, req: Request, seed: int) -> dict[str, Any]:
-    """What made the image: request, scheduler and the hashes of the models (cached pipeline)."""
+def image_params(ctx: AppContext, req: Request, seed: int, batch: list[int] | None = None) -> dict[str, Any]:
+    """What made the image: request, scheduler, the hashes of the models (cached pipeline) and
+    the seeds sampled in the same batch (batched kernels round differently: a seed alone can
+    differ from the same seed in a batch by a few 1/255, so regenerating re-runs the batch)."""
     from core.sampling import load_pipeline
     hashes = getattr(load_pipeline(ctx.workspace, ctx.config), "model_hashes", {})
     return {"class": req.class_name, "seed": seed, "guidance_scale": req.guidance_scale,
             "steps": req.steps, "eta": req.eta, "scheduler": ctx.config.sampling.scheduler,
-            "preset": ctx.config.preset, **hashes}
+            "preset": ctx.config.preset, "batch_seeds": list(batch or [seed]), **hashes}
 
 
 def preview_every(steps: int) -> int:
@@ -109,7 +114,7 @@ def sampling_job(ctx: AppContext, req: Request, events: "queue.Queue", progress=
                                callback=callback, preview_every=preview_every(req.steps), stop=stop)
         # an interrupted call returns only whole finished images: those are kept and shown
         for seed, image in zip(batch, images):
-            path = save_png(image, output_path(ctx, req, seed), image_params(ctx, req, seed))
+            path = save_png(image, output_path(ctx, req, seed), image_params(ctx, req, seed, batch))
             done.append(str(path))
             events.put(("image", str(path)))
         if stop is not None and stop.is_set():
@@ -125,7 +130,8 @@ def stream(ctx: AppContext, name: str, job_fn, **kwargs) -> Iterator[tuple[str, 
     """
     events: queue.Queue = queue.Queue()
     try:
-        job_id = ctx.runner.start(name, job_fn, ctx=ctx, events=events, **kwargs)
+        job_id = ctx.runner.start(name, job_fn, wait_if_stopping=STOPPING_WAIT_S, ctx=ctx, events=events,
+                                  **kwargs)
     except JobBusy as e:
         raise UserError(str(e)) from e
     finished = False
@@ -231,16 +237,34 @@ def grid(ctx: AppContext, classes: list[str], scales_text: str, seed: int, steps
 def params_of(ctx: AppContext, path_text: str) -> dict:
     """Parameters stored in a PNG inside the workspace or a data root."""
     path = ctx.resolve_path(path_text, field_name="PNG path")
-    params = read_png_params(path)
-    if not params:
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a PNG file")
+    try:
+        with open(path, "rb") as f:
+            is_png = f.read(8) == b"\x89PNG\r\n\x1a\n"
+        params = read_png_params(path) if is_png else None
+    except OSError as e:                 # unreadable, or a PNG signature on a broken file
+        raise UserError(f"{path} cannot be read as a PNG: {e}") from e
+    except ValueError as e:              # the parameters chunk is not JSON
+        raise UserError(f"{path} has a parameters text chunk that is not JSON: {e}") from e
+    if params is None:
+        raise UserError(f"{path} is not a PNG file")
+    if not isinstance(params, dict) or not params:
         raise UserError(f"{path} carries no parameters text chunk")
     return params
 
 
 def request_from_params(params: dict) -> Request:
+    """The request that remakes the image exactly: its whole batch when it was sampled in one
+    (consecutive seeds, as sampling_job makes them), else the seed alone."""
     try:
+        seed = int(params["seed"])
+        batch = [int(b) for b in params.get("batch_seeds") or [seed]]
+        if seed not in batch or batch != list(range(batch[0], batch[0] + len(batch))):
+            batch = [seed]
         return Request(class_name=str(params["class"]), guidance_scale=float(params["guidance_scale"]),
-                       steps=int(params["steps"]), eta=float(params["eta"]), seed=int(params["seed"]))
+                       steps=int(params["steps"]), eta=float(params["eta"]), seed=batch[0],
+                       num_images=len(batch), batch_size=len(batch))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"the PNG parameters lack a usable field: {e}") from e
 
@@ -276,7 +300,8 @@ def build(ctx: AppContext) -> dict:
     with gr.Row():
         preview = gr.Image(label="denoising preview", type="pil", interactive=False, height=200)
         gallery = gr.Gallery(label="generated (PNG keeps its parameters)", columns=4, height=360,
-                             fit_columns=False, elem_id="sampling-gallery", type="filepath")
+                             fit_columns=False, elem_id="sampling-gallery", type="filepath",
+                             interactive=False)             # read by .select, never uploaded to
     with gr.Row():
         params_json = gr.JSON(label="parameters of the selected image")
         with gr.Column():

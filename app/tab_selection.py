@@ -140,10 +140,12 @@ def export(ctx: AppContext, threshold: float, strategy: str, quota: int) -> str:
     scores = load_scores(ctx)
     if scores.empty:
         raise UserError(hint(ctx))
-    if ctx.runner.is_running():
-        raise UserError(f"'{ctx.runner.status()['name']}' is running; export when it has finished")
     kept = apply_threshold(scores, float(threshold), strategy, int(quota or 0))
-    out = export_accepted(ctx.workspace, kept)
+    try:                    # replacing accepted/ must not race a job that reads it
+        with ctx.runner.hold("export"):
+            out = export_accepted(ctx.workspace, kept)
+    except JobBusy as e:
+        raise UserError(f"{e}; export when it has finished") from e
     return f"exported {int(kept['kept'].sum())} accepted images to {out}"
 
 
@@ -189,7 +191,8 @@ def build(ctx: AppContext) -> dict:
         curve_plot = gr.Plot(label="acceptance curve")
     hist = gr.Plot(label="confidence histograms")
     gallery = gr.Gallery(label="sorted by confidence within each class", columns=8, height=420,
-                         elem_id="selection-gallery", preview=False, fit_columns=False)
+                         elem_id="selection-gallery", preview=False, fit_columns=False,
+                         interactive=False)                 # an output: never an upload target
     quality_panel.build_neighbour(ctx, gallery)
     with gr.Row():
         score_btn = gr.Button("Score synthetic images")

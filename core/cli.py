@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.config import ConfigError, LabConfig, apply_overrides, from_dict, preset
+from core.io import describe_write_error
 from core.workspace import Workspace
 
 
@@ -43,7 +44,8 @@ def workspace(args: argparse.Namespace) -> Workspace:
 
 
 def guarded(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
-    """Turn user errors into a one-line message and exit 2; Ctrl-C into exit 130."""
+    """Turn user errors into a one-line message and exit 2; a full disk or read-only workspace
+    into one line naming the path and exit 1; Ctrl-C into exit 130."""
     @functools.wraps(fn)
     def wrapper(argv: list[str]) -> int:
         try:
@@ -54,4 +56,10 @@ def guarded(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except Exception as e:
+            line = describe_write_error(e)
+            if line is None:
+                raise
+            print(f"error: {line}; what was saved before is intact, rerun when fixed", file=sys.stderr)
+            return 1
     return wrapper

@@ -7,6 +7,7 @@ half-written file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -17,6 +18,52 @@ from pathlib import Path
 from typing import Iterator
 
 from PIL import Image, PngImagePlugin
+
+
+# OS-level write failures that the user fixes outside the program (free space, remount, rights).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO,
+                errno.EFBIG}
+# Libraries that write from native code (safetensors' Rust writer) raise their own exception
+# types with the OS message inside; these phrases identify the same failures there.
+_WRITE_PHRASES = {"No space left on device": errno.ENOSPC, "Read-only file system": errno.EROFS,
+                  "Disk quota exceeded": errno.EDQUOT, "code: 28,": errno.ENOSPC, "code: 30,": errno.EROFS}
+
+
+def write_error(exc: BaseException, path: str | Path | None = None) -> OSError | None:
+    """`exc` (or an exception it wraps) as an OSError naming `path` when it is an OS-level write
+    failure such as a full disk or a read-only file system; None for anything else."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            return OSError(exc.errno, os.strerror(exc.errno), exc.filename or (str(path) if path else None))
+        text = str(exc)
+        for phrase, code in _WRITE_PHRASES.items():
+            if phrase in text:
+                return OSError(code, os.strerror(code), str(path) if path else None)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def describe_write_error(exc: BaseException) -> str | None:
+    """One line for a write failure ('cannot write PATH: No space left on device'), else None."""
+    err = write_error(exc)
+    if err is None:
+        return None
+    return f"cannot write {err.filename or 'to the workspace'}: {err.strerror}"
+
+
+@contextlib.contextmanager
+def naming_path(path: str | Path) -> Iterator[None]:
+    """Re-raise a write failure inside the block as an OSError naming `path` (for writers, such
+    as safetensors, whose errors do not say which file)."""
+    try:
+        yield
+    except BaseException as e:
+        err = write_error(e, path)
+        if err is not None and not (isinstance(e, OSError) and e.filename):
+            raise err from e
+        raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -51,7 +98,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        yield tmp
+        with naming_path(path):
+            yield tmp
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -69,7 +117,13 @@ def append_jsonl(path: str | Path, record: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=float) + "\n")
+        end = f.tell()
+        try:
+            f.write(json.dumps(record, default=float) + "\n")
+            f.flush()
+        except OSError:
+            f.truncate(end)     # a torn line would swallow the next record appended after it
+            raise
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -115,8 +169,14 @@ def save_png(image: Image.Image, path: str | Path, params: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    try:
+        with naming_path(path):
+            image.save(tmp, format="PNG", pnginfo=info)
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path
 
 

@@ -13,10 +13,13 @@ the dicts the core loops emit (`{"stage", "step", "total", ...}`); the job ends 
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
 from typing import Any, Callable
+
+from core.io import describe_write_error
 
 STATES = ("idle", "running", "done", "failed", "stopped")
 TRACEBACK_TAIL_LINES = 12
@@ -41,6 +44,7 @@ class JobRunner:
         self._status: dict[str, Any] = self._blank("", "idle")
         self._result: Any = None
         self._job_id = 0
+        self._held: str | None = None     # a short synchronous action holding the slot (hold())
 
     @staticmethod
     def _blank(name: str, state: str) -> dict[str, Any]:
@@ -49,14 +53,24 @@ class JobRunner:
                 "last": {}}
 
     # -- control ----------------------------------------------------------------------------
-    def start(self, name: str, fn: Callable[..., Any], **kwargs: Any) -> int:
+    def start(self, name: str, fn: Callable[..., Any], *, setup: Callable[[], Any] | None = None,
+              wait_if_stopping: float = 0.0, **kwargs: Any) -> int:
         """Run `fn(progress=..., stop=..., **kwargs)` in a thread; returns the job id.
 
-        Raises JobBusy while another job holds the slot.
+        Raises JobBusy while another job holds the slot. `setup()` runs after the slot is taken
+        and before the job starts (a destructive step such as archiving a previous run must never
+        touch files a running job still writes); if it raises, the slot stays free.
+        A job already asked to stop is waited for up to `wait_if_stopping` seconds (it ends
+        within a step), so a request right after a cancel or a client disconnect queues behind
+        it instead of being refused.
         """
+        thread = self._thread
+        if wait_if_stopping > 0 and thread is not None and self._stop.is_set():
+            thread.join(wait_if_stopping)
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                raise JobBusy(f"'{self._status['name']}' is running; stop it or wait for it to finish")
+            self._refuse_if_busy()
+            if setup is not None:
+                setup()
             self._job_id += 1
             self._stop = threading.Event()
             self._result = None
@@ -68,6 +82,25 @@ class JobRunner:
                                             name=f"job-{name}", daemon=True)
             self._thread.start()
         return job_id
+
+    @contextlib.contextmanager
+    def hold(self, name: str):
+        """Hold the slot for a short synchronous action (e.g. replacing the exported accepted set,
+        which a job may be reading): JobBusy while a job runs, and no job starts until it ends."""
+        with self._lock:
+            self._refuse_if_busy()
+            self._held = name
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held = None
+
+    def _refuse_if_busy(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            raise JobBusy(f"'{self._status['name']}' is running; stop it or wait for it to finish")
+        if self._held is not None:
+            raise JobBusy(f"'{self._held}' is running; wait for it to finish")
 
     def stop(self) -> bool:
         """Ask the running job to stop at its next step; False when nothing is running."""
@@ -135,9 +168,11 @@ class JobRunner:
             state = "stopped"
         except BaseException as e:  # noqa: BLE001 - a job must never take the server down
             state = "failed"
-            error = f"{type(e).__name__}: {e}"
-            lines = traceback.format_exc().rstrip().splitlines()
-            tb = "\n".join(lines[-TRACEBACK_TAIL_LINES:])
+            error = describe_write_error(e) or ""
+            if not error:           # a full disk is not a bug: one line, no traceback
+                error = f"{type(e).__name__}: {e}"
+                lines = traceback.format_exc().rstrip().splitlines()
+                tb = "\n".join(lines[-TRACEBACK_TAIL_LINES:])
         with self._lock:
             self._result = result if state != "failed" else None
             self._status.update(state=state, error=error, traceback=tb, finished=time.time())

@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from core.io import append_jsonl
+from core.io import append_jsonl, naming_path
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -137,7 +137,8 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, total_lim
         folder.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    with naming_path(tmp):
+        accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -160,15 +161,59 @@ def clean_partial_checkpoints(folder: Path) -> list[Path]:
 
 
 def resume_step(accelerator: Accelerator, folder: Path) -> int:
-    """Load the newest complete checkpoint into the prepared objects; 0 when there is none."""
+    """Load the newest checkpoint that loads into the prepared objects; 0 when there is none.
+
+    A checkpoint that fails to load (truncated file, bad header) is renamed to
+    `checkpoint-STEP.corrupt` (kept for inspection, never listed again) with a warning naming it
+    and the cause, and the next older one is tried. A failed load_state may have filled some
+    objects; the older checkpoint's load_state overwrites every one of them.
+    """
     if accelerator.is_main_process:
         clean_partial_checkpoints(folder)
     accelerator.wait_for_everyone()
-    latest = latest_checkpoint(folder)
-    if latest is None:
-        return 0
-    accelerator.load_state(str(latest[1]))
-    return latest[0]
+    partly_loaded = False
+    for step, path in reversed(list_checkpoints(folder)):
+        problem = _unreadable(path)
+        if problem is None:
+            try:
+                accelerator.load_state(str(path))
+                return step
+            except Exception as e:  # noqa: BLE001 - any failure to read it makes it unusable
+                if "size mismatch" in str(e):   # intact, but made by another model shape
+                    from core.cli import UserError
+                    raise UserError(f"{path} was made by a different model shape; rerun with "
+                                    "--restart (or another workspace) to start over") from e
+                problem, partly_loaded = f"{type(e).__name__}: {e}", True
+        _quarantine(accelerator, path, problem)
+    if partly_loaded:       # the objects may hold part of a bad checkpoint: never train on that
+        from core.cli import UserError
+        raise UserError(f"no checkpoint in {folder} loads (each was renamed to *.corrupt); "
+                        "rerun to start from step 0")
+    return 0
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a checkpoint cannot be loaded, from its safetensors headers (cheap: no tensor is read)."""
+    from safetensors import safe_open
+    for file in sorted(path.rglob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: all mean unreadable
+            return f"{file.relative_to(path)}: {type(e).__name__}: {e}"
+    return None
+
+
+def _quarantine(accelerator: Accelerator, path: Path, problem: str) -> None:
+    import sys
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        target = path.with_name(f"{path.name}.corrupt")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(path, target)
+        print(f"warning: skipped {path} ({problem}); kept as {target.name}", file=sys.stderr, flush=True)
+    accelerator.wait_for_everyone()
 
 
 def check_resume_compatible(ckpt_dir: Path, cfg, section: str, fields: tuple[str, ...]) -> None:

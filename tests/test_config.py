@@ -74,3 +74,64 @@ def test_sampling_speed_fields_parse_and_validate():
     assert cfg.sampling.compile is True and cfg.sampling.classifier_precision == "bf16"
     with pytest.raises(ConfigError, match="sampling.classifier_precision"):
         apply_overrides(preset("tiny"), ["sampling.classifier_precision=fp8"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("pretrain.steps=true", "pretrain.steps expects an integer"),
+    ("experiment.label_fractions=abc", "experiment.label_fractions expects a list of numbers"),
+    ("experiment.seeds=1.5", "experiment.seeds expects a list of integers"),
+    ("pretrain.warmup_steps=-10", r"pretrain.warmup_steps must be >= 0"),
+    ("autoencoder.kl_weight=-1", r"autoencoder.kl_weight must be >= 0"),
+    ("data.num_workers=-3", r"data.num_workers must be >= 0"),
+    ("pretrain.ema_decay=5", r"pretrain.ema_decay must be in \[0, 1\]"),
+    ("sampling.eta=5", r"sampling.eta must be in \[0, 1\]"),
+    ("pretrain.lr=NaN", r"pretrain.lr must be > 0"),
+    ("sampling.compile=maybe", "sampling.compile expects true/false"),
+    ("classify.label_smoothing=1", r"classify.label_smoothing must be in \[0, 1\)"),
+])
+def test_every_field_is_type_and_range_checked(override, message, capsys):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(preset("tiny"), [override])
+    from core.__main__ import main
+    assert main(["classify", "--workspace", "/nonexistent/ws", "--preset", "tiny", "--set", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and override.split("=")[0] in err[0]
+
+
+def test_a_field_added_later_is_checked_without_being_listed():
+    from dataclasses import make_dataclass
+
+    from core.config import check_fields
+    section = make_dataclass("NewSection", [("steps", int, 1), ("ratio", float, 0.5)])
+    check_fields(section(), "newsection")
+    with pytest.raises(ConfigError, match=r"newsection.steps must be >= 0, got -1"):
+        check_fields(section(steps=-1), "newsection")
+    with pytest.raises(ConfigError, match="newsection.steps expects an integer, got True"):
+        check_fields(section(steps=True), "newsection")
+
+
+def test_saved_configs_still_load_and_bad_ones_name_the_field():
+    import json
+    from pathlib import Path
+
+    from core.config import load_config
+    bundled = Path(__file__).resolve().parents[1] / "assets" / "demo_models" / "config.json"
+    assert load_config(bundled).preset == "demo"
+    saved = json.loads(json.dumps(to_dict(preset("demo"))))         # as written to config.json
+    assert from_dict(saved) == preset("demo")
+    saved["pretrain"]["ema_decay"] = 2
+    with pytest.raises(ConfigError, match="pretrain.ema_decay"):
+        from_dict(saved)
+
+
+def test_batch_size_keys_stages_but_not_the_demo_bundle():
+    """A seed's pixels depend on the batch it was sampled in (batched kernels round differently),
+    so the batch size is part of the sampling key; at the demo's 128 it is left out, so the
+    bundled stage markers made at 128 stay valid."""
+    from dataclasses import replace
+
+    from core.config import identity
+    demo = preset("demo").sampling
+    assert demo.batch_size == 128 and "batch_size" not in identity(demo)
+    assert identity(replace(demo, batch_size=64)) != identity(demo)
+    assert identity(preset("tiny").sampling)["batch_size"] == 8

@@ -89,3 +89,60 @@ def test_threshold_endpoint_refilters(served_app):
     high = client.predict(0.9, "threshold", 0, "accepted", "all classes", 8, api_name="/refilter")
     assert "accepted" in low[0] and low[0] != high[0]
     assert len(low[2]) > len(high[2])
+
+
+def test_files_outside_the_shown_folders_are_not_served(served_app):
+    """The workspace's config, models and the data roots are not fetchable; uploads are capped."""
+    import httpx
+    ctx, client = served_app
+    base = client.src.rstrip("/")
+    ws = ctx.workspace
+    secret = next(ws.unet_dir.glob("*.safetensors"))
+    assert httpx.get(f"{base}/gradio_api/file={ws.root / 'config.json'}").status_code == 403
+    assert httpx.get(f"{base}/gradio_api/file={secret}").status_code == 403
+    shown = next(ws.synthetic_dir.rglob("*.png"))
+    assert httpx.get(f"{base}/gradio_api/file={shown}").status_code == 200
+    big = httpx.post(f"{base}/gradio_api/upload", files={"files": ("big.png", b"0" * 6_000_000)})
+    assert big.status_code >= 400
+
+
+def test_read_params_names_what_is_wrong(served_app):
+    from gradio_client.exceptions import AppError
+    ctx, client = served_app
+    ws = ctx.workspace.root
+    (ws / "results" / "not-a-png.png").write_text("hello")
+    cases = [("results/not-a-png.png", "is not a PNG file"), ("results/a\0b.png", "NUL byte"),
+             ("x" * 5000 + ".png", "too long"), ("results", "is a folder"),
+             ("results/runs.csv", "is not a PNG file"), ("/etc/passwd", "outside the workspace")]
+    for text, reason in cases:
+        with pytest.raises(AppError, match=reason):
+            client.predict(text, api_name="/read_params")
+
+
+def test_a_request_after_a_disconnect_is_queued_not_refused(served_app):
+    """A client that drops its connection mid-stream leaves a job that stops within a step; the
+    next request waits for it instead of failing with "'sampling' is running"."""
+    import uuid
+
+    import httpx
+
+    from app.tab_sampling import class_names
+    ctx, client = served_app
+    base = client.src.rstrip("/")
+    fn_index = next(i for i, d in enumerate(client.config["dependencies"]) if d.get("api_name") == "sample")
+    session = uuid.uuid4().hex
+    args = list(_sample_args(class_names(ctx)[0], steps=200, num=64, batch=1).values())
+    before = ctx.runner.status()["job_id"]
+    httpx.post(f"{base}/gradio_api/queue/join", json={"data": args, "fn_index": fn_index,
+                                                      "session_hash": session, "event_data": None,
+                                                      "trigger_id": None}).raise_for_status()
+    with httpx.stream("GET", f"{base}/gradio_api/queue/data", params={"session_hash": session},
+                      timeout=30) as sse:
+        for line in sse.iter_lines():                   # read until the job streams, then drop it
+            if "process_generating" in line:
+                break
+    _wait_running(ctx, before)
+    t0 = time.time()
+    out = client.predict(*_sample_args(class_names(ctx)[0], steps=2, num=1).values(), api_name="/sample")
+    assert len(out[0]) == 1 and "done" in out[2]
+    assert time.time() - t0 < 60

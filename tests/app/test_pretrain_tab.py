@@ -82,3 +82,33 @@ def test_start_stop_resume_and_fresh(pretrain_ctx):
     assert archived and (archived[0] / "metrics" / "pretrain.jsonl").exists()
     assert (archived[0] / "checkpoints" / "pretrain").is_dir()
     assert int(tab_pretrain.read_metrics(ctx)["step"].max()) == 2
+
+
+def test_fresh_start_while_running_moves_nothing(tmp_path):
+    """'Start fresh' takes the compute slot before it archives: a busy slot leaves every file put."""
+    import threading
+    ctx = AppContext.create(tmp_path / "ws", preset_name="tiny")
+    ws = ctx.workspace
+    ckpt = ws.checkpoints_dir / "pretrain" / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    ws.metrics_file("pretrain").parent.mkdir(parents=True, exist_ok=True)
+    ws.metrics_file("pretrain").write_text('{"step": 2}\n')
+    (ws.samples_dir / "pretrain").mkdir(parents=True)
+    release = threading.Event()
+    ctx.runner.start("pretrain", lambda progress, stop: release.wait(30))
+    try:
+        with pytest.raises(UserError, match="'pretrain' is running"):
+            tab_pretrain.start_pretrain(ctx, "tiny", FIELDS, fresh=True)
+        assert ckpt.is_dir() and ws.metrics_file("pretrain").exists() and (ws.samples_dir / "pretrain").is_dir()
+        assert not (ws.root / "archive").exists()
+    finally:
+        release.set()
+        ctx.runner.wait(30)
+
+
+def test_quarantined_checkpoint_is_not_the_latest(tmp_path):
+    ctx = AppContext.create(tmp_path / "ws", preset_name="tiny")
+    folder = ctx.workspace.checkpoints_dir / "pretrain"
+    (folder / "checkpoint-190").mkdir(parents=True)
+    (folder / "checkpoint-200.corrupt").mkdir()
+    assert tab_pretrain.latest_checkpoint(ctx).name == "checkpoint-190"

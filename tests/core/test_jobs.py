@@ -115,3 +115,88 @@ def test_before_job_hook_runs_in_the_job_thread_and_can_fail_it():
     runner.start("x", _loop, steps=1, delay=0.0)
     status = runner.wait(5)
     assert status["state"] == "failed" and "cannot reset" in status["error"]
+
+
+def test_a_full_disk_fails_the_job_with_one_line_naming_the_path():
+    import errno
+
+    from safetensors import SafetensorError
+
+    from core.io import naming_path
+
+    def job(progress, stop):
+        with naming_path("/ws/models/unet"):
+            raise SafetensorError('IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+    runner = JobRunner()
+    runner.start("pretrain", job)
+    status = runner.wait(10)
+    assert status["state"] == "failed" and status["traceback"] == ""
+    assert status["error"] == "cannot write /ws/models/unet: No space left on device"
+
+    def read_only(progress, stop):
+        raise OSError(errno.EROFS, "Read-only file system", "/ws/metrics/pretrain.jsonl")
+    runner.start("pretrain", read_only)
+    assert runner.wait(10)["error"] == "cannot write /ws/metrics/pretrain.jsonl: Read-only file system"
+
+
+def test_a_failed_append_leaves_no_torn_line(tmp_path, monkeypatch):
+    import errno
+
+    from core import io
+    path = tmp_path / "m.jsonl"
+    io.append_jsonl(path, {"step": 1})
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            self.f.write(text[:5])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+    real_open = open
+    monkeypatch.setattr(io, "open", lambda *a, **k: Full(real_open(*a, **k)), raising=False)
+    with pytest.raises(OSError):
+        io.append_jsonl(path, {"step": 2})
+    monkeypatch.undo()
+    io.append_jsonl(path, {"step": 3})
+    assert [r["step"] for r in io.read_jsonl(path)] == [1, 3]
+
+
+def test_hold_keeps_jobs_out_and_waits_for_none():
+    """A synchronous destructive action holds the slot: no job starts meanwhile, and it is
+    refused while a job runs."""
+    runner = JobRunner()
+    with runner.hold("export"):
+        with pytest.raises(JobBusy, match="'export' is running"):
+            runner.start("run", _loop)
+    release = threading.Event()
+    runner.start("run", lambda progress, stop: release.wait(10))
+    with pytest.raises(JobBusy, match="'run' is running"):
+        with runner.hold("export"):
+            pass
+    release.set()
+    runner.wait(10)
+    with runner.hold("export"):
+        pass
+
+
+def test_setup_runs_only_with_the_slot():
+    runner = JobRunner()
+    release, calls = threading.Event(), []
+    runner.start("pretrain", lambda progress, stop: release.wait(10))
+    with pytest.raises(JobBusy):
+        runner.start("pretrain", _loop, setup=lambda: calls.append("archived"))
+    assert calls == []
+    release.set()
+    runner.wait(10)
+    runner.start("pretrain", _loop, setup=lambda: calls.append("archived"), steps=1)
+    assert runner.wait(10)["state"] == "done" and calls == ["archived"]

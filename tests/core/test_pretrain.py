@@ -175,3 +175,96 @@ def test_resume_refuses_a_different_model_shape(ws, tiny_cfg, capsys):
     assert "pretrain.layers_per_block" in err and "--restart" in err
     assert pt.cli(args) == 0                                        # more steps on the same model: resumes
     assert pt.cli(args + ["--set", "pretrain.layers_per_block=2", "--restart"]) == 0
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.bin"])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(ws, tiny_cfg, capsys, damaged):
+    """A truncated latest checkpoint is set aside (named and kept) and the run resumes from the
+    newest one that loads, through core.training.resume_step (which every trainer uses)."""
+    pt.pretrain(ws, tiny(tiny_cfg, steps=4, checkpoint_every=2, sample_every=100))
+    folder = ws.checkpoints_dir / "pretrain"
+    with open(folder / "checkpoint-4" / damaged, "r+b") as f:
+        f.truncate(1000)
+    args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
+            "--set", "pretrain.checkpoint_every=2", "--set", "pretrain.sample_every=100"]
+    assert pt.cli(args + ["--set", "pretrain.steps=6"]) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint-4" in err and "checkpoint-4.corrupt" in err
+    assert (folder / "checkpoint-4.corrupt" / damaged).stat().st_size == 1000     # kept for inspection
+    assert [s for s, _ in training.list_checkpoints(folder)] == [4, 6]
+    rows = read_jsonl(ws.metrics_file("pretrain"))
+    assert rows[-1]["step"] == 6
+
+
+def test_every_checkpoint_unreadable_is_one_line_then_starts_over(ws, tiny_cfg, capsys):
+    pt.pretrain(ws, tiny(tiny_cfg, steps=2, checkpoint_every=2, sample_every=100))
+    folder = ws.checkpoints_dir / "pretrain"
+    with open(folder / "checkpoint-2" / "optimizer.bin", "r+b") as f:
+        f.truncate(100)
+    args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
+            "--set", "pretrain.steps=2", "--set", "pretrain.sample_every=100"]
+    assert pt.cli(args) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and "Traceback" not in err
+    assert pt.cli(args) == 0 and (folder / "checkpoint-2.corrupt").is_dir()
+
+
+ENOSPC_TEXT = ('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+               'message: "No space left on device" })')
+
+
+def test_full_disk_during_a_checkpoint_is_one_line_and_resumable(ws, tiny_cfg, monkeypatch, capsys):
+    """safetensors' own error type wraps ENOSPC: the CLI names the folder and the cause, exits 1,
+    and the previous checkpoint resumes."""
+    from safetensors import SafetensorError
+    real = training.Accelerator.save_state
+    calls = {"n": 0}
+
+    def filling(self, output_dir=None, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            real(self, output_dir, **kw)                    # half written, then the disk is full
+            raise SafetensorError(ENOSPC_TEXT)
+        return real(self, output_dir, **kw)
+    monkeypatch.setattr(training.Accelerator, "save_state", filling)
+    args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
+            "--set", "pretrain.steps=4", "--set", "pretrain.checkpoint_every=2", "--set", "pretrain.sample_every=100"]
+    assert pt.cli(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ".checkpoint-4.tmp" in err[0] and "No space left on device" in err[0]
+    folder = ws.checkpoints_dir / "pretrain"
+    assert [s for s, _ in training.list_checkpoints(folder)] == [2]
+    monkeypatch.setattr(training.Accelerator, "save_state", real)
+    assert pt.cli(args) == 0 and ws.unet_dir.exists()
+
+
+def test_read_only_workspace_on_the_model_save_is_one_line(ws, tiny_cfg, monkeypatch, capsys):
+    import errno
+
+    from core import io
+    real = io.tempfile.mkdtemp
+
+    def read_only(*a, dir=None, **k):
+        if "unet" in str(k.get("prefix", "")):
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real(*a, dir=dir, **k)
+    monkeypatch.setattr(io.tempfile, "mkdtemp", read_only)
+    args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
+            "--set", "pretrain.steps=2", "--set", "pretrain.sample_every=100"]
+    assert pt.cli(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Read-only file system" in err[0] and str(ws.models_dir) in err[0]
+    assert training.latest_checkpoint(ws.checkpoints_dir / "pretrain")[0] == 2   # the steps are kept
+
+
+def test_other_model_shape_without_lab_config_is_not_called_corrupt(ws, tiny_cfg, capsys):
+    """Checkpoints whose shape check cannot run (lab_config.json missing) are intact, not corrupt:
+    a size mismatch is a one-line error and nothing is renamed."""
+    pt.pretrain(ws, tiny(tiny_cfg, steps=2, checkpoint_every=2, sample_every=100))
+    folder = ws.checkpoints_dir / "pretrain"
+    (folder / "lab_config.json").unlink()
+    args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
+            "--set", "pretrain.steps=4", "--set", "pretrain.layers_per_block=2"]
+    assert pt.cli(args) == 2
+    assert "different model shape" in capsys.readouterr().err
+    assert (folder / "checkpoint-2").is_dir() and not list(folder.glob("*.corrupt"))

@@ -1,0 +1,130 @@
+"""Type and range checks for config fields, and `--set` text parsed as a field's declared type.
+
+Driven by the dataclass annotations and one RANGES table, so a field added to core/config.py is
+checked without code here; bad values get one line naming the field (ConfigError).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import typing
+from dataclasses import fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field."""
+
+
+# Allowed interval of numeric fields ("section.field"; tuples: every element). A numeric field
+# not listed here must be finite and >= 0 (no field is meaningfully negative), so a field added
+# later is range-checked without being listed. Types come from the dataclass annotations.
+RANGES: dict[str, str] = {
+    "data.val_fraction": "[0, 0.5]", "data.test_fraction": "(0, 1)",
+    "data.image_size": "(0, inf)", "data.mpp": "(0, inf)",
+    "autoencoder.lr": "(0, inf)", "autoencoder.block_out_channels": "(0, inf)",
+    "pretrain.lr": "(0, inf)", "pretrain.ema_decay": "[0, 1]", "pretrain.beta_start": "(0, 1)",
+    "pretrain.beta_end": "(0, 1)", "pretrain.block_out_channels": "(0, inf)",
+    "pretrain.attention_resolutions": "(0, inf)", "pretrain.attention_head_dim": "(0, inf)",
+    "classifier.lr": "(0, inf)", "classifier.finetune_lr": "(0, inf)",
+    "classifier.block_out_channels": "(0, inf)", "classifier.attention_resolutions": "(0, inf)",
+    "sampling.eta": "[0, 1]", "selection.threshold": "[0, 1]",
+    "classify.lr": "(0, inf)", "classify.label_smoothing": "[0, 1)",
+    # a fraction in (0, 1] or a whole number of images per class (ExperimentConfig.validate)
+    "experiment.label_fractions": "(0, inf)", "experiment.synthetic_ratios": "(0, inf)",
+    "classify.steps": "(0, inf)", "classify.evals": "(0, inf)", "classify.epochs": "(0, inf)",
+    "experiment.bootstrap": "(0, inf)",
+}
+
+
+def check_fields(section: Any, name: str) -> None:
+    """Every field of a config section against its declared type and its RANGES interval;
+    ConfigError naming the first bad field."""
+    hints = declared_types(type(section))
+    for f in fields(section):
+        key, value = f"{name}.{f.name}", getattr(section, f.name)
+        declared = hints.get(f.name)
+        if typing.get_origin(declared) is tuple:
+            element = typing.get_args(declared)[0]
+            if not isinstance(value, tuple):
+                raise ConfigError(f"{key} expects a list of {_PLURAL.get(element, element)}, got {value!r}")
+            items = value
+        else:
+            element, items = declared, (value,)
+        for item in items:
+            if element in _TYPE_WORDS and not _is(item, element):
+                what = f"a list of {_PLURAL[element]}" if items is value else _TYPE_WORDS[element]
+                raise ConfigError(f"{key} expects {what}, got {item!r}")
+            if element in (int, float):
+                _check_range(key, item)
+
+
+_TYPE_WORDS = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+_PLURAL = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind is bool or isinstance(value, bool):     # bool is an int to Python, never to a config
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+def _check_range(key: str, value: float) -> None:
+    spec = RANGES.get(key, "[0, inf)")
+    lo_text, hi_text = (part.strip(" ([])") for part in spec.split(","))
+    lo, hi = float(lo_text), float(hi_text)
+    ok = math.isfinite(value) and (value > lo if spec[0] == "(" else value >= lo) and \
+        (value < hi if spec[-1] == ")" else value <= hi)
+    if not ok:
+        if hi == math.inf:
+            rule = f"> {lo_text}" if spec[0] == "(" else f">= {lo_text}"
+        else:
+            rule = f"in {spec}"
+        raise ConfigError(f"{key} must be {rule}, got {value}")
+
+
+@functools.lru_cache(maxsize=None)
+def declared_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def parse_value(raw: str, declared: Any, key: str) -> Any:
+    """The --set text as the field's declared type (JSON first, else plain text); values of the
+    wrong type are left as they are for check_fields to name."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if typing.get_origin(declared) is tuple:
+        element = typing.get_args(declared)[0]
+        if isinstance(value, str):
+            value = [_json_or_text(v.strip()) for v in value.split(",") if v.strip()]
+        elif not isinstance(value, list):
+            value = [value]
+        return tuple(_as(v, element) for v in value)
+    if declared is bool and isinstance(value, (str, int)) and not isinstance(value, bool):
+        text = str(value).lower()
+        if text in ("true", "yes", "1"):
+            return True
+        if text in ("false", "no", "0"):
+            return False
+        raise ConfigError(f"{key} expects true/false, got {raw!r}")
+    if declared is str and not isinstance(value, str):
+        return raw
+    return _as(value, declared)
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _as(value: Any, kind: Any) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
