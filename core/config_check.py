@@ -128,3 +128,19 @@ def _as(value: Any, kind: Any) -> Any:
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return value
+
+
+MOVED = {"data.label_fraction": "experiment.label_fractions (one label budget for every model of a run)"}
+
+
+def migrate(section: str, values: dict) -> dict:
+    """Configs saved before the one-label-budget protocol carried data.label_fraction, which cut
+    the labeled set before experiment.label_fractions cut it again. At 1.0 it did nothing and is
+    dropped; any other value made a workspace whose arms saw different labels: refused."""
+    if section == "data" and "label_fraction" in values:
+        old = values.pop("label_fraction")
+        if float(old) != 1.0:
+            raise ConfigError(f"this config has data.label_fraction={old}, the old protocol that gave "
+                              "the augmented arm more labels than its baseline; make the workspace again "
+                              "with experiment.label_fractions")
+    return values

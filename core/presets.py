@@ -1,0 +1,77 @@
+"""The three presets: `tiny` (seconds, the tests), `demo` (CPU, minutes), `paper` (the reference
+shapes, GPUs). `core.config.preset(name)` is the public entry."""
+from __future__ import annotations
+
+from core.config import (PRESETS, AutoencoderConfig, ClassifyConfig, ConfigError, DataConfig,  # noqa: F401
+                         ExperimentConfig, LabConfig, LatentClassifierConfig, PretrainConfig,
+                         SamplingConfig, SelectionConfig)
+
+
+def build_preset(name: str) -> LabConfig:
+    """The named preset: `tiny` (seconds, tests), `demo` (CPU, minutes), `paper` (reference shapes, GPU)."""
+    if name == "demo":
+        # Guidance runs the classifier forward + backward every step; at the UNet's widths
+        # (64, 128, 128) with attention pooling it cost as much as the UNet (issue 4). Half the
+        # widths and global mean pooling (guided-diffusion's "adaptive" pool) cost ~0.1-0.2 of it.
+        # Sized for about an hour on 2 CPU cores in total (see `make demo-models`).
+        return LabConfig(
+            preset="demo",
+            autoencoder=AutoencoderConfig(steps=500, mixed_precision="bf16"),
+            pretrain=PretrainConfig(steps=2500),
+            classifier=LatentClassifierConfig(block_out_channels=(32, 64, 64), pooling="mean"),
+            # the demo sweep (issue 4 note): mean p(target) peaks near s = 3 and falls by s = 10
+            sampling=SamplingConfig(num_per_class=200, guidance_scale=3.0, batch_size=128),
+            # The filter classifier ships in the demo bundle (<= 40 MB in all): a 1.5M-parameter
+            # MobileNetV3 keeps it at 6 MB where resnet18 would take 45 MB.
+            # 150 steps: 20 epochs at all labels, 150 passes over a 10% budget
+            classify=ClassifyConfig(backbone="mobilenetv3_small_100", steps=150, evals=10),
+            # all labels first (the budget the lab shows), then the few-label regime
+            # one top-up round: a class the filter rejects wholesale at 200 images is not rescued
+            # by 400 more on CPU time (the shortfall is reported per class instead)
+            experiment=ExperimentConfig(label_fractions=(1.0, 0.25, 0.1), synthetic_ratios=(1.0,),
+                                        topup_rounds=1),
+        ).validate()
+    if name == "tiny":
+        return LabConfig(
+            preset="tiny",
+            data=DataConfig(image_size=32, mpp=2.0),
+            autoencoder=AutoencoderConfig(block_out_channels=(8, 16, 16), latent_channels=4,
+                                          steps=20, batch_size=8),
+            pretrain=PretrainConfig(block_out_channels=(8, 16), attention_resolutions=(4,),
+                                    attention_head_dim=8, steps=20, batch_size=8, warmup_steps=2,
+                                    checkpoint_every=10, sample_every=10, log_every=5),
+            classifier=LatentClassifierConfig(block_out_channels=(8, 16), steps=20, batch_size=8),
+            sampling=SamplingConfig(steps=4, batch_size=8, num_per_class=16),
+            selection=SelectionConfig(threshold=0.3),
+            classify=ClassifyConfig(backbone="test_resnet", image_size=32, steps=24, evals=2, batch_size=16),
+            experiment=ExperimentConfig(seeds=(0, 1, 2)),
+        ).validate()
+    if name == "paper":
+        return LabConfig(
+            preset="paper",
+            data=DataConfig(image_size=256, mpp=0.5, num_workers=8),
+            autoencoder=AutoencoderConfig(block_out_channels=(128, 256, 512), layers_per_block=2,
+                                          latent_channels=3, steps=100_000, batch_size=16, lr=4.5e-6,
+                                          disc_weight=0.5, mixed_precision="bf16"),
+            pretrain=PretrainConfig(block_out_channels=(192, 384, 384, 768, 768), layers_per_block=2,
+                                    attention_resolutions=(32, 16, 8), attention_head_dim=24,
+                                    resnet_time_scale_shift="scale_shift", resblock_updown=True,
+                                    # the reference's (LDM's) "linear" betas are linear in sqrt(beta):
+                                    # diffusers' scaled_linear; its "linear" gives alpha-bar(500) .08 not .15
+                                    beta_schedule="scaled_linear", steps=400_000, batch_size=4, lr=5e-5, warmup_steps=10_000,
+                                    ema_decay=0.9999, checkpoint_every=5000, sample_every=5000,
+                                    log_every=50),
+            classifier=LatentClassifierConfig(block_out_channels=(128, 128, 256, 256, 512, 512),
+                                              layers_per_block=2, steps=30_000, batch_size=32,
+                                              lr=5e-5, weight_decay=0.05),
+            sampling=SamplingConfig(steps=50, eta=1.0, guidance_scale=10.0, batch_size=10,
+                                    # compile: for GPUs (diffusers' docs); on 2 CPU cores at these
+                                    # shapes it gained nothing (issue 4). bf16 classifier: as
+                                    # guided-diffusion's fp16 one.
+                                    num_per_class=500, compile=True, classifier_precision="bf16"),
+            # the reference: 300 epochs at batch 128 over ~5k labeled images, about 12k steps
+            classify=ClassifyConfig(backbone="vit_small_patch16_224", image_size=224, steps=12_000,
+                                    evals=30, batch_size=128, lr=5e-4),
+            experiment=ExperimentConfig(label_fractions=(0.05,), synthetic_ratios=(0.5, 1.0, 3.0)),
+        ).validate()
+    raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
