@@ -135,3 +135,14 @@ def progress_html(status: dict[str, Any]) -> str:
     value = 100 * float(status.get("progress") or 0)
     return (f'<div class="job-progress"><progress max="100" value="{value:.1f}" '
             f'style="width:100%"></progress> <span>{value:.0f}%</span></div>')
+
+
+def cached_entry(cache: dict, lock, path: Path) -> tuple[tuple[int, int], tuple | None]:
+    """(the file's stamp, the cache entry stored under `path` when it was made from this very
+    file version, else None): tables re-read only when their file changed."""
+    stat = path.stat()
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    with lock:
+        hit = cache.get(str(path))
+    return stamp, (hit if hit and hit[0] == stamp else None)
+

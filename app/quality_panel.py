@@ -14,7 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from app import charts
-from app.context import COMPUTE, AppContext, job_markdown, load_workspace_config, stop_job
+from app.context import COMPUTE, AppContext, cached_entry, job_markdown, load_workspace_config, stop_job
 from core.cli import UserError
 from core.jobs import JobBusy
 
@@ -27,12 +27,9 @@ def _read(path: Path) -> pd.DataFrame:
     """A results table, cached until the file changes (the gallery asks on every slider move)."""
     if not path.exists():
         return pd.DataFrame()
-    stat = path.stat()
-    key = (stat.st_mtime_ns, stat.st_size)
-    with _lock:
-        hit = _cache.get(str(path))
-        if hit and hit[0] == key:
-            return hit[1]
+    key, hit = cached_entry(_cache, _lock, path)
+    if hit:
+        return hit[1]
     frame = pd.read_csv(path)
     with _lock:
         _cache[str(path)] = (key, frame)

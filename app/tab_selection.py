@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from app import charts, quality_panel
-from app.context import COMPUTE, AppContext, job_markdown
+from app.context import COMPUTE, AppContext, cached_entry, job_markdown
 from core.cli import UserError
 from core.jobs import JobBusy
 
@@ -33,12 +33,9 @@ def load_scores(ctx: AppContext) -> pd.DataFrame:
     path = scores_file(ctx)
     if not path.exists():
         return pd.DataFrame(columns=["file", "class", "confidence"])
-    stat = path.stat()
-    key = (stat.st_mtime_ns, stat.st_size)
-    with _cache_lock:
-        hit = _cache.get(str(path))
-        if hit and hit[0] == key:
-            return hit[1]
+    key, hit = cached_entry(_cache, _cache_lock, path)
+    if hit:
+        return hit[1]
     from core.selection import load_scores as read_scores, synthetic_path
     frame = read_scores(ctx.workspace)
     missing = {"file", "class", "confidence"} - set(frame.columns)
