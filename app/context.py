@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.cli import UserError
+from core.errors import UserError
 from core.config import LabConfig, apply_overrides, from_dict, preset
 from core.jobs import JobRunner
 from core.workspace import Workspace

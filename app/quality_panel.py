@@ -15,7 +15,7 @@ from PIL import Image
 
 from app import charts
 from app.context import COMPUTE, AppContext, cached_entry, job_markdown, load_workspace_config, stop_job
-from core.cli import UserError
+from core.errors import UserError
 from core.jobs import JobBusy
 
 EVAL_JOB, TUNE_JOB = "quality", "tune-guidance"

@@ -18,7 +18,7 @@ from PIL import Image
 from app import quality_panel
 from app.previews import LABEL_H, LABEL_W, grid_canvas, preview_image
 from app.context import COMPUTE, AppContext, job_markdown, stop_job
-from core.cli import UserError
+from core.errors import UserError
 from core.io import read_png_params, save_png
 from core.jobs import JobBusy, JobStopped
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from app import charts, quality_panel
 from app.context import COMPUTE, AppContext, cached_entry, job_markdown
-from core.cli import UserError
+from core.errors import UserError
 from core.jobs import JobBusy
 
 ALL = "all classes"

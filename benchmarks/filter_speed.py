@@ -47,7 +47,7 @@ def main() -> None:
               f"curve(101 thresholds) {t_curve * 1e3:.1f} ms")
     if args.skip_train:
         return
-    from core.classify import build_backbone
+    from core.models import build_backbone
     model = build_backbone(args.backbone, 9).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size).contiguous(memory_format=torch.channels_last)

@@ -23,10 +23,10 @@ import torch
 from diffusers import DDIMScheduler
 
 from benchmarks.common import count_flops, device_name, markdown_table, matmul_peak, sync
-from core.autoencoder import build_autoencoder
+from core.models import build_autoencoder
 from core.config import preset
-from core.latent_classifier import build_classifier
-from core.pretrain import build_scheduler, build_unet, prefers_channels_last
+from core.models import build_classifier
+from core.models import build_scheduler, build_unet, prefers_channels_last
 from core.sampling import GuidedLatentPipeline
 
 

@@ -9,69 +9,25 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
-from core.config import AutoencoderConfig, LabConfig, save_config
+from core.cli import add_common, guarded, resolve_config, workspace
+
+from core.errors import UserError
+from core.config import LabConfig, save_config
 from core.data import ImageDataset, load_pools
 from core.io import atomic_dir
-from core.latents import latent_cache  # noqa: F401  (public: architecture.md lists it here)
+from core.models import PatchDiscriminator, build_autoencoder, decode, encode
 from core.training import (MetricsLog, adamw, check_resume_compatible, make_accelerator,
                            pool_row_weights, resume_step, step_generator, step_indices,
                            tensorboard_if_installed, train_loop)
-from core.workspace import Workspace
+from core.workspace import LAB_CONFIG, Workspace
 
 STAGE = "autoencoder"
-LAB_CONFIG = "lab_config.json"   # the LabConfig; diffusers owns config.json in model folders
-
-
-def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:
-    n = len(cfg.block_out_channels)
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
-        norm_num_groups=math.gcd(32, *cfg.block_out_channels))
-
-
-def load_autoencoder(ws: Workspace) -> AutoencoderKL:
-    if not (ws.autoencoder_dir / "config.json").exists():
-        raise UserError(f"no autoencoder in {ws.autoencoder_dir} (run `python -m core autoencoder`)")
-    return AutoencoderKL.from_pretrained(ws.autoencoder_dir).eval()
-
-
-def encode(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
-    """Pixels in [-1, 1] -> scaled latents (posterior mean x scaling_factor)."""
-    param = next(vae.parameters())
-    z = vae.encode(x.to(param.device, param.dtype)).latent_dist.mode()
-    return z * vae.config.scaling_factor
-
-
-def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> pixels in [-1, 1] (clamped)."""
-    param = next(vae.parameters())
-    x = vae.decode(z.to(param.device, param.dtype) / vae.config.scaling_factor).sample
-    return x.clamp(-1, 1)
-
-
-class PatchDiscriminator(torch.nn.Sequential):
-    """PatchGAN (pix2pix NLayerDiscriminator, 3 layers) — diffusers has no discriminator."""
-
-    def __init__(self, channels: int = 64, layers: int = 3):
-        mods: list[torch.nn.Module] = [torch.nn.Conv2d(3, channels, 4, 2, 1), torch.nn.LeakyReLU(0.2)]
-        c = channels
-        for i in range(1, layers + 1):
-            c_out = channels * min(2 ** i, 8)
-            mods += [torch.nn.Conv2d(c, c_out, 4, 2 if i < layers else 1, 1, bias=False),
-                     torch.nn.GroupNorm(math.gcd(32, c_out), c_out), torch.nn.LeakyReLU(0.2)]
-            c = c_out
-        mods.append(torch.nn.Conv2d(c, 1, 4, 1, 1))
-        super().__init__(*mods)
 
 
 def split_held_out(paths: list[str], fraction: float = 0.05, cap: int = 256) -> tuple[list[int], list[int]]:
@@ -232,5 +188,4 @@ def cli(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["build_autoencoder", "train_autoencoder", "load_autoencoder", "encode", "decode",
-           "latent_cache", "PatchDiscriminator", "psnr", "ssim", "cli"]
+__all__ = ["train_autoencoder", "psnr", "ssim", "cli"]

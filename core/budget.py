@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.cli import UserError
+from core.errors import UserError
 from core.config import LabConfig
 from core.io import atomic_write_text
 from core.workspace import Workspace

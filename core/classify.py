@@ -10,22 +10,23 @@ import argparse
 import copy
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import timm
 import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 from torchvision.transforms import v2
 
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.cli import add_common, guarded, resolve_config, workspace
+
+from core.errors import UserError
 from core.config import ClassifyConfig, LabConfig, config_hash, save_config
 from core.images import BadImage, load_rgb, to_tensor
 from core.io import atomic_dir, atomic_write_json
 from core.metrics import classification_metrics
+from core.models import build_backbone
 from core.training import autocast
 from core.workspace import Workspace
 
@@ -34,28 +35,6 @@ MEAN = STD = (0.5, 0.5, 0.5)   # images are fed in [-1, 1] (core.images.to_tenso
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def build_backbone(name: str, num_classes: int, pretrained_path: str | Path = "") -> torch.nn.Module:
-    """timm model by name, never downloaded; optional local safetensors weights (head skipped
-    when its shape differs, so ImageNet weights can seed a 9-class model)."""
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
-    except RuntimeError as e:   # timm raises RuntimeError("Unknown model ...")
-        raise UserError(f"classify.backbone: {e}") from None
-    if pretrained_path:
-        path = Path(pretrained_path)
-        if not path.is_file():
-            raise UserError(f"classify.pretrained_path: no file at {path}")
-        if path.suffix != ".safetensors":
-            raise UserError(f"classify.pretrained_path must be a .safetensors file (no pickle), got {path}")
-        state = load_file(str(path))
-        own = model.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        if not usable:
-            raise UserError(f"classify.pretrained_path: no tensor in {path} matches backbone {name!r}")
-        model.load_state_dict(usable, strict=False)
-    return model
 
 
 # --- images in memory -----------------------------------------------------------------------

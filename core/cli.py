@@ -8,13 +8,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from core.config import ConfigError, LabConfig, apply_overrides, from_dict, preset
+from core.config import LabConfig, apply_overrides, from_dict, preset
+from core.errors import ConfigError, UserError  # noqa: F401  (UserError: the name CLI code has always used)
 from core.io import describe_write_error
 from core.workspace import Workspace
-
-
-class UserError(RuntimeError):
-    """A problem the user can fix (missing model, bad path, bad value): printed, exit code 2."""
 
 
 def add_common(parser: argparse.ArgumentParser, workspace_required: bool = True) -> None:

@@ -12,10 +12,7 @@ import typing
 from dataclasses import fields
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the field."""
-
+from core.errors import ConfigError  # noqa: F401  (re-exported: core.config names it)
 
 # Allowed interval of numeric fields ("section.field"; tuples: every element). A numeric field
 # not listed here must be finite and >= 0 (no field is meaningfully negative), so a field added

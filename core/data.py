@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.cli import UserError
+from core.errors import UserError
 from core.demo_data import build_demo  # noqa: F401  (re-exported)
 from core.images import BadImage, ImageDataset, load_rgb, scan_images, to_pil, to_tensor  # noqa: F401
 from core.labeled import npz_preview, prepare_labeled, scan_labeled  # noqa: F401

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.cli import UserError, add_common, guarded, workspace
+from core.cli import add_common, guarded, workspace
+
+from core.errors import UserError
 from core.io import atomic_dir, atomic_write_json, file_sha256
 from core.workspace import Workspace
 

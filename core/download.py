@@ -18,7 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.cli import UserError
+from core.errors import UserError
 
 CHUNK = 1 << 20
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from core.budget import budget_labels, budget_name, budget_views, realised, write_labels
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.cli import add_common, guarded, resolve_config, workspace
+from core.errors import UserError
 from core.config import LabConfig, config_hash, identity, save_config, to_dict
 from core.io import atomic_write_json, atomic_write_text
 from core.metrics import at_chance

@@ -21,7 +21,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save
 
-from core.cli import UserError
+from core.errors import UserError
 from core.images import BadImage, load_rgb, to_tensor
 from core.io import atomic_write_bytes, file_sha256, folder_hash
 from core.workspace import Workspace

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from core.cli import UserError
+from core.errors import UserError
 
 
 def check_scale(scale: float) -> float:

@@ -8,12 +8,10 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from core.errors import BadImage  # noqa: F401  (re-exported: the data layer names it)
+
 IMAGE_EXTS = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
 SLIDE_EXTS = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"}  # openslide formats
-
-
-class BadImage(ValueError):
-    """The file cannot be used as an image; str(e) is the reason shown to the user."""
 
 
 def is_image_path(path: str | Path) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from core.cli import UserError
+from core.errors import UserError
 from core.config import LabConfig, save_config
 from core.images import array_to_rgb, is_image_path, scan_images
 from core.splits import SPLITS, split_off, write_manifest

@@ -1,8 +1,7 @@
-"""Noise-aware latent classifier p(y | z_t, t): the model, its training, and `python -m core classifier`.
+"""Training the noise-aware latent classifier p(y | z_t, t) (`core.models.LatentClassifier`), and
+`python -m core classifier`.
 
-The model is the encoder half of a UNet (guided-diffusion's EncoderUNetModel) assembled from
-diffusers blocks, so it saves with `save_pretrained` (safetensors + config.json holding the
-class names). It is trained on q_sample-noised latents of the labeled TRAIN split at uniformly
+It is trained on q_sample-noised latents of the labeled TRAIN split at uniformly
 drawn t, because classifier guidance queries it on noisy latents; `noise_aware=False` trains on
 clean latents at t = 0 only, the reference implementation's defect, kept for comparison.
 """
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -19,19 +17,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.embeddings import AttentionPooling, TimestepEmbedding, Timesteps
-from diffusers.models.modeling_utils import ModelMixin
-from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block
 from diffusers.optimization import get_scheduler
-from torch import nn
 
 from core import cli as cli_util
-from core.cli import UserError
+from core.errors import UserError
 from core.config import LabConfig, config_hash, save_config
 from core.io import atomic_dir, atomic_write_text
 from core.budget import budget_labels, write_labels
 from core.latents import augment, latent_cache
+from core.models import LatentClassifier, build_classifier, load_scheduler
 from core.training import (MetricsLog, adamw, make_accelerator, resume_step, step_generator,
                            train_loop)
 from core.workspace import Workspace
@@ -39,84 +33,11 @@ from core.workspace import Workspace
 STAGE = "classifier"
 
 
-class LatentClassifier(ModelMixin, ConfigMixin):
-    """forward(z_t, t) -> logits; time embedding in every ResNet block, attention or mean pooling."""
-
-    @register_to_config
-    def __init__(self, sample_size: int = 8, in_channels: int = 4, class_names: tuple[str, ...] = ("a", "b"),
-                 block_out_channels: tuple[int, ...] = (64, 128, 128), layers_per_block: int = 1,
-                 attention_resolutions: tuple[int, ...] = (), attention_head_dim: int = 8,
-                 pooling: str = "attention", norm_num_groups: int | None = None,
-                 num_train_timesteps: int = 1000):
-        super().__init__()
-        if pooling not in ("attention", "mean"):
-            raise ValueError(f"pooling must be attention|mean, got {pooling!r}")
-        # GroupNorm needs groups dividing every width; tiny models have 8-channel blocks.
-        groups = norm_num_groups or math.gcd(32, *block_out_channels)
-        temb = block_out_channels[0] * 4
-        self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.time_embedding = TimestepEmbedding(block_out_channels[0], temb)
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
-        self.down_blocks = nn.ModuleList()
-        resolution, out_ch = sample_size, block_out_channels[0]
-        for i, width in enumerate(block_out_channels):
-            in_ch, out_ch = out_ch, width
-            kind = "AttnDownBlock2D" if resolution in attention_resolutions else "DownBlock2D"
-            last = i == len(block_out_channels) - 1
-            self.down_blocks.append(get_down_block(
-                kind, num_layers=layers_per_block, in_channels=in_ch, out_channels=out_ch,
-                temb_channels=temb, add_downsample=not last, resnet_eps=1e-5, resnet_act_fn="silu",
-                resnet_groups=groups, attention_head_dim=attention_head_dim, downsample_padding=1))
-            resolution = resolution if last else resolution // 2
-        width = block_out_channels[-1]
-        self.mid_block = UNetMidBlock2D(in_channels=width, temb_channels=temb, resnet_groups=groups,
-                                        attention_head_dim=attention_head_dim)
-        self.norm_out = nn.GroupNorm(groups, width)
-        self.pool = AttentionPooling(max(1, width // attention_head_dim), width) if pooling == "attention" else None
-        self.head = nn.Linear(width, len(class_names))
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int) -> torch.Tensor:
-        t = timestep if torch.is_tensor(timestep) else torch.tensor([timestep], device=sample.device)
-        t = t.reshape(-1).to(sample.device).expand(sample.shape[0]) if t.numel() == 1 else t.to(sample.device)
-        emb = self.time_embedding(self.time_proj(t).to(sample.dtype))
-        h = self.conv_in(sample)
-        for block in self.down_blocks:
-            h, _ = block(hidden_states=h, temb=emb)
-        h = F.silu(self.norm_out(self.mid_block(h, emb)))
-        if self.pool is None:
-            return self.head(h.mean(dim=(2, 3)))
-        return self.head(self.pool(h.flatten(2).transpose(1, 2)))
-
-
-def build_classifier(cfg: LabConfig, class_names: list[str], latent_channels: int, num_train_timesteps: int
-                     ) -> LatentClassifier:
-    c = cfg.classifier
-    return LatentClassifier(sample_size=cfg.latent_size, in_channels=latent_channels,
-                            class_names=tuple(class_names), block_out_channels=tuple(c.block_out_channels),
-                            layers_per_block=c.layers_per_block,
-                            attention_resolutions=tuple(c.attention_resolutions),
-                            attention_head_dim=c.attention_head_dim, pooling=c.pooling,
-                            num_train_timesteps=num_train_timesteps)
-
-
-def load_latent_classifier(ws: Workspace) -> LatentClassifier:
-    if not (ws.latent_classifier_dir / "config.json").exists():
-        raise UserError(f"no latent classifier in {ws.latent_classifier_dir} "
-                        "(train it: python -m core classifier --workspace DIR)")
-    return LatentClassifier.from_pretrained(ws.latent_classifier_dir).eval()
-
-
-def load_scheduler_checked(ws: Workspace) -> DDPMScheduler:
-    if not (ws.scheduler_dir / "scheduler_config.json").exists():
-        raise UserError(f"no diffusion scheduler in {ws.scheduler_dir} (run: python -m core pretrain --workspace DIR)")
-    return DDPMScheduler.from_pretrained(ws.scheduler_dir)
-
-
 def split_latents(ws: Workspace, cfg: LabConfig, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(scaled latents N x C x h x w, labels, class names) of the label budget's train or val
     images, via the latent cache. Unreadable images are skipped by the cache (listed in its
     `skipped`); labels follow `kept`."""
-    from core.autoencoder import load_autoencoder
+    from core.models import load_autoencoder
     frame, classes = budget_labels(ws, cfg)
     rows = frame[frame["split"] == split]
     if rows.empty:
@@ -161,7 +82,7 @@ def train_latent_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
     (`frame.attrs["stopped"]` is True when `stop` interrupted it; the checkpoint is then kept).
     """
     c = cfg.classifier
-    scheduler = load_scheduler_checked(ws)
+    scheduler = load_scheduler(ws)
     train_z, train_y, classes = split_latents(ws, cfg, "train")
     if len(train_z) == 0:
         raise UserError(f"the label budget in {ws.labels_file} has no training image")
@@ -256,7 +177,7 @@ def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=N
     c, p = cfg.classifier, cfg.pretrain
     if not (ws.unet_dir / "config.json").exists():
         raise UserError(f"no pre-trained UNet in {ws.unet_dir} to fine-tune (run: python -m core pretrain)")
-    scheduler = load_scheduler_checked(ws)
+    scheduler = load_scheduler(ws)
     ckpt_dir = ws.checkpoints_dir / f"{STAGE}-finetune"
     _forget_other_runs(ckpt_dir, config_hash(c, p.loss, len(latents)))
     accelerator = make_accelerator(c.mixed_precision, 1, ws.root, c.seed)  # the classifier stage's precision

@@ -16,6 +16,7 @@ import torch
 
 from core.images import BadImage, load_rgb, to_tensor
 from core.io import atomic_write_json
+from core.models import encode
 from core.workspace import Workspace
 
 
@@ -69,7 +70,6 @@ def latent_cache(ws: Workspace, vae, paths, image_size: int, batch_size: int = 6
 
 @torch.no_grad()
 def _encode_to(target: Path, index: Path, vae, paths, image_size, batch_size, progress, stop) -> bool:
-    from core.autoencoder import encode     # late import: autoencoder re-exports this module
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     vae.eval()

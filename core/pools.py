@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.cli import UserError
+from core.errors import UserError
 from core.config import LabConfig, save_config
 from core.images import BadImage, scan_images
 from core.io import atomic_write_text

@@ -21,67 +21,24 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
 
-from core.autoencoder import LAB_CONFIG, decode, load_autoencoder
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.cli import add_common, guarded, resolve_config, workspace
+from core.errors import UserError
 from core.config import LabConfig, PretrainConfig, save_config
 from core.data import load_pools
 from core.images import to_pil
 from core.io import atomic_dir, save_png
 from core.latents import augment, latent_cache
+from core.models import build_scheduler, build_unet, decode, load_autoencoder, prefers_channels_last
 from core.training import (MetricsLog, adamw, check_resume_compatible, make_accelerator,
                            pool_row_weights, resume_step, step_generator, step_indices,
                            tensorboard_if_installed, train_loop)
-from core.workspace import Workspace
+from core.workspace import LAB_CONFIG, Workspace
 
 STAGE = "pretrain"
 SHAPE_FIELDS = ("block_out_channels", "layers_per_block", "attention_resolutions", "attention_head_dim",
                 "resnet_time_scale_shift", "resblock_updown", "num_train_timesteps")
 GRID_SIZE = 16            # images per EMA sample grid (4 x 4)
 GRID_STEPS = 25           # DDIM steps for the grid: a preview, not the final sampler
-
-
-def build_unet(cfg: PretrainConfig, latent_size: int, latent_channels: int) -> UNet2DModel:
-    """UNet2DModel with attention at `cfg.attention_resolutions` (latent resolutions)."""
-    n = len(cfg.block_out_channels)
-    res = [latent_size // 2 ** i for i in range(n)]
-    attn = [r in cfg.attention_resolutions for r in res]
-    plain_down = "ResnetDownsampleBlock2D" if cfg.resblock_updown else "DownBlock2D"
-    plain_up = "ResnetUpsampleBlock2D" if cfg.resblock_updown else "UpBlock2D"
-    down = tuple("AttnDownBlock2D" if a else plain_down for a in attn)
-    up = tuple("AttnUpBlock2D" if a else plain_up for a in reversed(attn))
-    updown = "resnet" if cfg.resblock_updown else "conv"
-    return UNet2DModel(
-        sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
-        down_block_types=down, up_block_types=up, block_out_channels=tuple(cfg.block_out_channels),
-        layers_per_block=cfg.layers_per_block, attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=math.gcd(32, *cfg.block_out_channels),
-        resnet_time_scale_shift=cfg.resnet_time_scale_shift,
-        downsample_type=updown, upsample_type=updown)
-
-
-def build_scheduler(cfg: PretrainConfig) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start,
-                         beta_end=cfg.beta_end, beta_schedule=cfg.beta_schedule,
-                         prediction_type=cfg.prediction_type, clip_sample=False)
-
-
-def load_unet(ws: Workspace) -> UNet2DModel:
-    if not (ws.unet_dir / "config.json").exists():
-        raise UserError(f"no pre-trained UNet in {ws.unet_dir} (run `python -m core pretrain`)")
-    return UNet2DModel.from_pretrained(ws.unet_dir).eval()
-
-
-def load_scheduler(ws: Workspace) -> DDPMScheduler:
-    if not (ws.scheduler_dir / "scheduler_config.json").exists():
-        raise UserError(f"no scheduler in {ws.scheduler_dir} (run `python -m core pretrain`)")
-    return DDPMScheduler.from_pretrained(ws.scheduler_dir)
-
-
-def prefers_channels_last(device: torch.device, mixed_precision: str) -> bool:
-    """Memory format by measurement (benchmarks/pretrain_step.py --variants, guided_sampling.py): on 2
-    CPU cores at demo shapes NCHW was faster for bf16 (group norm on channels_last is slow there) and
-    equal for fp32; on CUDA channels_last is the tensor-core layout (for reduced precision)."""
-    return device.type == "cuda" and mixed_precision != "no"
 
 
 def diffusion_loss(unet, scheduler: DDPMScheduler, z0: torch.Tensor, g: torch.Generator,

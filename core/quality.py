@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from core import quality_metrics as qm
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.cli import add_common, guarded, resolve_config, workspace
+from core.errors import UserError
 from core.config import LabConfig
 from core.features import FeatureSpace, embed_files, resolve
 from core.io import atomic_write_text

@@ -25,13 +25,13 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from core import cli as cli_util
-from core.cli import UserError
+from core.errors import UserError
 from core.config import LabConfig, save_config
 from core.guidance import check_scale, condition_mean, condition_score, ddpm_variance
 from core.images import to_pil
 from core.io import folder_hash, save_png
-from core.latent_classifier import LatentClassifier, load_latent_classifier, load_scheduler_checked
-from core.pretrain import prefers_channels_last
+from core.models import LatentClassifier, load_latent_classifier, load_scheduler
+from core.models import prefers_channels_last
 from core.training import autocast, autocast_dtype
 from core.workspace import Workspace
 
@@ -251,7 +251,7 @@ def load_pipeline(ws: Workspace, cfg: LabConfig, device: str | torch.device | No
                 unet=unet.to(device, memory_format=torch.channels_last if prefers_channels_last(device, "bf16")
                              else torch.contiguous_format).requires_grad_(False),
                 vae=AutoencoderKL.from_pretrained(folders["vae"]).eval().to(device).requires_grad_(False),
-                scheduler=load_scheduler_checked(ws),
+                scheduler=load_scheduler(ws),
                 classifier=classifier.to(device))
             pipe.model_hashes = {f"{k}_hash": folder_hash(folders[k]) for k in ("unet", "vae", "classifier")}
             _CACHE.clear()  # one pipeline in memory at a time

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.cli import add_common, guarded, resolve_config, workspace
+
+from core.errors import UserError
 from core.config import LabConfig
 from core.io import atomic_dir, atomic_write_text, folder_hash, read_png_params, save_png
 from core.workspace import Workspace

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.cli import UserError
+from core.errors import UserError
 from core.io import atomic_write_json, atomic_write_text
 
 SPLIT_COLUMNS = ["path", "label", "class_name", "split"]

@@ -20,13 +20,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
+from core.errors import TrainingDiverged, UserError
 from core.io import append_jsonl, naming_path
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the message names the step and the last good checkpoint."""
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -180,13 +179,11 @@ def resume_step(accelerator: Accelerator, folder: Path) -> int:
                 return step
             except Exception as e:  # noqa: BLE001 - any failure to read it makes it unusable
                 if "size mismatch" in str(e):   # intact, but made by another model shape
-                    from core.cli import UserError
                     raise UserError(f"{path} was made by a different model shape; rerun with "
                                     "--restart (or another workspace) to start over") from e
                 problem, partly_loaded = f"{type(e).__name__}: {e}", True
         _quarantine(accelerator, path, problem)
     if partly_loaded:       # the objects may hold part of a bad checkpoint: never train on that
-        from core.cli import UserError
         raise UserError(f"no checkpoint in {folder} loads (each was renamed to *.corrupt); "
                         "rerun to start from step 0")
     return 0
@@ -220,7 +217,6 @@ def check_resume_compatible(ckpt_dir: Path, cfg, section: str, fields: tuple[str
     """Refuse to resume checkpoints made by a different model shape (load_state would fail deep
     inside torch with a size mismatch); steps, logging and lr may change between runs."""
     import json
-    from core.cli import UserError
     saved_file = ckpt_dir / "lab_config.json"
     if not saved_file.exists() or latest_checkpoint(ckpt_dir) is None:
         return

@@ -21,7 +21,9 @@ from dataclasses import replace
 
 import pandas as pd
 
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.cli import add_common, guarded, resolve_config, workspace
+
+from core.errors import UserError
 from core.config import LabConfig, load_config, save_config
 from core.io import atomic_write_text
 from core.workspace import Workspace

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+LAB_CONFIG = "lab_config.json"   # the LabConfig beside a model; diffusers owns config.json in model folders
+
 
 @dataclass(frozen=True)
 class Workspace:

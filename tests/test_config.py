@@ -22,7 +22,7 @@ def test_paper_preset_matches_reference_shapes():
 def test_paper_scheduler_has_ldm_linear_betas():
     """LDM's "linear" is linear in sqrt(beta); diffusers' "linear" shares only the endpoints
     (alpha-bar at t=500: 0.150 vs 0.081), so alpha-bar is pinned mid-schedule, not the betas' ends."""
-    from core.pretrain import build_scheduler
+    from core.models import build_scheduler
     cfg = preset("paper").pretrain
     alphas_cumprod = build_scheduler(cfg).alphas_cumprod.double().numpy()
     betas = np.linspace(0.0015 ** 0.5, 0.0155 ** 0.5, 1000, dtype=np.float64) ** 2

@@ -15,9 +15,9 @@ from core.config import preset, save_config
 def lay_tiny_models(ws, cfg, classes):
     """Untrained models at the tiny preset's shapes, saved where the stages would save them."""
     import torch
-    from core.autoencoder import build_autoencoder
-    from core.latent_classifier import build_classifier
-    from core.pretrain import build_scheduler, build_unet
+    from core.models import build_autoencoder
+    from core.models import build_classifier
+    from core.models import build_scheduler, build_unet
     torch.manual_seed(0)
     build_autoencoder(cfg.autoencoder).save_pretrained(ws.autoencoder_dir)
     build_unet(cfg.pretrain, cfg.latent_size, cfg.autoencoder.latent_channels).save_pretrained(ws.unet_dir)

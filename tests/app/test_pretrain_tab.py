@@ -14,7 +14,7 @@ from core.cli import UserError
 @pytest.fixture
 def pretrain_ctx(tmp_path, lab_cfg):
     import torch
-    from core.autoencoder import build_autoencoder
+    from core.models import build_autoencoder
     from core.config import save_config
     from core.demo_data import build_demo
     ctx = AppContext.create(tmp_path / "ws", preset_name="tiny")

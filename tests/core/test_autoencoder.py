@@ -5,23 +5,24 @@ import torch
 from diffusers import AutoencoderKL
 
 from core import autoencoder as ae
+from core import models
 from core.io import read_jsonl
 from ldm_fixtures import make_pool_workspace
 
 
 def test_build_encode_decode_shapes_and_scaling(tiny_cfg):
-    vae = ae.build_autoencoder(tiny_cfg.autoencoder).eval()
+    vae = models.build_autoencoder(tiny_cfg.autoencoder).eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         vae.register_to_config(scaling_factor=1.0)
-        z1 = ae.encode(vae, x)
+        z1 = models.encode(vae, x)
         vae.register_to_config(scaling_factor=2.0)
-        z2 = ae.encode(vae, x)
+        z2 = models.encode(vae, x)
         assert z1.shape == (2, tiny_cfg.autoencoder.latent_channels, tiny_cfg.latent_size, tiny_cfg.latent_size)
         torch.testing.assert_close(z2, 2 * z1)
         # decode divides by the same factor, so both round-trips agree
-        torch.testing.assert_close(ae.decode(vae, z2), ae.decode(vae, 0.5 * z2 * 2))
-        assert ae.decode(vae, z2).abs().max() <= 1
+        torch.testing.assert_close(models.decode(vae, z2), models.decode(vae, 0.5 * z2 * 2))
+        assert models.decode(vae, z2).abs().max() <= 1
 
 
 def test_psnr_ssim_reference_values():
@@ -51,7 +52,7 @@ def test_train_saves_diffusers_model_with_scale_and_metrics(tmp_path, tiny_cfg):
     from core.data import ImageDataset, load_pools
     xs = torch.stack([ImageDataset(load_pools(ws)["path"], None, 32)[i] for i in range(20)])
     with torch.no_grad():
-        assert 0.6 < float(ae.encode(vae, xs).std()) < 1.6
+        assert 0.6 < float(models.encode(vae, xs).std()) < 1.6
     # a rerun resumes from the final checkpoint instead of training again
     again = ae.train_autoencoder(ws, tiny_cfg)
     assert again["step"] == tiny_cfg.autoencoder.steps
@@ -63,13 +64,13 @@ def test_discriminator_branch_trains(tmp_path, tiny_cfg):
     cfg = replace(tiny_cfg, autoencoder=replace(tiny_cfg.autoencoder, steps=3, disc_weight=0.5, disc_start=1))
     out = ae.train_autoencoder(ws, cfg)
     assert out["step"] == 3 and (ws.autoencoder_dir / "config.json").exists()
-    assert ae.PatchDiscriminator()(torch.zeros(1, 3, 32, 32)).ndim == 4
+    assert models.PatchDiscriminator()(torch.zeros(1, 3, 32, 32)).ndim == 4
 
 
 def test_missing_model_and_bad_config_are_clear_errors(tmp_path, capsys):
     ws = make_pool_workspace(tmp_path, n_per_pool=(2, 2))
     with pytest.raises(ae.UserError, match="no autoencoder"):
-        ae.load_autoencoder(ws)
+        models.load_autoencoder(ws)
     assert ae.cli(["--workspace", str(tmp_path), "--preset", "tiny", "--set", "autoencoder.steps=-1"]) == 2
     assert "autoencoder.steps" in capsys.readouterr().err
     assert ae.cli(["--workspace", str(tmp_path), "--preset", "nope"]) == 2

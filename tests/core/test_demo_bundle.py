@@ -46,7 +46,7 @@ def test_diffusion_models_load_with_plain_diffusers_and_give_finite_outputs(demo
 
 def test_latent_classifier_is_noise_aware_and_finite(demo_ws):
     import pandas as pd
-    from core.latent_classifier import load_latent_classifier
+    from core.models import load_latent_classifier
     clf = load_latent_classifier(demo_ws)
     z = torch.randn(3, clf.config.in_channels, clf.config.sample_size, clf.config.sample_size)
     with torch.no_grad():

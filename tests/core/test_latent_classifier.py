@@ -6,12 +6,14 @@ import pandas as pd
 import pytest
 import torch
 
-from core.autoencoder import build_autoencoder, latent_std
+from core.autoencoder import latent_std
+from core.models import build_autoencoder
 from core.cli import UserError
 from core.data import ImageDataset
 from core.io import read_jsonl
-from core.latent_classifier import LatentClassifier, cli, load_latent_classifier, train_latent_classifier
-from core.pretrain import build_scheduler, build_unet
+from core.latent_classifier import cli, train_latent_classifier
+from core.models import LatentClassifier, load_latent_classifier
+from core.models import build_scheduler, build_unet
 from core.workspace import Workspace
 from labdata import make_splits
 

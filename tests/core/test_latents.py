@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from core import autoencoder as ae
+from core import models
 from core import latents as lat
 from core.images import load_rgb, to_tensor
 from ldm_fixtures import make_pool_workspace
@@ -14,7 +15,7 @@ from ldm_fixtures import make_pool_workspace
 def ws_vae(tmp_path, tiny_cfg):
     ws = make_pool_workspace(tmp_path, n_per_pool=(5, 4))
     torch.manual_seed(0)
-    vae = ae.build_autoencoder(tiny_cfg.autoencoder).eval()
+    vae = models.build_autoencoder(tiny_cfg.autoencoder).eval()
     vae.register_to_config(scaling_factor=0.7)
     paths = sorted(str(p) for p in ws.unlabeled_dir.rglob("*.png"))
     return ws, vae, paths
@@ -27,7 +28,7 @@ def test_cache_matches_encode_and_is_reused(ws_vae, monkeypatch):
     assert list(cache.kept) == list(range(9)) and cache.skipped == {}
     x = torch.stack([to_tensor(load_rgb(p), 32) for p in paths[:3]])
     with torch.no_grad():
-        np.testing.assert_allclose(cache[:3], ae.encode(vae, x).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(cache[:3], models.encode(vae, x).numpy(), rtol=1e-4, atol=1e-5)
     # same data + same model: nothing is encoded again
     monkeypatch.setattr(lat, "_encode_to", lambda *a, **k: pytest.fail("cache was rebuilt"))
     again = lat.latent_cache(ws, vae, paths, 32)

@@ -7,6 +7,7 @@ from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
 from core import pretrain as pt
+from core import models
 from core import training
 from core.config import ConfigError, apply_overrides, preset
 from core.io import read_jsonl, read_png_params
@@ -35,16 +36,16 @@ def unet_weights(ws):
 def test_build_unet_follows_config():
     from dataclasses import replace
     paper = preset("paper").pretrain      # paper structure at toy widths (the full model takes seconds)
-    unet = pt.build_unet(replace(paper, block_out_channels=(8, 16, 16, 32, 32), attention_head_dim=8), 64, 3)
+    unet = models.build_unet(replace(paper, block_out_channels=(8, 16, 16, 32, 32), attention_head_dim=8), 64, 3)
     assert unet.config.down_block_types == ("ResnetDownsampleBlock2D", "AttnDownBlock2D", "AttnDownBlock2D",
                                             "AttnDownBlock2D", "ResnetDownsampleBlock2D")
     assert unet.config.resnet_time_scale_shift == "scale_shift"
     assert unet.config.downsample_type == "resnet" and unet.config.upsample_type == "resnet"
     assert unet.config.up_block_types[1:4] == ("AttnUpBlock2D",) * 3
-    sched = pt.build_scheduler(paper)
+    sched = models.build_scheduler(paper)
     assert sched.config.num_train_timesteps == 1000 and sched.config.prediction_type == "epsilon"
     assert float(sched.betas[0]) == pytest.approx(0.0015) and float(sched.betas[-1]) == pytest.approx(0.0155)
-    small = pt.build_unet(preset("tiny").pretrain, 8, 4)
+    small = models.build_unet(preset("tiny").pretrain, 8, 4)
     assert small(torch.zeros(2, 4, 8, 8), torch.tensor([1, 2])).sample.shape == (2, 4, 8, 8)
 
 
@@ -54,7 +55,7 @@ def test_pretrain_end_to_end(ws, tiny_cfg):
     assert out["step"] == 40 and not out["stopped"] and out["skipped_images"] == {}
     unet = UNet2DModel.from_pretrained(ws.unet_dir)
     assert unet.config.sample_size == 8 and "decay" not in unet.config   # clean config, EMA weights
-    assert pt.load_scheduler(ws).config.beta_start == pytest.approx(0.0015)
+    assert models.load_scheduler(ws).config.beta_start == pytest.approx(0.0015)
     rows = read_jsonl(ws.metrics_file("pretrain"))
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
     assert all({"loss", "lr", "images_per_s", "time"} <= set(r) for r in rows)

@@ -14,7 +14,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from core.__main__ import main as core_main
 from core.cli import UserError
 from core.io import read_png_params
-from core.latent_classifier import build_classifier
+from core.models import build_classifier
 from core.sampling import MANIFEST_COLUMNS, generate, generate_dataset, load_pipeline, sample_images
 from core.workspace import Workspace
 from test_latent_classifier import make_model_workspace
