@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.config import LabConfig, apply_overrides, from_dict, preset
+from core.config import LabConfig, apply_overrides, from_dict
+from core.presets import preset
 from core.jobs import JobRunner
 from core.workspace import Workspace
 

@@ -15,7 +15,8 @@ import pandas as pd
 from app import charts
 from app.context import COMPUTE, AppContext, job_markdown, progress_html, stop_job
 from core.errors import UserError
-from core.config import PRESETS, ConfigError, preset
+from core.config import PRESETS, ConfigError
+from core.presets import preset
 from core.io import read_jsonl
 from core.jobs import JobBusy
 

@@ -71,7 +71,8 @@ def page_ready(workspace: Path) -> dict:
 def preview_workspace(root: Path):
     """A demo-preset workspace with models (bundled if present, else untrained of the same shape)."""
     from app.context import AppContext
-    from core.config import preset, save_config
+    from core.config import save_config
+    from core.presets import preset
     from core.data import load_splits
     bundle = ROOT / "assets" / "demo_models"
     if bundle.exists():

@@ -18,7 +18,8 @@ import pandas as pd
 
 from benchmarks.common import markdown_table
 from core.cli import UserError
-from core.config import load_config, preset
+from core.config import load_config
+from core.presets import preset
 from core.latent_classifier import train_latent_classifier
 from core.sampling import generate, load_pipeline
 from core.selection import score_synthetic

@@ -24,7 +24,7 @@ from diffusers import DDIMScheduler
 
 from benchmarks.common import count_flops, device_name, markdown_table, matmul_peak, sync
 from core.models import build_autoencoder
-from core.config import preset
+from core.presets import preset
 from core.models import build_classifier
 from core.models import build_scheduler, build_unet, prefers_channels_last
 from core.sampling import GuidedLatentPipeline

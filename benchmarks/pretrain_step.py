@@ -28,7 +28,7 @@ from diffusers.training_utils import EMAModel  # noqa: E402
 from benchmarks.common import count_flops, device_name, markdown_table, matmul_peak, time_steps  # noqa: E402
 from core import pretrain as pt  # noqa: E402
 from core.models import build_autoencoder, encode
-from core.config import preset  # noqa: E402
+from core.presets import preset  # noqa: E402
 from core.training import adamw, make_accelerator  # noqa: E402
 
 

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from core.config import LabConfig, apply_overrides, from_dict, preset
+from core.config import LabConfig, apply_overrides, from_dict
+from core.presets import preset
 from core.errors import ConfigError, UserError  # noqa: F401  (UserError: the name CLI code has always used)
 from core.io import describe_write_error
 from core.workspace import Workspace

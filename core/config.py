@@ -311,12 +311,6 @@ def _section_name(cfg: Any) -> str:
     return type(cfg).__name__
 
 
-def preset(name: str) -> LabConfig:
-    """The named preset: `tiny` (seconds, tests), `demo` (CPU, minutes), `paper` (reference shapes, GPU)."""
-    from core.presets import build_preset     # the presets need the classes defined above
-    return build_preset(name)
-
-
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 

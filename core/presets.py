@@ -1,5 +1,5 @@
 """The three presets: `tiny` (seconds, the tests), `demo` (CPU, minutes), `paper` (the reference
-shapes, GPUs). `core.config.preset(name)` is the public entry."""
+shapes, GPUs). `preset(name)` is the public entry."""
 from __future__ import annotations
 
 from core.config import (PRESETS, AutoencoderConfig, ClassifyConfig, ConfigError, DataConfig,  # noqa: F401
@@ -7,7 +7,7 @@ from core.config import (PRESETS, AutoencoderConfig, ClassifyConfig, ConfigError
                          SamplingConfig, SelectionConfig)
 
 
-def build_preset(name: str) -> LabConfig:
+def preset(name: str) -> LabConfig:
     """The named preset: `tiny` (seconds, tests), `demo` (CPU, minutes), `paper` (reference shapes, GPU)."""
     if name == "demo":
         # Guidance runs the classifier forward + backward every step; at the UNet's widths

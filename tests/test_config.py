@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from core.config import ConfigError, apply_overrides, config_hash, from_dict, preset, to_dict
+from core.config import ConfigError, apply_overrides, config_hash, from_dict, to_dict
+from core.presets import preset
 
 
 @pytest.mark.parametrize("name", ["tiny", "demo", "paper"])
@@ -58,7 +59,8 @@ def test_identity_leaves_out_speed_switches_and_unset_new_fields():
     make finished stages stale, and adding a field at its default must not either."""
     from dataclasses import replace
 
-    from core.config import identity, preset
+    from core.config import identity
+    from core.presets import preset
     s = preset("demo").sampling
     assert identity(replace(s, compile=True)) == identity(s)
     assert "compile" not in identity(s) and "classifier_precision" not in identity(s)
@@ -69,7 +71,8 @@ def test_identity_leaves_out_speed_switches_and_unset_new_fields():
 def test_sampling_speed_fields_parse_and_validate():
     import pytest
 
-    from core.config import ConfigError, apply_overrides, preset
+    from core.config import ConfigError, apply_overrides
+    from core.presets import preset
     cfg = apply_overrides(preset("tiny"), ["sampling.compile=true", "sampling.classifier_precision=bf16"])
     assert cfg.sampling.compile is True and cfg.sampling.classifier_precision == "bf16"
     with pytest.raises(ConfigError, match="sampling.classifier_precision"):

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.config import preset, save_config
+from core.config import save_config
+from core.presets import preset
 
 
 def lay_tiny_models(ws, cfg, classes):

@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from core import pretrain as pt  # noqa: E402
-from core.config import preset  # noqa: E402
+from core.presets import preset  # noqa: E402
 from core.workspace import Workspace  # noqa: E402
 
 

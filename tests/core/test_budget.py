@@ -55,7 +55,8 @@ def test_count_per_class_and_what_was_delivered():
 def test_a_budget_that_leaves_a_class_too_few_images_names_it():
     with pytest.raises(UserError, match=r"label fraction 0.02 .*MUC: 0 of 25"):
         draw_labels(SPLITS, CLASSES, 0.02, seed=0)
-    from core.config import ConfigError, preset
+    from core.config import ConfigError
+    from core.presets import preset
     with pytest.raises(ConfigError, match="whole number of images per class"):
         apply_overrides(preset("tiny"), ["experiment.label_fractions=1.5"])
 

@@ -86,7 +86,7 @@ def test_installed_bundle_is_done_under_the_current_demo_preset(demo_ws):
     the synthetic tables must not make a bundled stage or grid run stale."""
     import pandas as pd
 
-    from core.config import preset
+    from core.presets import preset
     from core.experiment import _steps, data_sources, grid, is_done, run_keys
     cfg = preset("demo")
     stale = [f"{stage}[{view.scope}]" for stage, view in _steps(demo_ws, cfg)

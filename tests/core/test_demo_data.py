@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.config import preset
+from core.presets import preset
 from core.data import load_pools, load_splits, pool_sampler_weights
 from core.demo_data import ASSETS, DEMO_POOLS, MIN_CLASS_FRACTION, build_demo, label_map, load_annotations
 from core.io import read_png_params

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.config import preset
+from core.presets import preset
 from core.training import pool_row_weights
 from ldm_fixtures import make_pool_workspace
 

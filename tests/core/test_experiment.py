@@ -364,7 +364,7 @@ def test_run_refuses_one_class_and_names_a_class_lost_to_bad_files(tmp_path, cap
     assert "classes missing from" in err and "c: every file was unreadable (e.g. " in err and "c_0.jpg" in err
     # the same class lost with no test folder given: run goes on with the rest but says what it skipped
     from core.data import prepare_labeled
-    from core.config import preset
+    from core.presets import preset
     ws = Workspace(tmp_path / "w3")
     prepare_labeled(ws, preset("tiny"), train)
     from core.stages import mark_done

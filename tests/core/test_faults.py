@@ -42,7 +42,7 @@ def _count(kind: str, survived: bool, detail: str = "") -> None:
 @pytest.fixture(scope="module")
 def trained_ws(tmp_path_factory):
     from core.autoencoder import train_autoencoder
-    from core.config import preset
+    from core.presets import preset
     ws = make_pool_workspace(tmp_path_factory.mktemp("faults"), n_per_pool=(10, 6))
     train_autoencoder(ws, preset("tiny"))
     yield ws

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from core import pretrain as pt
 from core import models
 from core import training
-from core.config import ConfigError, apply_overrides, preset
+from core.config import ConfigError, apply_overrides
+from core.presets import preset
 from core.io import read_jsonl, read_png_params
 from core.workspace import Workspace
 from ldm_fixtures import make_pool_workspace, tiny

@@ -237,7 +237,7 @@ def test_two_processes_split_seeds_without_duplicates(ws, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(ROOT)!r})
         from dataclasses import replace
-        from core.config import preset
+        from core.presets import preset
         from core.sampling import generate
         from core.workspace import Workspace
         cfg = preset("tiny")
