@@ -62,8 +62,8 @@ def exposure_check(args: argparse.Namespace) -> str | None:
 def prepare_workspace(ctx, bundle: Path = DEMO_BUNDLE, preset_name: str | None = None) -> list[str]:
     """Fill an empty workspace: the bundled demo models (with their data, results and config)
     when it has no models, else demo data when it has no labeled data. Returns what was done."""
-    from app.context import load_workspace_config
-    from core.cli import UserError
+    from core.presets import resolve
+    from core.errors import UserError
     done = []
     ws = ctx.workspace
     if not ws.models_dir.exists() and bundle.exists():
@@ -79,7 +79,7 @@ def prepare_workspace(ctx, bundle: Path = DEMO_BUNDLE, preset_name: str | None =
         t = time.time()
         build_demo(ws, ctx.config)
         done.append(f"built demo data in {time.time() - t:.1f} s")
-    ctx.config = load_workspace_config(ws, preset_name)     # install_demo brings its config
+    ctx.config = resolve(ws, preset_name)     # install_demo brings its config
     return done
 
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from app import create_app, fresh_upload_cache, launch_kwargs
     from app.context import AppContext
-    from core.cli import UserError
+    from core.errors import UserError
     from core.config import ConfigError
     try:
         ctx = AppContext.create(args.workspace, args.data_roots, preset_name=args.preset)

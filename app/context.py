@@ -2,15 +2,13 @@
 path sandbox (a path typed into the UI resolves only inside the workspace or a --data-root)."""
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.config import LabConfig, apply_overrides, from_dict
-from core.presets import preset
+from core.config import LabConfig, apply_overrides
+from core.presets import resolve
 from core.jobs import JobRunner
 from core.workspace import Workspace
 
@@ -36,7 +34,7 @@ class AppContext:
             if not path.is_dir():
                 raise UserError(f"--data-root {root} is not a folder")
             roots.append(path)
-        return cls(workspace=ws, config=load_workspace_config(ws, preset_name, overrides),
+        return cls(workspace=ws, config=resolve(ws, preset_name, overrides),
                    data_roots=tuple(roots), runner=runner or JobRunner())
 
     @property
@@ -71,37 +69,9 @@ class AppContext:
         return path
 
     def with_overrides(self, section: str, values: dict[str, Any]) -> LabConfig:
-        """The config with one section's fields replaced BY NAME (validated)."""
-        sub = getattr(self.config, section)
-        known = {f.name: f for f in dataclasses.fields(sub)}
-        clean = {}
-        for name, value in values.items():
-            if name not in known:
-                raise UserError(f"unknown field {section}.{name}")
-            default = getattr(sub, name)
-            if isinstance(default, bool):
-                clean[name] = bool(value)
-            elif isinstance(default, int):
-                clean[name] = int(value)
-            elif isinstance(default, float):
-                clean[name] = float(value)
-            else:
-                clean[name] = value
-        cfg = dataclasses.replace(self.config, **{section: dataclasses.replace(sub, **clean)})
-        return cfg.validate()
-
-
-def load_workspace_config(ws: Workspace, preset_name: str | None = None,
-                          overrides: list[str] | tuple = ()) -> LabConfig:
-    """Preset given -> that preset; else the workspace's config.json; else the demo preset."""
-    cfg_file = ws.root / "config.json"
-    if preset_name:
-        cfg = preset(preset_name)
-    elif cfg_file.exists():
-        cfg = from_dict(json.loads(cfg_file.read_text()))
-    else:
-        cfg = preset("demo")
-    return apply_overrides(cfg, list(overrides))
+        """The config with one section's fields replaced BY NAME, typed and validated as `--set`
+        values are (ConfigError naming the field)."""
+        return apply_overrides(self.config, {f"{section}.{name}": v for name, v in values.items()})
 
 
 def job_markdown(status: dict[str, Any]) -> str:

@@ -14,7 +14,8 @@ import pandas as pd
 from PIL import Image
 
 from app import charts
-from app.context import COMPUTE, AppContext, cached_entry, job_markdown, load_workspace_config, stop_job
+from app.context import COMPUTE, AppContext, cached_entry, job_markdown, stop_job
+from core.presets import resolve
 from core.errors import UserError
 from core.jobs import JobBusy
 
@@ -71,7 +72,7 @@ def tune_job(ctx: AppContext, progress=None, stop=None) -> dict:
     from core.tune import tune_guidance
     out = tune_guidance(ctx.workspace, ctx.config, progress=progress, stop=stop)
     if not out.get("stopped"):
-        ctx.config = load_workspace_config(ctx.workspace)   # the per-class scales it wrote
+        ctx.config = resolve(ctx.workspace)   # the per-class scales it wrote
     return out
 
 

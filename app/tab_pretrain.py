@@ -56,14 +56,14 @@ def start_pretrain(ctx: AppContext, preset_name: str, fields: dict, fresh: bool)
 
 def latest_checkpoint(ctx: AppContext) -> Path | None:
     from core.training import latest_checkpoint as newest    # skips temp and quarantined folders
-    found = newest(ctx.workspace.checkpoints_dir / STAGE)
+    found = newest(ctx.workspace.checkpoint_dir(STAGE))
     return found[1] if found else None
 
 
 def archive_run(ctx: AppContext) -> Path | None:
     """Move the previous run's checkpoints, metrics and samples aside (never delete them)."""
     ws = ctx.workspace
-    parts = [ws.checkpoints_dir / STAGE, ws.metrics_file(STAGE), ws.samples_dir / STAGE]
+    parts = [ws.checkpoint_dir(STAGE), ws.metrics_file(STAGE), ws.samples_dir / STAGE]
     if not any(p.exists() for p in parts):
         return None
     dest = ws.root / "archive" / f"{STAGE}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -84,7 +84,7 @@ def read_metrics(ctx: AppContext) -> pd.DataFrame:
 
 
 def latest_sample(ctx: AppContext) -> str | None:
-    grids = sorted((ctx.workspace.samples_dir / STAGE).glob("step-*.png"), key=_step_of)
+    grids = sorted(ctx.workspace.grid_files(STAGE), key=_step_of)
     return str(grids[-1]) if grids else None
 
 

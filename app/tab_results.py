@@ -1,10 +1,11 @@
-"""Tab 4 — augmentation vs baseline: one-click augmented run (progress, stop) and its results:
-mean ± std per label fraction × synthetic ratio, per-class recall, confusion matrices, the
-runs table (downloadable CSV)."""
+"""Tab 4 — augmentation vs baseline: one-click augmented run (progress, stop) and its results as
+core writes them (core.experiment.write_summary): results/summary.md as the headline, the cells of
+results/summary.json as the accuracy chart, per-class recall and table, and results/runs.csv
+(downloadable) for the confusion matrices of the main cell's runs. Nothing is recomputed here, so
+the tab cannot disagree with the files."""
 from __future__ import annotations
 
 import json
-import re
 
 import gradio as gr
 import numpy as np
@@ -16,93 +17,80 @@ from core.errors import UserError
 from core.jobs import JobBusy
 
 JOB = "experiment"
-_RECALL_COLUMN = re.compile(r"^(?:per_class_)?recall[_/:](.+)$")
+TABLE_COLUMNS = ["label_fraction", "synthetic_ratio", "arm", "setting", "mean", "std", "n", "mean ± std"]
 
 
 def runs_file(ctx: AppContext):
-    return ctx.workspace.results_dir / "runs.csv"
+    return ctx.workspace.runs_csv
 
 
 def load_runs(ctx: AppContext) -> pd.DataFrame:
     path = runs_file(ctx)
-    if not path.exists():
-        return pd.DataFrame()
-    runs = pd.read_csv(path)
-    if "arm" not in runs.columns:
-        ratio = runs.get("synthetic_ratio", pd.Series(0.0, index=runs.index)).fillna(0)
-        runs["arm"] = np.where(ratio > 0, "augmented", "baseline")
-    return runs
-
-
-def setting_of(runs: pd.DataFrame) -> pd.Series:
-    """Label 'labels 5% · synth ×1' for each row (the baseline has no synthetic ratio)."""
-    frac = runs.get("label_fraction", pd.Series(1.0, index=runs.index)).astype(float)
-    ratio = runs.get("synthetic_ratio", pd.Series(0.0, index=runs.index)).fillna(0).astype(float)
-    label = [f"labels {f:.0%}" + (f" · synth ×{r:g}" if r > 0 else "") for f, r in zip(frac, ratio)]
-    return pd.Series(label, index=runs.index)
-
-
-def accuracy_summary(runs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """Mean ± std over seeds per (label fraction, synthetic ratio, arm)."""
-    if runs.empty or metric not in runs.columns:
-        return pd.DataFrame(columns=["setting", "arm", "mean", "std", "n", "mean ± std"])
-    keys = [k for k in ("label_fraction", "synthetic_ratio", "arm") if k in runs.columns]
-    table = runs.assign(setting=setting_of(runs)).groupby(keys + ["setting"], sort=True, dropna=False)
-    table = table[metric].agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
-    table["mean ± std"] = [f"{m:.3f} ± {0 if np.isnan(s) else s:.3f}" for m, s in zip(table["mean"], table["std"])]
-    # the baseline of a label fraction is drawn next to each of its augmented settings
-    return table.sort_values(["setting", "arm"], kind="stable").reset_index(drop=True)
-
-
-def recall_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean per-class recall per arm, from `recall_CLASS` columns or a `per_class_recall` JSON column."""
-    rows = []
-    for _, run in runs.iterrows():
-        per_class = {}
-        for col, value in run.items():
-            match = _RECALL_COLUMN.match(str(col))
-            if match and pd.notna(value):
-                per_class[match.group(1)] = float(value)
-        if not per_class and isinstance(run.get("per_class_recall"), str):
-            per_class = {k: v for k, v in json.loads(run["per_class_recall"]).items() if v is not None}
-        rows += [{"arm": run["arm"], "class": c, "recall": r} for c, r in per_class.items()]
-    if not rows:
-        return pd.DataFrame(columns=["arm", "class", "recall"])
-    return pd.DataFrame(rows).groupby(["arm", "class"], sort=False)["recall"].mean().reset_index()
-
-
-def confusion_by_arm(ctx: AppContext, runs: pd.DataFrame) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """Summed confusion matrix per arm from a `confusion_matrix` JSON column (or summary.json)."""
-    out: dict[str, tuple[np.ndarray, list[str]]] = {}
-    classes = _classes(ctx, runs)
-    if "confusion_matrix" in runs.columns:
-        for arm, part in runs.groupby("arm", sort=False):
-            mats = [np.asarray(json.loads(m)) for m in part["confusion_matrix"] if isinstance(m, str)]
-            if mats:
-                out[str(arm)] = (np.sum(mats, axis=0), classes)
-    if not out:
-        summary = load_summary(ctx)
-        for arm, cm in (summary.get("confusion_matrices") or {}).items():
-            out[str(arm)] = (np.asarray(cm), summary.get("classes") or classes)
-    return out
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
 def load_summary(ctx: AppContext) -> dict:
-    path = ctx.workspace.results_dir / "summary.json"
+    path = ctx.workspace.summary_json
     try:
         return json.loads(path.read_text()) if path.exists() else {}
     except json.JSONDecodeError:
         return {}
 
 
-def _classes(ctx: AppContext, runs: pd.DataFrame) -> list[str]:
-    if "classes" in runs.columns and isinstance(runs["classes"].iloc[0], str):
-        return list(json.loads(runs["classes"].iloc[0]))
-    from core.data import load_splits
-    try:
-        return list(load_splits(ctx.workspace)[1])
-    except UserError:
-        return []
+def setting_of(label_fraction: float, synthetic_ratio: float) -> str:
+    """'labels 5% · synth ×1' (a count budget: 'labels 20/class'; the baseline has no ratio)."""
+    f = float(label_fraction)
+    text = f"labels {f:.0%}" if f <= 1 else f"labels {int(f)}/class"
+    return text + (f" · synth ×{synthetic_ratio:g}" if synthetic_ratio > 0 else "")
+
+
+def accuracy_table(summary: dict, metric: str = "accuracy") -> pd.DataFrame:
+    """summary.json's mean ± std over seeds per (label budget, synthetic ratio, arm), one row each;
+    a budget's baseline, repeated in every cell of that budget, once."""
+    rows = []
+    for cell in summary.get("grid") or []:
+        for arm in ("baseline", "augmented"):
+            stats = (cell.get(arm) or {}).get(metric) or {}
+            if stats.get("mean") is None:
+                continue
+            ratio = cell["synthetic_ratio"] if arm == "augmented" else 0.0
+            rows.append({"label_fraction": cell["label_fraction"], "synthetic_ratio": ratio, "arm": arm,
+                         "setting": setting_of(cell["label_fraction"], ratio), "mean": stats["mean"],
+                         "std": stats["std"], "n": len(stats.get("runs") or []),
+                         "mean ± std": f"{stats['mean']:.3f} ± {stats['std']:.3f}"})
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS).drop_duplicates(["label_fraction", "synthetic_ratio", "arm"])
+    return table.sort_values(["setting", "arm"], kind="stable").reset_index(drop=True)
+
+
+def main_cell(summary: dict) -> dict:
+    """The grid cell summary.json calls main (the first budget at ratio 1, else the first ratio)."""
+    want = summary.get("main_cell") or {}
+    return next((c for c in summary.get("grid") or []
+                 if c["label_fraction"] == want.get("label_fraction")
+                 and c["synthetic_ratio"] == want.get("synthetic_ratio")), {})
+
+
+def recall_table(summary: dict) -> pd.DataFrame:
+    """The main cell's mean per-class recall per arm, as summary.json holds it."""
+    rows = [{"arm": arm, "class": name, "recall": value}
+            for arm, per_class in (main_cell(summary).get("per_class_recall") or {}).items()
+            for name, value in per_class.items() if value is not None]
+    return pd.DataFrame(rows, columns=["arm", "class", "recall"])
+
+
+def confusion_by_arm(runs: pd.DataFrame, summary: dict) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Per arm, the confusion matrices runs.csv holds for the main cell's runs, summed over seeds
+    (summary.json keeps no matrices); classes in summary.json's order."""
+    cell, out = main_cell(summary), {}
+    if runs.empty or not cell or "confusion_matrix" not in runs:
+        return out
+    in_cell = runs["label_fraction"] == cell["label_fraction"]
+    for arm, ratio in (("baseline", 0.0), ("augmented", cell["synthetic_ratio"])):
+        part = runs[in_cell & (runs["arm"] == arm) & np.isclose(runs["synthetic_ratio"].fillna(0), ratio)]
+        mats = [np.asarray(json.loads(m)) for m in part["confusion_matrix"] if isinstance(m, str)]
+        if mats:
+            out[arm] = (np.sum(mats, axis=0), list(summary.get("classes") or []))
+    return out
 
 
 def hint(ctx: AppContext) -> str:
@@ -126,29 +114,24 @@ def start_experiment(ctx: AppContext, seeds: int | None = None) -> str:
 def refresh(ctx: AppContext):
     """(status, bar, summary md, accuracy plot, recall plot, confusion plots, table, csv file)."""
     status = ctx.runner.status()
-    runs = load_runs(ctx)
-    if runs.empty:
+    job = (job_markdown(status), progress_html(status if status.get("name") == JOB else {}))
+    summary = load_summary(ctx)
+    if not summary.get("grid"):
         empty = charts.accuracy_bars(pd.DataFrame())
-        return (job_markdown(status), progress_html(status if status.get("name") == JOB else {}),
-                hint(ctx), empty, charts.recall_bars(pd.DataFrame()), empty, empty, None, None)
-    summary = accuracy_summary(runs)
-    mats = confusion_by_arm(ctx, runs)
-    figs = [charts.confusion_heatmap(m, c, f"confusion — {arm}") for arm, (m, c) in list(mats.items())[:2]]
+        return (*job, hint(ctx), empty, charts.recall_bars(pd.DataFrame()), empty, empty, None, None)
+    table = accuracy_table(summary)
+    cell = main_cell(summary)
+    where = setting_of(cell["label_fraction"], cell["synthetic_ratio"]) if cell else ""
+    mats = confusion_by_arm(load_runs(ctx), summary)
+    figs = [charts.confusion_heatmap(m, c, f"confusion — {arm} ({where})") for arm, (m, c) in mats.items()]
     while len(figs) < 2:
         figs.append(charts.confusion_heatmap(np.zeros((0, 0)), [], "confusion"))
-    # core writes the table with both intervals, realised ratios and status notes: shown as written
-    written = ctx.workspace.results_dir / "summary.md"
-    headline = written.read_text(encoding="utf-8") if written.exists() else _headline(summary)
-    return (job_markdown(status), progress_html(status if status.get("name") == JOB else {}),
-            headline, charts.accuracy_bars(summary), charts.recall_bars(recall_table(runs)),
-            figs[0], figs[1], summary.drop(columns=["mean", "std"]), str(runs_file(ctx)))
-
-
-def _headline(summary: pd.DataFrame) -> str:
-    lines = ["| setting | arm | accuracy (mean ± std) | seeds |", "|---|---|---|---|"]
-    lines += [f"| {s} | {a} | {ms} | {n} |" for s, a, ms, n in
-              zip(summary["setting"], summary["arm"], summary["mean ± std"], summary["n"])]
-    return "\n".join(lines)
+    written = ctx.workspace.summary_md
+    headline = written.read_text(encoding="utf-8") if written.exists() else \
+        f"{written} is missing (core writes it with summary.json): rerun `python -m core run`."
+    csv = str(runs_file(ctx)) if runs_file(ctx).exists() else None
+    return (*job, headline, charts.accuracy_bars(table), charts.recall_bars(recall_table(summary)),
+            figs[0], figs[1], table.drop(columns=["mean", "std"]), csv)
 
 
 def build(ctx: AppContext) -> dict:
@@ -179,12 +162,12 @@ def build(ctx: AppContext) -> dict:
     run_btn.click(on_run, seeds, note, concurrency_id=COMPUTE, concurrency_limit=1, api_name="experiment_start")
     stop_btn.click(lambda: stop_job(ctx, (JOB,)), None, note, queue=False, api_name="experiment_stop")
     timer = gr.Timer(3.0)
-    # only the status line and bar tick often; the figures are rebuilt when runs.csv changes
+    # only the status line and bar tick often; the figures are rebuilt when core rewrites its files
     state = {"mtime": None}
 
     def tick():
-        path = runs_file(ctx)
-        mtime = path.stat().st_mtime_ns if path.exists() else None
+        paths = (ctx.workspace.summary_json, ctx.workspace.summary_md, runs_file(ctx))
+        mtime = tuple(p.stat().st_mtime_ns if p.exists() else None for p in paths)
         if mtime == state["mtime"]:
             status = ctx.runner.status()
             return (job_markdown(status), progress_html(status if status.get("name") == JOB else {}),

@@ -56,7 +56,7 @@ def missing_models(ctx: AppContext) -> list[str]:
     ws = ctx.workspace
     needed = {"autoencoder": ws.autoencoder_dir, "unet": ws.unet_dir,
               "latent classifier": ws.latent_classifier_dir}
-    return [name for name, folder in needed.items() if not (folder / "config.json").exists()]
+    return [name for name, folder in needed.items() if not ws.config_of(folder).exists()]
 
 
 def hint(ctx: AppContext) -> str:

@@ -25,7 +25,7 @@ _cache_lock = threading.RLock()
 
 
 def scores_file(ctx: AppContext) -> Path:
-    return ctx.workspace.synthetic_dir / "scores.csv"
+    return ctx.workspace.synthetic_scores
 
 
 def load_scores(ctx: AppContext) -> pd.DataFrame:
@@ -148,7 +148,7 @@ def export(ctx: AppContext, threshold: float, strategy: str, quota: int) -> str:
 
 def start_scoring(ctx: AppContext) -> str:
     from core.selection import score_synthetic
-    if not (ctx.workspace.synthetic_dir / "manifest.csv").exists():
+    if not ctx.workspace.synthetic_manifest.exists():
         raise UserError("no synthetic images to score yet: run `python -m core sample` "
                         "(or the full `python -m core run`) first")
     try:
@@ -164,7 +164,7 @@ def class_choices(ctx: AppContext) -> list[str]:
 
 
 def hint(ctx: AppContext) -> str:
-    if (ctx.workspace.synthetic_dir / "manifest.csv").exists():
+    if ctx.workspace.synthetic_manifest.exists():
         return "Synthetic images found but not scored yet: press **Score synthetic images**."
     return (f"No stored scores in {scores_file(ctx)}. Generate a synthetic set and score it: "
             f"`python -m core run --workspace {ctx.workspace.root}` (or `python -m core sample` "

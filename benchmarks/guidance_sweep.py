@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import markdown_table
-from core.cli import UserError
+from core.errors import UserError
 from core.config import load_config
 from core.presets import preset
 from core.latent_classifier import train_latent_classifier

@@ -4,19 +4,19 @@ from __future__ import annotations
 import importlib
 import sys
 
-# stage name -> module exposing `cli(argv: list[str]) -> int`
+# stage name -> its CLI module (core/commands/), exposing `cli(argv: list[str]) -> int`
 STAGES = {
-    "data": "core.data_cli",
-    "autoencoder": "core.autoencoder",
-    "pretrain": "core.pretrain",
-    "classifier": "core.latent_classifier",
-    "sample": "core.sampling",
-    "filter": "core.selection",
-    "classify": "core.classify",
-    "run": "core.experiment",
-    "evaluate": "core.quality",
-    "tune-guidance": "core.tune",
-    "export-demo": "core.demo_models",
+    "data": "core.commands.data",
+    "autoencoder": "core.commands.autoencoder",
+    "pretrain": "core.commands.pretrain",
+    "classifier": "core.commands.classifier",
+    "sample": "core.commands.sample",
+    "filter": "core.commands.filter",
+    "classify": "core.commands.classify",
+    "run": "core.commands.run",
+    "evaluate": "core.commands.evaluate",
+    "tune-guidance": "core.commands.tune_guidance",
+    "export-demo": "core.commands.export_demo",
 }
 
 

@@ -7,15 +7,12 @@ works on unit-variance latents.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-
-from core.cli import add_common, guarded, resolve_config, workspace
 
 from core.errors import UserError
 from core.config import LabConfig, save_config
@@ -91,7 +88,7 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
     acfg = cfg.autoencoder
     pools = load_pools(ws)
     if pools.empty:
-        raise UserError(f"{ws.data_dir / 'pools.csv'} lists no images")
+        raise UserError(f"{ws.pools_file} lists no images")
     paths = [str(p) for p in pools["path"]]
     train_rows, held_rows = split_held_out(paths)
     weights = pool_row_weights(pools.iloc[train_rows].reset_index(drop=True))
@@ -171,21 +168,4 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
     return out
 
 
-@guarded
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core autoencoder",
-                                     description="Train the KL autoencoder on the unlabeled pools.")
-    add_common(parser)
-    args = parser.parse_args(argv)
-    cfg = resolve_config(args)
-    ws = workspace(args)
-    out = train_autoencoder(ws, cfg, progress=None, stop=None)
-    if out.get("stopped"):
-        print(f"{out['reason']} at step {out['step']}; checkpoint saved; rerun the same command to resume")
-        return 130 if out["reason"] == "interrupted" else 0
-    print(f"autoencoder saved to {ws.autoencoder_dir}: " + ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items()))
-    return 0
-
-
-__all__ = ["train_autoencoder", "psnr", "ssim", "cli"]
+__all__ = ["train_autoencoder", "psnr", "ssim"]

@@ -98,8 +98,7 @@ def budget_labels(ws: Workspace, cfg: LabConfig) -> tuple[pd.DataFrame, list[str
 
 def write_labels(folder, labels: pd.DataFrame) -> None:
     """labels.csv beside a model or run: the exact labeled images it trained and selected on."""
-    from pathlib import Path
-    atomic_write_text(Path(folder) / "labels.csv", labels[LABEL_COLUMNS].to_csv(index=False))
+    atomic_write_text(Workspace.labels_of(folder), labels[LABEL_COLUMNS].to_csv(index=False))
 
 
 def realised(labels: pd.DataFrame, splits: pd.DataFrame, value: float) -> dict:

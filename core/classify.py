@@ -6,7 +6,6 @@ best VALIDATION balanced accuracy (the test split is only touched by `evaluate` 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
@@ -19,8 +18,6 @@ from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 from torchvision.transforms import v2
 
-from core.cli import add_common, guarded, resolve_config, workspace
-
 from core.errors import UserError
 from core.config import ClassifyConfig, LabConfig, config_hash, save_config
 from core.images import BadImage, load_rgb, to_tensor
@@ -28,7 +25,7 @@ from core.io import atomic_dir, atomic_write_json
 from core.metrics import classification_metrics
 from core.models import build_backbone
 from core.training import autocast
-from core.workspace import Workspace
+from core.workspace import LAB_CONFIG, Workspace
 
 MEAN = STD = (0.5, 0.5, 0.5)   # images are fed in [-1, 1] (core.images.to_tensor), i.e. (x - 0.5) / 0.5
 
@@ -250,12 +247,12 @@ def train_filter_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
             "centroid_classes_present": present.tolist()}
     with atomic_dir(ws.filter_classifier_dir) as tmp:
         save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
-        save_file({"centroids": cent.contiguous()}, str(tmp / "centroids.safetensors"))
-        atomic_write_json(tmp / "config.json", info)
-        history.to_csv(tmp / "history.csv", index=False)
+                  str(Workspace.weights_of(tmp)))
+        save_file({"centroids": cent.contiguous()}, str(Workspace.centroids_of(tmp)))
+        atomic_write_json(Workspace.config_of(tmp), info)
+        history.to_csv(Workspace.history_of(tmp), index=False)
         write_labels(tmp, labels)
-        save_config(cfg, tmp, "lab_config.json")
+        save_config(cfg, tmp, LAB_CONFIG)
     return {"stopped": False, "classes": classes, "best_step": info["best_step"],
             "val_balanced_accuracy": best, "skipped": history.attrs["skipped"]}
 
@@ -263,27 +260,15 @@ def train_filter_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
 def load_filter_classifier(ws: Workspace) -> tuple[torch.nn.Module, dict, torch.Tensor]:
     """(model on the compute device, config.json dict, centroids (C, D))."""
     folder = ws.filter_classifier_dir
-    for name in ("config.json", "model.safetensors", "centroids.safetensors"):
-        if not (folder / name).exists():
-            raise UserError(f"filter classifier missing {folder / name} "
+    config, weights, centroids = (Workspace.config_of(folder), Workspace.weights_of(folder),
+                                  Workspace.centroids_of(folder))
+    for path in (config, weights, centroids):
+        if not path.exists():
+            raise UserError(f"filter classifier missing {path} "
                             "(run `python -m core classify --workspace ...` first)")
-    info = json.loads((folder / "config.json").read_text())
+    info = json.loads(config.read_text())
     model = build_backbone(info["backbone"], len(info["classes"]))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.load_state_dict(load_file(str(weights)))
     model = model.to(device()).to(memory_format=torch.channels_last).eval()
-    cent = load_file(str(folder / "centroids.safetensors"))["centroids"]
+    cent = load_file(str(centroids))["centroids"]
     return model, info, cent
-
-
-@guarded
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core classify",
-                                     description="train the filter classifier on the label budget's train images")
-    add_common(parser)
-    args = parser.parse_args(argv)
-    cfg, ws = resolve_config(args), workspace(args)
-    out = train_filter_classifier(ws, cfg, progress=None)
-    print(json.dumps({k: v for k, v in out.items() if k != "skipped"}, default=str))
-    for path, reason in out.get("skipped", {}).items():
-        print(f"skipped {path}: {reason}")
-    return 0

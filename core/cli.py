@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Callable
 
-from core.config import LabConfig, apply_overrides, from_dict
-from core.presets import preset
+from core.config import LabConfig
+from core.presets import resolve
 from core.errors import ConfigError, UserError  # noqa: F401  (UserError: the name CLI code has always used)
 from core.io import describe_write_error
 from core.workspace import Workspace
@@ -25,16 +24,8 @@ def add_common(parser: argparse.ArgumentParser, workspace_required: bool = True)
 
 
 def resolve_config(args: argparse.Namespace) -> LabConfig:
-    """Preset given -> that preset; else the workspace's saved config.json; else demo. Then --set."""
-    cfg = None
-    ws_config = Path(args.workspace) / "config.json" if getattr(args, "workspace", None) else None
-    if args.preset:
-        cfg = preset(args.preset)
-    elif ws_config is not None and ws_config.exists():
-        cfg = from_dict(json.loads(ws_config.read_text()))
-    else:
-        cfg = preset("demo")
-    return apply_overrides(cfg, args.overrides)
+    """--preset given -> that preset; else the workspace's saved config.json; else demo. Then --set."""
+    return resolve(getattr(args, "workspace", None), args.preset, args.overrides)
 
 
 def workspace(args: argparse.Namespace) -> Workspace:

@@ -1,4 +1,5 @@
-"""Frozen configs for every stage, the three presets, and `--set key=value` overrides.
+"""Frozen configs for every stage and `--set key=value` overrides (presets and the one config
+resolution, `resolve`, are in core.presets).
 
 One `LabConfig` holds a sub-config per stage; each stage function takes only its own
 sub-config (plus the shared data config where it needs image size or classes).
@@ -8,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
-from core.config_check import MOVED, ConfigError, check_fields, declared_types, migrate, parse_value
+# apply_overrides is public here, where callers have always found it
+from core.config_check import ConfigError, apply_overrides, check_fields, migrate  # noqa: F401
+from core.workspace import Workspace
 
 PRESETS = ("tiny", "demo", "paper")
 
@@ -341,27 +344,6 @@ def _build(cls: Any, values: dict) -> Any:
     return cls(**out)
 
 
-def apply_overrides(cfg: LabConfig, overrides: list[str] | tuple[str, ...]) -> LabConfig:
-    """Apply `section.field=value` strings (values parsed as JSON, else as plain strings)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form section.field=value")
-        key, raw = item.split("=", 1)
-        if "." not in key:
-            raise ConfigError(f"override key {key!r} must be section.field, e.g. pretrain.steps")
-        section, name = key.split(".", 1)
-        if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
-            raise ConfigError(f"unknown config section {section!r} in override {item!r}")
-        sub = getattr(cfg, section)
-        if key in MOVED:
-            raise ConfigError(f"{key} is gone: use {MOVED[key]}")
-        if name not in {f.name for f in fields(sub)}:
-            raise ConfigError(f"unknown field {key!r} in override {item!r}")
-        value = parse_value(raw, declared_types(type(sub))[name], key)
-        cfg = replace(cfg, **{section: replace(sub, **{name: value})})
-    return cfg.validate()
-
-
 def identity(section: Any) -> dict:
     """A config section's fields as they key stages and runs (core.experiment). Fields with
     metadata key="never" change speed, not results, and are left out; key="if_set" fields only
@@ -383,11 +365,13 @@ def config_hash(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def save_config(cfg: Any, folder: str | Path, name: str = "config.json") -> Path:
-    """Write the config that made an output folder next to it (atomically)."""
+def save_config(cfg: Any, folder: str | Path, name: str | None = None) -> Path:
+    """Write the config that made an output folder next to it (atomically); `name` for model
+    folders, whose config.json is the model's own (LAB_CONFIG)."""
     from core.io import atomic_write_text
     data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-    return atomic_write_text(Path(folder) / name, json.dumps(data, indent=2, sort_keys=True))
+    path = Path(folder) / name if name else Workspace.config_of(folder)
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def load_config(path: str | Path) -> LabConfig:

@@ -1,4 +1,5 @@
-"""Type and range checks for config fields, and `--set` text parsed as a field's declared type.
+"""Type and range checks for config fields, and overrides (`--set` text or the app's typed
+values) applied as each field's declared type.
 
 Driven by the dataclass annotations and one RANGES table, so a field added to core/config.py is
 checked without code here; bad values get one line naming the field (ConfigError).
@@ -9,8 +10,8 @@ import functools
 import json
 import math
 import typing
-from dataclasses import fields
-from typing import Any
+from dataclasses import fields, is_dataclass, replace
+from typing import Any, Iterable, Mapping
 
 from core.errors import ConfigError  # noqa: F401  (re-exported: core.config names it)
 
@@ -110,6 +111,46 @@ def parse_value(raw: str, declared: Any, key: str) -> Any:
     if declared is str and not isinstance(value, str):
         return raw
     return _as(value, declared)
+
+
+def typed_value(value: Any, declared: Any, key: str) -> Any:
+    """A value from the app's widgets as the field's declared type: text as `--set` text, a list
+    as a tuple, a whole float as an int where the field is one (number boxes may send floats)."""
+    if isinstance(value, str):
+        return parse_value(value, declared, key)
+    if typing.get_origin(declared) is tuple:
+        element = typing.get_args(declared)[0]
+        return tuple(_as(v, element) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    if declared is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return _as(value, declared)
+
+
+def apply_overrides(cfg: Any, overrides: Iterable[str] | Mapping[str, Any]) -> Any:
+    """Apply `section.field=value` strings (values parsed as JSON, else as plain strings), or a
+    {"section.field": value} mapping of typed values; the result is validated (ConfigError)."""
+    if isinstance(overrides, Mapping):
+        items = [(key, value, f"{key}={value}") for key, value in overrides.items()]
+    else:
+        items = []
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form section.field=value")
+            items.append((*item.split("=", 1), item))
+    for key, value, item in items:
+        if "." not in key:
+            raise ConfigError(f"override key {key!r} must be section.field, e.g. pretrain.steps")
+        section, name = key.split(".", 1)
+        if not hasattr(cfg, section) or not is_dataclass(getattr(cfg, section)):
+            raise ConfigError(f"unknown config section {section!r} in override {item!r}")
+        sub = getattr(cfg, section)
+        if key in MOVED:
+            raise ConfigError(f"{key} is gone: use {MOVED[key]}")
+        if name not in {f.name for f in fields(sub)}:
+            raise ConfigError(f"unknown field {key!r} in override {item!r}")
+        value = typed_value(value, declared_types(type(sub))[name], key)
+        cfg = replace(cfg, **{section: replace(sub, **{name: value})})
+    return cfg.validate()
 
 
 def _json_or_text(text: str) -> Any:

@@ -30,7 +30,7 @@ def load_splits(ws: Workspace) -> tuple[pd.DataFrame, list[str]]:
         raise UserError(f"no labeled data in workspace {ws.root}: {ws.split_manifest} is missing "
                         "(run `python -m core data demo` or `python -m core run --labeled PATH`)")
     frame = pd.read_csv(ws.split_manifest)
-    classes_file = ws.data_dir / "classes.json"
+    classes_file = ws.classes_file
     if classes_file.exists():
         classes = json.loads(classes_file.read_text())
     else:
@@ -40,7 +40,7 @@ def load_splits(ws: Workspace) -> tuple[pd.DataFrame, list[str]]:
 
 def load_pools(ws: Workspace) -> pd.DataFrame:
     """Unlabeled pre-training images: path, pool, weight (per-pool sampling weight)."""
-    path = ws.data_dir / "pools.csv"
+    path = ws.pools_file
     if not path.exists():
         raise UserError(f"no unlabeled pools in workspace {ws.root}: {path} is missing "
                         "(run `python -m core data demo` or pass --unlabeled PATH)")

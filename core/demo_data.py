@@ -104,7 +104,7 @@ def build_demo(ws: Workspace, cfg: LabConfig, force: bool = False, progress=None
     import time
     start = time.perf_counter()
     ws.ensure()
-    marker = ws.data_dir / "demo.json"
+    marker = ws.demo_data_marker
     key = config_hash(cfg.data.image_size, cfg.data.mpp, cfg.data.seed, BUILD_VERSION)
     if not force and marker.exists() and ws.split_manifest.exists():
         previous = json.loads(marker.read_text())
@@ -113,7 +113,7 @@ def build_demo(ws: Workspace, cfg: LabConfig, force: bool = False, progress=None
     annotations = load_annotations()
     frame, image, classes = demo_patches(cfg, annotations)
     labeled = _write_labeled(ws, cfg, frame, image, annotations)
-    write_manifest(ws.data_dir, labeled, classes, {
+    write_manifest(ws, labeled, classes, {
         "source": "demo: assets/skin.tif, hand-annotated regions, spatially disjoint bands",
         "seed": cfg.data.seed,
         "bands": {s: annotations["splits"][s] for s in SPLITS}, "mpp": cfg.data.mpp})
@@ -143,7 +143,7 @@ def _write_labeled(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, image: np
             rel_paths.append(rel)
         out = frame.assign(path=[str(final / r) for r in rel_paths])
         # where each patch came from, in source pixels: shows (and tests) the bands are disjoint
-        atomic_write_text(tmp / "patches.csv", out[[
+        atomic_write_text(Workspace.patches_of(tmp), out[[
             "path", "class_name", "split", "box_x0", "box_y0", "box_x1", "box_y1"]].to_csv(index=False))
         save_config(cfg, tmp)
     return out[["path", "class_name", "split"]]
@@ -162,6 +162,6 @@ def _write_pools(ws: Workspace, cfg: LabConfig, progress=None) -> dict:
         sizes[name] = len(paths)
         if progress:
             progress({"stage": "data", "step": len(sizes), "total": len(DEMO_POOLS), "pool": name})
-    atomic_write_text(ws.data_dir / "pools.csv", pd.DataFrame(rows, columns=["path", "pool", "weight"])
+    atomic_write_text(ws.pools_file, pd.DataFrame(rows, columns=["path", "pool", "weight"])
                       .to_csv(index=False))
     return sizes

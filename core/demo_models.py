@@ -7,15 +7,12 @@ its SHA-256, so a damaged or half-copied bundle is refused with the files named.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
-
-from core.cli import add_common, guarded, workspace
 
 from core.errors import UserError
 from core.io import atomic_dir, atomic_write_json, file_sha256
@@ -29,7 +26,7 @@ MANIFEST = "bundle.json"
 
 
 def _model_files(folder: Path) -> list[tuple[Path, str]]:
-    if not (folder / "config.json").exists() and not any(folder.glob("*.json")):
+    if not Workspace.config_of(folder).exists() and not any(folder.glob("*.json")):
         raise UserError(f"cannot export: {folder} has no model (finish `python -m core run` first)")
     return [(p, p.relative_to(folder).as_posix()) for pattern in MODEL_FILES for p in sorted(folder.rglob(pattern))]
 
@@ -39,12 +36,14 @@ def _budget_parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[P
     keyed by their folder relative to the workspace root."""
     prefix = "" if not ws.scope else f"budgets/{ws.scope}/"
     out = {f"{prefix}models/{name}": _model_files(ws.label_root / "models" / name) for name in LABEL_MODELS}
-    for top, names in {"synthetic": ["manifest.csv", "scores.csv"], "accepted": ["manifest.csv"]}.items():
-        root = ws.label_root / top
-        for n in names:
-            if not (root / n).exists():
-                raise UserError(f"cannot export: {root / n} is missing (finish `python -m core run` first)")
-        files = [(root / n, n) for n in names]
+    tables = {ws.synthetic_dir: [ws.synthetic_manifest, ws.synthetic_scores],
+              ws.accepted_dir: [ws.accepted_manifest]}
+    for root, paths in tables.items():
+        top = root.name
+        for path in paths:
+            if not path.exists():
+                raise UserError(f"cannot export: {path} is missing (finish `python -m core run` first)")
+        files = [(path, path.relative_to(root).as_posix()) for path in paths]
         if top == "accepted" and include_images:    # the selection stage's export, so it stays done
             files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))]
         if top == "synthetic" and include_images and not ws.scope:   # other budgets: accepted copies only
@@ -52,10 +51,10 @@ def _budget_parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[P
             files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))
                       if p.relative_to(root).as_posix() in current]
         out[prefix + top] = files
-    out[prefix + "stages"] = [(p, p.name) for p in sorted(ws.stages_dir.glob("*.json"))]
-    out[prefix + "metrics"] = [(p, p.name) for p in sorted(ws.metrics_dir.glob("*.jsonl"))]
+    out[prefix + "stages"] = [(p, p.name) for p in ws.marker_files()]
+    out[prefix + "metrics"] = [(p, p.name) for p in ws.metrics_files()]
     if ws.labels_file.exists():
-        out.setdefault(prefix.rstrip("/") or ".", []).append((ws.labels_file, "labels.csv"))
+        out.setdefault(prefix.rstrip("/") or ".", []).append((ws.labels_file, ws.labels_file.name))
     return out
 
 
@@ -63,17 +62,17 @@ def _parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[Path, st
     """bundle-relative destination folder -> list of (source file, relative name)."""
     from core.budget import budget_views
     from core.config import load_config
-    if not (ws.root / "config.json").exists():
-        raise UserError(f"cannot export: {ws.root / 'config.json'} is missing")
+    if not ws.config_file.exists():
+        raise UserError(f"cannot export: {ws.config_file} is missing")
     out: dict[str, list[tuple[Path, str]]] = {f"models/{n}": _model_files(ws.models_dir / n) for n in SHARED_MODELS}
-    out["."] = [(ws.root / "config.json", "config.json")]
-    for _, view in budget_views(ws, load_config(ws.root / "config.json")):
+    out["."] = [(ws.config_file, ws.relative(ws.config_file))]
+    for _, view in budget_views(ws, load_config(ws.config_file)):
         for top, files in _budget_parts(view, include_images).items():
             out.setdefault(top, []).extend(files)
     results = ws.results_dir
-    for n in ("runs.csv", "summary.json"):
-        if not (results / n).exists():
-            raise UserError(f"cannot export: {results / n} is missing (finish `python -m core run` first)")
+    for path in (ws.runs_csv, ws.summary_json):
+        if not path.exists():
+            raise UserError(f"cannot export: {path} is missing (finish `python -m core run` first)")
     out["results"] = [(p, p.relative_to(results).as_posix()) for p in sorted(results.rglob("*")) if p.is_file()]
     # training curves and EMA sample grids, so the pre-training tab opens populated too
     out["samples"] = [(p, p.relative_to(ws.samples_dir).as_posix())
@@ -86,13 +85,12 @@ def _current_files(ws: Workspace) -> set[str]:
     hold images from other guidance scales the lab generated); only those go into the bundle."""
     from core.config import load_config
     from core.stages import current_selection
-    rows = current_selection(ws, load_config(ws.root / "config.json"))
+    rows = current_selection(ws, load_config(ws.config_file))
     return set(rows["file"].astype(str))
 
 
-def _filter_tables(bundle_synthetic: Path, keep: set[str]) -> None:
-    for name in ("manifest.csv", "scores.csv"):
-        path = bundle_synthetic / name
+def _filter_tables(bundle: Workspace, keep: set[str]) -> None:
+    for path in (bundle.synthetic_manifest, bundle.synthetic_scores):
         # as text (dtype=str): the kept rows stay byte for byte as written, so the stage markers'
         # row hashes (core.stages.output_hash) still match them
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -114,9 +112,9 @@ def export_demo(ws: Workspace, to: str | Path, include_images: bool = True) -> d
         if include_images:
             from core.budget import budget_views
             from core.config import load_config
-            for _, view in budget_views(ws, load_config(ws.root / "config.json")):
-                prefix = Path("budgets") / view.scope if view.scope else Path()
-                _filter_tables(tmp / prefix / "synthetic", _current_files(view))
+            for _, view in budget_views(ws, load_config(ws.config_file)):
+                # the bundle has a workspace's layout: the same view of it names its tables
+                _filter_tables(Workspace(tmp, view.scope), _current_files(view))
         for top, files in parts.items():
             for _, rel in files:
                 dest_rel = rel if top == "." else f"{top}/{rel}"
@@ -165,36 +163,14 @@ def install_demo(bundle: str | Path, ws: Workspace, overwrite: bool = False, bui
             if src.exists():
                 with atomic_dir(ws.root / group) as tmp:
                     shutil.copytree(src, tmp, dirs_exist_ok=True)
-    for name in ("config.json", "labels.csv"):
-        if (bundle / name).exists():
-            shutil.copy2(bundle / name, ws.root / name)
+    source = Workspace(bundle)      # the bundle has a workspace's layout
+    for path in (source.config_file, source.labels_file):
+        if path.exists():
+            shutil.copy2(path, ws.root / source.relative(path))
     data = None
     if build_data:
         from core.config import load_config
         from core.demo_data import build_demo
-        data = build_demo(ws, load_config(ws.root / "config.json"))
+        data = build_demo(ws, load_config(ws.config_file))
     return {"installed": len(info["files"]), "bytes": info["bytes"], "workspace": str(ws.root),
             "data": None if data is None else {k: data.get(k) for k in ("classes", "counts", "skipped")}}
-
-
-@guarded
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core export-demo",
-                                     description="bundle a finished demo run, or install a bundle")
-    add_common(parser)
-    parser.add_argument("--to", type=Path, default=None, help="bundle folder to write")
-    parser.add_argument("--no-images", action="store_true", help="leave the synthetic PNGs out")
-    parser.add_argument("--install-from", type=Path, default=None,
-                        help="install this bundle into --workspace instead of exporting")
-    parser.add_argument("--overwrite", action="store_true", help="replace models already in the workspace")
-    args = parser.parse_args(argv)
-    ws = workspace(args)
-    if args.install_from is not None:
-        out = install_demo(args.install_from, ws, overwrite=args.overwrite)
-        print(f"installed {out['installed']} files ({out['bytes'] / 1e6:.1f} MB) into {ws.root}")
-        return 0
-    if args.to is None:
-        raise UserError("--to is required when exporting (e.g. --to assets/demo_models)")
-    info = export_demo(ws, args.to, include_images=not args.no_images)
-    print(f"bundle {args.to}: {len(info['files'])} files, {info['bytes'] / 1e6:.1f} MB")
-    return 0

@@ -10,16 +10,13 @@ predictions.csv); a rerun skips rows whose run key is already there.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from core.budget import budget_labels, budget_name, budget_views, realised, write_labels
-from core.cli import add_common, guarded, resolve_config, workspace
 from core.errors import UserError
 from core.config import LabConfig, config_hash, identity, save_config, to_dict
 from core.io import atomic_write_json, atomic_write_text
@@ -150,12 +147,12 @@ def _run_once(ws: Workspace, bws: Workspace, cfg: LabConfig, run: dict, key: str
     if history.attrs["stopped"]:
         return None
     m = evaluate(model, test, classes, cfg.classify)
-    run_dir = ws.runs_dir / key
+    run_dir = ws.run_dir(key)
     write_labels(run_dir, labels)
     if extra is not None:
         named = extra.assign(class_name=[classes[k] for k in extra["label"]])
-        atomic_write_text(run_dir / "synthetic.csv", named.to_csv(index=False))
-    atomic_write_text(run_dir / "predictions.csv", m["predictions"].to_csv(index=False))
+        atomic_write_text(ws.run_synthetic(key), named.to_csv(index=False))
+    atomic_write_text(ws.run_predictions(key), m["predictions"].to_csv(index=False))
     val_score = history.attrs["best_val_balanced_accuracy"]
     return {"run_key": key, **run, "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
             "macro_f1": m["macro_f1"], **{f"recall_{c}": v for c, v in m["per_class_recall"].items()},
@@ -166,7 +163,7 @@ def _run_once(ws: Workspace, bws: Workspace, cfg: LabConfig, run: dict, key: str
             "compute": cfg.classify.budget, "best_step": history.attrs["best_step"],
             "val_balanced_accuracy": val_score,
             "at_chance": at_chance(val_score, len(classes), len(val)),
-            "labels": ws.relative(run_dir / "labels.csv"),
+            "labels": ws.relative(Workspace.labels_of(run_dir)),
             "latent_classifier": ws.relative(bws.latent_classifier_dir),
             "filter_classifier": ws.relative(bws.filter_classifier_dir),
             "skipped_files": len(history.attrs["skipped"]) + len(m["skipped"]),
@@ -182,7 +179,7 @@ def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, budgets: d
         raise UserError(f"{ws.split_manifest}: the test split is empty (pass --test PATH)")
     plan = grid(cfg)
     keys = run_keys(ws, cfg, plan)
-    runs_csv, archive_csv = ws.results_dir / "runs.csv", ws.results_dir / "runs_other_configs.csv"
+    runs_csv, archive_csv = ws.runs_csv, ws.runs_archive_csv
     # rows of other configs move to the archive (kept, not mixed in) and come back if that config does
     known = pd.concat([_read_runs(runs_csv), _read_runs(archive_csv)], ignore_index=True)
     known = known.drop_duplicates("run_key", keep="first")
@@ -239,7 +236,7 @@ def data_sources(labeled=None, test=None, unlabeled=()) -> dict:
 
 def _predictions(ws: Workspace):
     def load(run_key: str) -> pd.DataFrame:
-        return pd.read_csv(ws.runs_dir / run_key / "predictions.csv")
+        return pd.read_csv(ws.run_predictions(run_key))
     return load
 
 
@@ -248,11 +245,11 @@ def write_summary(ws: Workspace, cfg: LabConfig, runs: pd.DataFrame, classes: li
     """summary.json + summary.md for the runs so far ("partial" until the grid is complete), so a
     killed grid never leaves a summary of another config behind."""
     primary = Workspace(ws.root)
-    synthetic = synthetic_summary(primary, cfg) if (primary.synthetic_dir / "scores.csv").exists() else {}
+    synthetic = synthetic_summary(primary, cfg) if primary.synthetic_scores.exists() else {}
     summary = summarize(runs, classes, cfg, synthetic, _predictions(ws), budgets, planned)
     summary.update(extra or {})
-    atomic_write_json(ws.results_dir / "summary.json", summary)
-    atomic_write_text(ws.results_dir / "summary.md", markdown_table(summary))
+    atomic_write_json(ws.summary_json, summary)
+    atomic_write_text(ws.summary_md, markdown_table(summary))
     return summary
 
 
@@ -278,7 +275,7 @@ def prepare_budgets(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> 
         topped = top_up(bws, cfg, wants, classes, progress, stop)
         if topped.get("stopped"):
             return None
-        info = json.loads((bws.filter_classifier_dir / "config.json").read_text())
+        info = json.loads(Workspace.config_of(bws.filter_classifier_dir).read_text())
         score, n_val = info.get("val_balanced_accuracy"), int((labels.split == "val").sum())
         out[budget_name(value)] = {
             "value": value, "folder": ws.relative(bws.label_root) if bws.scope else ".",
@@ -359,43 +356,3 @@ def data_report(ws: Workspace) -> list[str]:
     lines = [f"skipped {s['path']}: {s['reason']}" for s in labeled.get("skipped") or [] if isinstance(s, dict)]
     lines += [f"empty class folder (no usable image): {c}" for c in labeled.get("empty_classes") or []]
     return lines
-
-
-class ConsoleProgress:
-    """Prints a stage change at once and otherwise at most one line every `every` seconds."""
-
-    def __init__(self, every: float = 5.0):
-        self.every, self.last, self.stage = every, 0.0, None
-
-    def __call__(self, p: dict) -> None:
-        now = time.monotonic()
-        if p.get("stage") != self.stage or now - self.last >= self.every:
-            self.stage, self.last = p.get("stage"), now
-            extra = {k: p[k] for k in ("run", "runs", "arm", "seed", "loss") if k in p}
-            print(f"[{p.get('stage')}] {p.get('step', '')}/{p.get('total', '')} {extra or ''}", flush=True)
-
-
-@guarded
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core run",
-                                     description="data -> models -> synthetic set -> baseline vs augmented")
-    add_common(parser)
-    parser.add_argument("--labeled", type=Path, default=None,
-                        help="labeled ImageFolder or PathMNIST .npz (default: the bundled demo)")
-    parser.add_argument("--test", type=Path, default=None, help="separate test ImageFolder")
-    parser.add_argument("--unlabeled", type=Path, nargs="+", default=[], help="unlabeled folders / slides")
-    args = parser.parse_args(argv)
-    if args.test is not None and args.labeled is None:
-        raise UserError("--test needs --labeled (the demo brings its own test split)")
-    cfg, ws = resolve_config(args), workspace(args)
-    out = run_all(ws, cfg, args.labeled, args.test, args.unlabeled, progress=ConsoleProgress(),
-                  notify=lambda line: print(line, file=sys.stderr, flush=True))
-    if out.get("stopped"):
-        print(f"stopped during {out['stage']}; rerun the same command to resume", file=sys.stderr)
-        return 130
-    print(markdown_table(out))
-    for name, b in out["budgets"].items():
-        print(f"budget {name}: " + ", ".join(f"{c} {v['accepted']}/{v['generated']} accepted"
-                                              for c, v in b["topup"].items()))
-    print(f"results in {ws.results_dir}")
-    return 0

@@ -153,7 +153,7 @@ def prepare_labeled(ws: Workspace, cfg: LabConfig, labeled: str | Path,
     frame = split_off(frame, d.val_fraction, d.seed + 1, "val")
     if labeled.suffix.lower() == ".npz":
         frame = _materialise_npz(ws, npz, frame)
-    write_manifest(ws.data_dir, frame, classes, {
+    write_manifest(ws, frame, classes, {
         "source": str(labeled.resolve()), "test_source": str(Path(test).resolve()) if test else None,
         "val_fraction": d.val_fraction, "seed": d.seed,
         "notes": notes, "skipped": len(skipped)})

@@ -7,7 +7,6 @@ clean latents at t = 0 only, the reference implementation's defect, kept for com
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +18,6 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 
-from core import cli as cli_util
 from core.errors import UserError
 from core.config import LabConfig, config_hash, save_config
 from core.io import atomic_dir, atomic_write_text
@@ -28,7 +26,7 @@ from core.latents import augment, latent_cache
 from core.models import LatentClassifier, build_classifier, load_scheduler
 from core.training import (MetricsLog, adamw, make_accelerator, resume_step, step_generator,
                            train_loop)
-from core.workspace import Workspace
+from core.workspace import LAB_CONFIG, Workspace
 
 STAGE = "classifier"
 
@@ -145,9 +143,9 @@ def train_latent_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
     if not result["stopped"] and accelerator.is_main_process:
         with atomic_dir(ws.latent_classifier_dir) as tmp:
             net.save_pretrained(tmp)
-            atomic_write_text(tmp / "accuracy_by_t.csv", table.to_csv(index=False))
+            atomic_write_text(Workspace.accuracy_by_t_of(tmp), table.to_csv(index=False))
             write_labels(tmp, budget_labels(ws, cfg)[0])
-            save_config(cfg, tmp, "lab_config.json")
+            save_config(cfg, tmp, LAB_CONFIG)
     table.attrs["stopped"] = result["stopped"]
     return table
 
@@ -160,7 +158,7 @@ def _stopped_frame() -> pd.DataFrame:
 
 def _forget_other_runs(ckpt_dir: Path, key: str) -> None:
     """Checkpoints of a different config/data must not be resumed into this run."""
-    marker = ckpt_dir / "run_key.json"
+    marker = Workspace.run_key_of(ckpt_dir)
     if ckpt_dir.exists() and (not marker.exists() or json.loads(marker.read_text()).get("key") != key):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     if not marker.exists():
@@ -175,7 +173,7 @@ def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=N
     """
     from diffusers import UNet2DModel
     c, p = cfg.classifier, cfg.pretrain
-    if not (ws.unet_dir / "config.json").exists():
+    if not Workspace.config_of(ws.unet_dir).exists():
         raise UserError(f"no pre-trained UNet in {ws.unet_dir} to fine-tune (run: python -m core pretrain)")
     scheduler = load_scheduler(ws)
     ckpt_dir = ws.checkpoints_dir / f"{STAGE}-finetune"
@@ -215,23 +213,5 @@ def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=N
         with atomic_dir(ws.finetuned_unet_dir) as tmp:
             accelerator.unwrap_model(unet).save_pretrained(tmp)
             write_labels(tmp, budget_labels(ws, cfg)[0])     # the budget images it trained on
-            save_config(cfg, tmp, "lab_config.json")
+            save_config(cfg, tmp, LAB_CONFIG)
     return result
-
-
-@cli_util.guarded
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core classifier",
-                                     description="train the noise-aware latent classifier")
-    cli_util.add_common(parser)
-    args = parser.parse_args(argv)
-    cfg = cli_util.resolve_config(args)
-    ws = cli_util.workspace(args)
-
-    def show(p: dict) -> None:
-        if p.get("step", 0) % max(1, cfg.classifier.log_every) == 0:
-            print(f"[{p['stage']}] step {p['step']}/{p['total']} loss {p.get('loss', float('nan')):.4f}", flush=True)
-    table = train_latent_classifier(ws, cfg, progress=show)
-    print(table.to_string(index=False))
-    print(f"saved to {ws.latent_classifier_dir}")
-    return 0

@@ -1,10 +1,14 @@
 """The three presets: `tiny` (seconds, the tests), `demo` (CPU, minutes), `paper` (the reference
-shapes, GPUs). `preset(name)` is the public entry."""
+shapes, GPUs), and `resolve`, the one way the CLI and the app pick the config they run with."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 from core.config import (PRESETS, AutoencoderConfig, ClassifyConfig, ConfigError, DataConfig,  # noqa: F401
                          ExperimentConfig, LabConfig, LatentClassifierConfig, PretrainConfig,
-                         SamplingConfig, SelectionConfig)
+                         SamplingConfig, SelectionConfig, apply_overrides, load_config)
+from core.workspace import Workspace
 
 
 def preset(name: str) -> LabConfig:
@@ -75,3 +79,19 @@ def preset(name: str) -> LabConfig:
             experiment=ExperimentConfig(label_fractions=(0.05,), synthetic_ratios=(0.5, 1.0, 3.0)),
         ).validate()
     raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+def resolve(workspace: Workspace | str | Path | None, preset_name: str | None = None,
+            overrides: Iterable[str] | Mapping[str, Any] = ()) -> LabConfig:
+    """The config a CLI command or the app runs with: the named preset when one is given, else
+    the workspace's saved config, else the demo preset; then the overrides (`apply_overrides`)."""
+    saved = None
+    if workspace is not None:
+        saved = (workspace if isinstance(workspace, Workspace) else Workspace(workspace)).config_file
+    if preset_name:
+        cfg = preset(preset_name)
+    elif saved is not None and saved.exists():
+        cfg = load_config(saved)
+    else:
+        cfg = preset("demo")
+    return apply_overrides(cfg, overrides)

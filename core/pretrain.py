@@ -7,10 +7,7 @@ saves the EMA UNet + scheduler in diffusers format.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,6 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
 
-from core.cli import add_common, guarded, resolve_config, workspace
 from core.errors import UserError
 from core.config import LabConfig, PretrainConfig, save_config
 from core.data import load_pools
@@ -113,7 +109,7 @@ def pretrain(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
     vae = load_autoencoder(ws)
     pools = load_pools(ws)
     if pools.empty:
-        raise UserError(f"{ws.data_dir / 'pools.csv'} lists no images")
+        raise UserError(f"{ws.pools_file} lists no images")
     latents = latent_cache(ws, vae, pools["path"].tolist(), cfg.data.image_size, progress=progress, stop=stop)
     if latents is None:
         return {"step": 0, "stopped": True, "reason": "stopped"}
@@ -197,7 +193,7 @@ def _ema_grid(unet: UNet2DModel, ema: EMAModel, scheduler, vae, ws: Workspace, s
             images = to_pil(decode(vae, z.float().cpu()))
     finally:
         ema.restore(unet.parameters())
-    return save_grid(images, ws.samples_dir / STAGE / f"step-{step:06d}.png",
+    return save_grid(images, ws.grid_file(STAGE, step),
                      {"stage": STAGE, "step": step, "seed": seed, "sampler": "ddim", "steps": GRID_STEPS,
                       "eta": 0.0, "weights": "ema"})
 
@@ -213,26 +209,3 @@ def _save_final(unet: UNet2DModel, ema: EMAModel, scheduler, ws: Workspace, cfg:
         scheduler.save_pretrained(tmp)
         save_config(cfg, tmp, LAB_CONFIG)
     save_config(cfg, ws.samples_dir / STAGE, LAB_CONFIG)
-
-
-@guarded
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core pretrain",
-                                     description="Pre-train the unconditional latent diffusion UNet.")
-    add_common(parser)
-    parser.add_argument("--restart", action="store_true", help="discard checkpoints and start from step 0")
-    args = parser.parse_args(argv)
-    cfg = resolve_config(args)
-    ws = workspace(args)
-    if args.restart:
-        shutil.rmtree(ws.checkpoints_dir / STAGE, ignore_errors=True)
-    out = pretrain(ws, cfg)
-    if int(os.environ.get("RANK", "0")) != 0:       # under torchrun / accelerate launch: report once
-        return 130 if out.get("reason") == "interrupted" else 0
-    if out.get("stopped"):
-        print(f"{out['reason']} at step {out['step']}; checkpoint saved; rerun the same command to resume")
-        return 130 if out["reason"] == "interrupted" else 0
-    print(f"pre-trained {out['step']} steps; UNet in {ws.unet_dir}, scheduler in {ws.scheduler_dir}")
-    if out["skipped_images"]:
-        print(f"skipped {len(out['skipped_images'])} unreadable images: {list(out['skipped_images'])[:5]}")
-    return 0

@@ -11,8 +11,6 @@ B itself: how close a real image that was not in the set lands.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from pathlib import Path
 
@@ -20,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from core import quality_metrics as qm
-from core.cli import add_common, guarded, resolve_config, workspace
 from core.errors import UserError
 from core.config import LabConfig
 from core.features import FeatureSpace, embed_files, resolve
@@ -263,26 +260,3 @@ def json_report(result: dict) -> dict:
     return {"rows": [{k: _clean(r[k]) for k in keys + extra} for r in result["rows"]],
             "floor": [{k: _clean(r[k]) for k in keys + extra} for r in result["floor"]],
             "features": result["features"], "k": result["k"], "copy_percentile": result["copy_percentile"]}
-
-
-@guarded
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core evaluate",
-                                     description="fidelity, diversity and memorisation of synthetic images "
-                                                 "per class x guidance scale, beside real-vs-real floors")
-    add_common(parser)
-    parser.add_argument("--synthetic", type=Path, default=None,
-                        help="a class-per-folder image set to measure instead of the workspace's own")
-    parser.add_argument("--features", default=None,
-                        help="filter (default: the filter classifier's pooled features) | timm:NAME:PATH.safetensors")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
-    cfg, ws = resolve_config(args), workspace(args)
-    result = evaluate(ws, cfg, synthetic=args.synthetic, features=args.features)
-    if args.json:
-        print(json.dumps(json_report(result)))
-    else:
-        print(format_table(result))
-        for path, reason in result["skipped"].items():
-            print(f"skipped {path}: {reason}")
-    return 0

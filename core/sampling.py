@@ -8,12 +8,11 @@ can be regenerated alone from its seed.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import inspect
 import threading
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +23,6 @@ from diffusers.models.attention_processor import Attention, AttnProcessor, AttnP
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from core import cli as cli_util
 from core.errors import UserError
 from core.config import LabConfig, save_config
 from core.guidance import check_scale, condition_mean, condition_score, ddpm_variance
@@ -216,18 +214,18 @@ _CACHE_LOCK = threading.Lock()
 
 def unet_dir(ws: Workspace, cfg: LabConfig) -> Path:
     """The fine-tuned UNet when classifier.finetune_unet is on and it exists, else the pre-trained one."""
-    if cfg.classifier.finetune_unet and (ws.finetuned_unet_dir / "config.json").exists():
+    if cfg.classifier.finetune_unet and Workspace.config_of(ws.finetuned_unet_dir).exists():
         return ws.finetuned_unet_dir
     return ws.unet_dir
 
 
 def check_models(ws: Workspace, cfg: LabConfig) -> None:
-    missing = [f"{name} ({path})" for name, path, marker, how in [
-        ("autoencoder", ws.autoencoder_dir, "config.json", "autoencoder"),
-        ("diffusion UNet", unet_dir(ws, cfg), "config.json", "pretrain"),
-        ("scheduler", ws.scheduler_dir, "scheduler_config.json", "pretrain"),
-        ("latent classifier", ws.latent_classifier_dir, "config.json", "classifier")]
-        if not (path / marker).exists()]
+    missing = [f"{name} ({path})" for name, path, marker in [
+        ("autoencoder", ws.autoencoder_dir, Workspace.config_of(ws.autoencoder_dir)),
+        ("diffusion UNet", unet_dir(ws, cfg), Workspace.config_of(unet_dir(ws, cfg))),
+        ("scheduler", ws.scheduler_dir, Workspace.scheduler_config_of(ws.scheduler_dir)),
+        ("latent classifier", ws.latent_classifier_dir, Workspace.config_of(ws.latent_classifier_dir))]
+        if not marker.exists()]
     if missing:
         raise UserError(f"workspace {ws.root} has no trained " + ", ".join(missing)
                         + " — train them first (python -m core autoencoder / pretrain / classifier, or run)")
@@ -332,7 +330,7 @@ def generate(ws: Workspace, cfg: LabConfig, class_name: str, num: int, seed: int
     pipe = load_pipeline(ws, cfg, state.device)
     label = class_index(pipe, class_name)
     root = Path(out_dir) if out_dir else ws.synthetic_dir
-    manifest = root / "manifest.csv"
+    manifest = Workspace.manifest_of(root)
     seeds = list(seeds) if seeds is not None else [seed + k for k in range(num)]
     params = {"class": class_name, "label": label, "guidance_scale": scale, "steps": steps, "scheduler": kind,
               "eta": eta, **pipe.model_hashes}
@@ -389,37 +387,3 @@ def generate_dataset(ws: Workspace, cfg: LabConfig, progress=None, stop=None) ->
         base = s.seed + label * SEED_STRIDE
         rows += generate(ws, cfg, class_name, s.num_per_class, base, progress=progress, stop=stop)
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-
-
-@cli_util.guarded
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core sample", description="class-guided latent sampling")
-    cli_util.add_common(parser)
-    parser.add_argument("--class", dest="class_name", default=None,
-                        help="class to generate (default: every class, sampling.num_per_class each)")
-    parser.add_argument("--guidance-scale", type=float, default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--eta", type=float, default=None)
-    parser.add_argument("--scheduler", choices=("ddim", "ddpm"), default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--num", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: WORKSPACE/synthetic)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the models (= --set sampling.compile=true): 10-40 s to start, "
-                             "then faster per image; for hundreds of images, not a handful")
-    args = parser.parse_args(argv)
-    cfg, ws = cli_util.resolve_config(args), cli_util.workspace(args)
-    if args.compile:
-        cfg = replace(cfg, sampling=replace(cfg.sampling, compile=True))
-
-    def show(p: dict) -> None:
-        print(f"[sample] {p.get('class', '')} {p['step']}/{p['total']}", flush=True)
-    if args.class_name is None:
-        frame = generate_dataset(ws, cfg, progress=show)
-        print(f"{len(frame)} images in {ws.synthetic_dir}")
-        return 0
-    rows = generate(ws, cfg, args.class_name, args.num or cfg.sampling.num_per_class,
-                    cfg.sampling.seed if args.seed is None else args.seed, args.guidance_scale, args.steps,
-                    args.eta, args.out, progress=show, scheduler=args.scheduler)
-    print(f"{len(rows)} images of {args.class_name} in {args.out or ws.synthetic_dir}")
-    return 0

@@ -6,7 +6,6 @@ table alone (vectorised pandas / numpy), so the UI can move a slider without rec
 """
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
@@ -15,8 +14,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-from core.cli import add_common, guarded, resolve_config, workspace
 
 from core.errors import UserError
 from core.config import LabConfig
@@ -38,7 +35,7 @@ def synthetic_path(ws: Workspace, file: str) -> Path:
 
 
 def load_manifest(ws: Workspace) -> pd.DataFrame:
-    path = ws.synthetic_dir / "manifest.csv"
+    path = ws.synthetic_manifest
     if not path.exists():
         raise UserError(f"no synthetic set: {path} is missing (run `python -m core sample` first)")
     manifest = pd.read_csv(path, dtype={"class": str})
@@ -59,9 +56,9 @@ def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
     from core.classify import load_filter_classifier
     manifest = load_manifest(ws)
     kept = None
-    if reuse and (ws.synthetic_dir / "scores.csv").exists():
+    if reuse and ws.synthetic_scores.exists():
         # as text: the kept rows are written back byte for byte, so stage hashes over them hold
-        old = pd.read_csv(ws.synthetic_dir / "scores.csv", dtype=str, keep_default_na=False)
+        old = pd.read_csv(ws.synthetic_scores, dtype=str, keep_default_na=False)
         same = old["filter_hash"] == folder_hash(ws.filter_classifier_dir)
         kept = old[same & old["file"].isin(manifest["file"])].drop_duplicates("file", keep="last")
         manifest = manifest[~manifest["file"].isin(kept["file"])].reset_index(drop=True)
@@ -73,7 +70,7 @@ def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
     if kept is not None:
         new = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
         text = pd.concat([kept, new], ignore_index=True).fillna("").to_csv(index=False)
-    atomic_write_text(ws.synthetic_dir / "scores.csv", text)
+    atomic_write_text(ws.synthetic_scores, text)
     return load_scores(ws) if kept is not None else scores
 
 
@@ -124,7 +121,7 @@ def _score(ws: Workspace, manifest: pd.DataFrame, model, info: dict, centroids, 
 
 
 def load_scores(ws: Workspace) -> pd.DataFrame:
-    path = ws.synthetic_dir / "scores.csv"
+    path = ws.synthetic_scores
     if not path.exists():
         raise UserError(f"no scores: {path} is missing (run `python -m core filter` or the run command)")
     return pd.read_csv(path, keep_default_na=False, na_values=[""],
@@ -204,9 +201,9 @@ def export_accepted(ws: Workspace, kept_df: pd.DataFrame, out_dir: str | Path | 
             record = {c: _plain(row.get(c)) for c in EXPORT_COLUMNS}
             record.update(file=rel.as_posix(), kept=True)
             records.append(record)
-        pd.DataFrame(records, columns=EXPORT_COLUMNS).to_csv(tmp / "manifest.csv", index=False)
+        pd.DataFrame(records, columns=EXPORT_COLUMNS).to_csv(Workspace.manifest_of(tmp), index=False)
         if skipped:
-            pd.DataFrame(skipped).to_csv(tmp / "skipped.csv", index=False)
+            pd.DataFrame(skipped).to_csv(Workspace.skipped_of(tmp), index=False)
     return out_dir
 
 
@@ -222,35 +219,3 @@ def select(ws: Workspace, cfg: LabConfig, threshold: float | None = None, strate
     sel = cfg.selection
     return apply_threshold(load_scores(ws), sel.threshold if threshold is None else threshold,
                            strategy or sel.strategy, sel.quota_per_class if quota is None else quota)
-
-
-@guarded
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core filter",
-                                     description="score synthetic images and export the accepted set")
-    add_common(parser)
-    parser.add_argument("--threshold", type=float, default=None, help="keep p(target) >= T")
-    parser.add_argument("--strategy", choices=STRATEGIES, default=None)
-    parser.add_argument("--quota", type=int, default=None, help="max images kept per class (0 = all)")
-    parser.add_argument("--rescore", action="store_true", help="recompute scores.csv")
-    parser.add_argument("--out", type=Path, default=None, help="export folder (default: workspace/accepted)")
-    args = parser.parse_args(argv)
-    cfg, ws = resolve_config(args), workspace(args)
-    apply_threshold(pd.DataFrame(columns=["class", "confidence", "nearest_class", "centroid_distance"]),
-                    cfg.selection.threshold if args.threshold is None else args.threshold,
-                    args.strategy or cfg.selection.strategy, args.quota or 0)   # bad values fail first
-    if args.rescore or not (ws.synthetic_dir / "scores.csv").exists():
-        score_synthetic(ws, cfg, progress=None)
-    kept = select(ws, cfg, args.threshold, args.strategy, args.quota)
-    out = export_accepted(ws, kept, args.out)
-    per_class = kept.groupby("class")["kept"].agg(["sum", "count"])
-    for name, r in per_class.iterrows():
-        print(f"{name}: kept {int(r['sum'])} of {int(r['count'])}")
-    bad = kept[kept["error"].fillna("").astype(str) != ""] if "error" in kept else kept.iloc[:0]
-    for row in bad.itertuples():
-        print(f"skipped {row.file}: {row.error}")
-    if (out / "skipped.csv").exists():
-        for row in pd.read_csv(out / "skipped.csv").itertuples():
-            print(f"not exported {row.file}: {row.reason}")
-    print(f"exported {len(pd.read_csv(out / 'manifest.csv'))} images to {out}")
-    return 0

@@ -14,6 +14,7 @@ import pandas as pd
 
 from core.errors import UserError
 from core.io import atomic_write_json, atomic_write_text
+from core.workspace import Workspace
 
 SPLIT_COLUMNS = ["path", "label", "class_name", "split"]
 SPLITS = ("train", "val", "test")
@@ -60,23 +61,21 @@ def finalize(frame: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     return out.drop(columns="_o").reset_index(drop=True)
 
 
-def write_manifest(data_dir: str | Path, frame: pd.DataFrame, classes: list[str],
-                   protocol: dict) -> Path:
+def write_manifest(ws: Workspace, frame: pd.DataFrame, classes: list[str], protocol: dict) -> Path:
     """Write splits.csv (path,label,class_name,split), classes.json and split_protocol.json."""
-    data_dir = Path(data_dir)
     frame = finalize(frame, classes)
     missing = [s for s in ("train", "val", "test") if not (frame["split"] == s).any()]
     if "train" in missing:
         raise UserError("the labeled set has no training images after splitting")
     counts = frame.groupby(["split", "class_name"]).size().unstack(fill_value=0)
-    atomic_write_json(data_dir / "split_protocol.json", {
+    atomic_write_json(ws.split_protocol_file, {
         **protocol, "classes": classes, "empty_splits": missing,
         "counts": {s: {c: int(v) for c, v in row.items()} for s, row in counts.iterrows()}})
-    atomic_write_json(data_dir / "classes.json", classes)
-    atomic_write_text(data_dir / "splits.csv", frame[SPLIT_COLUMNS].to_csv(index=False))
-    return data_dir / "splits.csv"
+    atomic_write_json(ws.classes_file, classes)
+    atomic_write_text(ws.split_manifest, frame[SPLIT_COLUMNS].to_csv(index=False))
+    return ws.split_manifest
 
 
-def read_protocol(data_dir: str | Path) -> dict:
-    path = Path(data_dir) / "split_protocol.json"
+def read_protocol(ws: Workspace) -> dict:
+    path = ws.split_protocol_file
     return json.loads(path.read_text()) if path.exists() else {}

@@ -48,9 +48,9 @@ def stage_outputs(ws: Workspace, stage: str) -> list[Path]:
         "latent_classifier": [ws.latent_classifier_dir] + (
             [ws.finetuned_unet_dir] if ws.finetuned_unet_dir.exists() else []),
         "filter_classifier": [ws.filter_classifier_dir],
-        "sampling": [ws.synthetic_dir / "manifest.csv"],
-        "scoring": [ws.synthetic_dir / "scores.csv"],
-        "selection": [ws.accepted_dir / "manifest.csv"],
+        "sampling": [ws.synthetic_manifest],
+        "scoring": [ws.synthetic_scores],
+        "selection": [ws.accepted_manifest],
     }[stage]
 
 
@@ -101,7 +101,7 @@ def stage_key(ws: Workspace, cfg: LabConfig, stage: str, extra=None) -> str:
 
 
 def marker_file(ws: Workspace, stage: str) -> Path:
-    return _owner(ws, stage).stages_dir / f"{stage}.json"
+    return _owner(ws, stage).marker_file(stage)
 
 
 def read_marker(ws: Workspace, stage: str) -> dict:

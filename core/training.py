@@ -22,6 +22,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from core.errors import TrainingDiverged, UserError
 from core.io import append_jsonl, naming_path
+from core.workspace import Workspace
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -217,7 +218,7 @@ def check_resume_compatible(ckpt_dir: Path, cfg, section: str, fields: tuple[str
     """Refuse to resume checkpoints made by a different model shape (load_state would fail deep
     inside torch with a size mismatch); steps, logging and lr may change between runs."""
     import json
-    saved_file = ckpt_dir / "lab_config.json"
+    saved_file = Workspace.lab_config_of(ckpt_dir)
     if not saved_file.exists() or latest_checkpoint(ckpt_dir) is None:
         return
     saved = json.loads(saved_file.read_text()).get(section, {})

@@ -46,7 +46,7 @@ class Workspace:
 
     # the labels this view's budget may use: path,label,class_name,split (train|val)
     @property
-    def labels_file(self) -> Path: return self.label_root / "labels.csv"
+    def labels_file(self) -> Path: return self.labels_of(self.label_root)
 
     # models, each in diffusers save_pretrained layout (safetensors + config.json)
     @property
@@ -90,9 +90,9 @@ class Workspace:
         return self.cache_dir / f"features-{key}.safetensors"
 
     @property
-    def synthetic_manifest(self) -> Path: return self.synthetic_dir / "manifest.csv"
+    def synthetic_manifest(self) -> Path: return self.manifest_of(self.synthetic_dir)
     @property
-    def synthetic_scores(self) -> Path: return self.synthetic_dir / "scores.csv"
+    def synthetic_scores(self) -> Path: return self.scores_of(self.synthetic_dir)
     @property
     def quality_csv(self) -> Path: return self.results_dir / "quality.csv"          # core.quality
     @property
@@ -102,6 +102,74 @@ class Workspace:
 
     def metrics_file(self, stage: str) -> Path:
         return self.metrics_dir / f"{stage}.jsonl"
+
+    # --- every other file name a stage or the app reads or writes (tests/test_layout.py keeps
+    # their literals here: a name spelled in two modules drifts apart) ---
+    @property
+    def config_file(self) -> Path: return self.root / "config.json"     # the LabConfig of the workspace
+    @property
+    def classes_file(self) -> Path: return self.data_dir / "classes.json"  # ordered class names
+    @property
+    def split_protocol_file(self) -> Path: return self.data_dir / "split_protocol.json"
+    @property
+    def demo_data_marker(self) -> Path: return self.data_dir / "demo.json"   # core.demo_data's build key
+    @property
+    def accepted_manifest(self) -> Path: return self.manifest_of(self.accepted_dir)
+    @property
+    def runs_csv(self) -> Path: return self.results_dir / "runs.csv"        # one row per grid run
+    @property
+    def runs_archive_csv(self) -> Path: return self.results_dir / "runs_other_configs.csv"
+    @property
+    def summary_json(self) -> Path: return self.results_dir / "summary.json"  # core.summary.summarize
+    @property
+    def summary_md(self) -> Path: return self.results_dir / "summary.md"      # core.summary.markdown_table
+
+    def run_dir(self, key: str) -> Path: return self.runs_dir / key
+    def run_predictions(self, key: str) -> Path: return self.run_dir(key) / "predictions.csv"
+    def run_synthetic(self, key: str) -> Path: return self.run_dir(key) / "synthetic.csv"
+
+    def marker_file(self, stage: str) -> Path: return self.stages_dir / f"{stage}.json"
+    def marker_files(self) -> list[Path]: return sorted(self.stages_dir.glob("*.json"))
+    def metrics_files(self) -> list[Path]: return sorted(self.metrics_dir.glob("*.jsonl"))
+    def checkpoint_dir(self, stage: str) -> Path: return self.checkpoints_dir / stage
+
+    def grid_file(self, stage: str, step: int) -> Path:    # a trainer's sample grid at a step
+        return self.samples_dir / stage / f"step-{step:06d}.png"
+
+    def grid_files(self, stage: str) -> list[Path]:
+        return list((self.samples_dir / stage).glob("step-*.png"))
+
+    # names shared by several folders, some filled in a temporary folder first (core.io.atomic_dir)
+    @staticmethod
+    def manifest_of(folder: str | Path) -> Path: return Path(folder) / "manifest.csv"  # image sets
+    @staticmethod
+    def scores_of(folder: str | Path) -> Path: return Path(folder) / "scores.csv"      # a synthetic set's scores
+    @staticmethod
+    def skipped_of(folder: str | Path) -> Path: return Path(folder) / "skipped.csv"    # files an export left out
+    @staticmethod
+    def labels_of(folder: str | Path) -> Path: return Path(folder) / "labels.csv"      # labels a model/run used
+    @staticmethod
+    def patches_of(folder: str | Path) -> Path: return Path(folder) / "patches.csv"    # demo patch boxes
+    @staticmethod
+    def config_of(folder: str | Path) -> Path:
+        """An output folder's config.json: in a model folder diffusers' (or the filter
+        classifier's) own model config, elsewhere the LabConfig that made the folder."""
+        return Path(folder) / "config.json"
+
+    @staticmethod
+    def lab_config_of(folder: str | Path) -> Path: return Path(folder) / LAB_CONFIG
+    @staticmethod
+    def scheduler_config_of(folder: str | Path) -> Path: return Path(folder) / "scheduler_config.json"  # diffusers'
+    @staticmethod
+    def weights_of(folder: str | Path) -> Path: return Path(folder) / "model.safetensors"
+    @staticmethod
+    def centroids_of(folder: str | Path) -> Path: return Path(folder) / "centroids.safetensors"
+    @staticmethod
+    def history_of(folder: str | Path) -> Path: return Path(folder) / "history.csv"    # filter classifier curve
+    @staticmethod
+    def accuracy_by_t_of(folder: str | Path) -> Path: return Path(folder) / "accuracy_by_t.csv"
+    @staticmethod
+    def run_key_of(folder: str | Path) -> Path: return Path(folder) / "run_key.json"   # whose checkpoints these are
 
     def relative(self, path: str | Path) -> str:
         """A path inside the workspace as the workspace-relative POSIX string tables store."""

@@ -138,3 +138,32 @@ def test_batch_size_keys_stages_but_not_the_demo_bundle():
     assert demo.batch_size == 128 and "batch_size" not in identity(demo)
     assert identity(replace(demo, batch_size=64)) != identity(demo)
     assert identity(preset("tiny").sampling)["batch_size"] == 8
+
+
+def test_cli_and_app_resolve_the_same_config(tmp_path):
+    """One resolution for both: the named preset, else the workspace's saved config, else demo;
+    then overrides, as --set text or as the app's typed widget values."""
+    import argparse
+
+    from app.context import AppContext
+    from core.cli import resolve_config
+    from core.config import save_config
+    from core.presets import resolve
+    from core.workspace import Workspace
+    ws = Workspace(tmp_path / "ws").ensure()
+    assert resolve(ws) == preset("demo") == AppContext.create(ws.root).config
+    saved = apply_overrides(preset("tiny"), ["pretrain.steps=7"])
+    save_config(saved, ws.root)
+    args = argparse.Namespace(workspace=ws.root, preset=None, overrides=["sampling.eta=0.5"])
+    assert resolve_config(args) == AppContext.create(ws.root, overrides=["sampling.eta=0.5"]).config
+    assert resolve_config(args).pretrain.steps == 7 and resolve_config(args).sampling.eta == 0.5
+    assert resolve(str(ws.root), "paper") == preset("paper")
+    # the app's values take the same typed path: a number box's 5.0 is the int field's 5
+    ctx = AppContext.create(ws.root)
+    cfg = ctx.with_overrides("experiment", {"seeds": (0, 1)})
+    assert cfg.experiment.seeds == (0, 1)
+    assert ctx.with_overrides("pretrain", {"steps": 5.0, "lr": 1}).pretrain.steps == 5
+    with pytest.raises(ConfigError, match="pretrain.steps expects an integer, got 4.5"):
+        ctx.with_overrides("pretrain", {"steps": 4.5})
+    with pytest.raises(ConfigError, match="unknown field 'pretrain.nope'"):
+        ctx.with_overrides("pretrain", {"nope": 1})

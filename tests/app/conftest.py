@@ -38,7 +38,9 @@ def write_scores(ws, seed: int = 0) -> pd.DataFrame:
     return scores
 
 
-def write_runs(ws, classes) -> pd.DataFrame:
+def write_runs(ws, cfg, classes) -> pd.DataFrame:
+    """runs.csv with the columns core.experiment writes, and the summary core writes from it."""
+    from core.experiment import write_summary
     rows = []
     for seed in (0, 1):
         for arm, ratio, acc in (("baseline", 0.0, 0.6), ("augmented", 1.0, 0.7)):
@@ -47,10 +49,12 @@ def write_runs(ws, classes) -> pd.DataFrame:
                          "synthetic_ratio": ratio, "seed": seed, "accuracy": acc + 0.02 * seed,
                          "balanced_accuracy": acc, "macro_f1": acc,
                          **{f"recall_{c}": acc for c in classes},
+                         "n_real": 40, "n_synthetic": int(40 * ratio), "steps": 24,
                          "confusion_matrix": json.dumps(cm.tolist())})
     runs = pd.DataFrame(rows)
     ws.results_dir.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(ws.results_dir / "runs.csv", index=False)
+    runs.to_csv(ws.runs_csv, index=False)
+    write_summary(ws, cfg, runs, list(classes), None, planned=len(runs))
     return runs
 
 
@@ -76,7 +80,7 @@ def lab_workspace(tmp_path_factory, lab_cfg):
     for i, name in enumerate(classes):
         generate(ws, lab_cfg, name, num=3, seed=100 * i, guidance_scale=1.0, steps=2)
     write_scores(ws)
-    write_runs(ws, classes)
+    write_runs(ws, lab_cfg, classes)
     return ws
 
 

@@ -5,6 +5,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from core import autoencoder as ae
+from core.commands import autoencoder as ae_cmd
 from core import models
 from core.io import read_jsonl
 from ldm_fixtures import make_pool_workspace
@@ -71,9 +72,9 @@ def test_missing_model_and_bad_config_are_clear_errors(tmp_path, capsys):
     ws = make_pool_workspace(tmp_path, n_per_pool=(2, 2))
     with pytest.raises(ae.UserError, match="no autoencoder"):
         models.load_autoencoder(ws)
-    assert ae.cli(["--workspace", str(tmp_path), "--preset", "tiny", "--set", "autoencoder.steps=-1"]) == 2
+    assert ae_cmd.cli(["--workspace", str(tmp_path), "--preset", "tiny", "--set", "autoencoder.steps=-1"]) == 2
     assert "autoencoder.steps" in capsys.readouterr().err
-    assert ae.cli(["--workspace", str(tmp_path), "--preset", "nope"]) == 2
+    assert ae_cmd.cli(["--workspace", str(tmp_path), "--preset", "nope"]) == 2
     assert "preset" in capsys.readouterr().err
     assert not ws.autoencoder_dir.exists()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.data_cli import cli
+from core.commands.data import cli
 from tests.core.test_images import make_bad_folder
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import core.experiment as experiment
+from core.commands import run as run_cmd
 from core.cli import UserError
 from core.config import apply_overrides
 from core.config import config_hash as cfg_hash
@@ -177,7 +178,7 @@ def test_draw_synthetic_keeps_real_class_prior():
 
 
 def test_cli_rejects_test_without_labeled(tmp_path):
-    assert experiment.cli(["--workspace", str(tmp_path), "--preset", "tiny", "--test", str(tmp_path)]) == 2
+    assert run_cmd.cli(["--workspace", str(tmp_path), "--preset", "tiny", "--test", str(tmp_path)]) == 2
 
 
 @pytest.mark.slow
@@ -352,14 +353,14 @@ def test_short_classes_are_topped_up_and_what_cannot_be_is_reported(tmp_path, ti
 
 def test_run_refuses_one_class_and_names_a_class_lost_to_bad_files(tmp_path, capsys):
     one = _user_image_folder(tmp_path / "one", ["tumor"], 6, 32, seed=0)
-    assert experiment.cli(["--workspace", str(tmp_path / "w1"), "--preset", "tiny", "--labeled", str(one)]) == 2
+    assert run_cmd.cli(["--workspace", str(tmp_path / "w1"), "--preset", "tiny", "--labeled", str(one)]) == 2
     assert "1 usable class(es) (tumor); a classifier needs at least 2" in capsys.readouterr().err
     train = _user_image_folder(tmp_path / "train", ["a", "b", "c"], 6, 32, seed=0)
     for f in (train / "c").iterdir():
         f.write_bytes(b"\xff\xd8 broken")
     test = _user_image_folder(tmp_path / "test", ["a", "b", "c"], 3, 32, seed=1)
     args = ["--workspace", str(tmp_path / "w2"), "--preset", "tiny", "--labeled", str(train), "--test", str(test)]
-    assert experiment.cli(args) == 2
+    assert run_cmd.cli(args) == 2
     err = capsys.readouterr().err
     assert "classes missing from" in err and "c: every file was unreadable (e.g. " in err and "c_0.jpg" in err
     # the same class lost with no test folder given: run goes on with the rest but says what it skipped

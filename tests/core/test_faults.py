@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from core import pretrain as pt
+from core.commands import pretrain as pt_cmd
 from core import training
 from core.io import read_jsonl
 from ldm_fixtures import make_pool_workspace
@@ -114,7 +115,7 @@ def test_corrupt_latest_checkpoint_resumes_from_the_previous(trained_ws, capsys)
     latest = folder / f"checkpoint-{steps[-1]}"
     with open(latest / "model.safetensors", "r+b") as f:
         f.truncate(1000)
-    assert pt.cli(_args(ws, f"pretrain.steps={STEPS + EVERY}")) == 0
+    assert pt_cmd.cli(_args(ws, f"pretrain.steps={STEPS + EVERY}")) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     survived = (len(err) == 1 and latest.name in err[0] and (folder / f"{latest.name}.corrupt").is_dir()
                 and read_jsonl(ws.metrics_file("pretrain"))[-1]["step"] == STEPS + EVERY)
@@ -166,11 +167,11 @@ def test_full_disk_and_read_only_at_random_writes(trained_ws, tmp_path, monkeypa
         monkeypatch.setattr(pt, "save_png", _fail_at(
             at, OSError(errno.ENOSPC, "No space left on device"), pt.save_png))
     before_fault = capsys.readouterr()
-    rc = pt.cli(args)
+    rc = pt_cmd.cli(args)
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     saved = _readable_checkpoints(folder)
     monkeypatch.undo()
-    rc2 = pt.cli(args)
+    rc2 = pt_cmd.cli(args)
     survived = (rc == 1 and len(err) == 1 and "cannot write" in err[0] and rc2 == 0
                 and read_jsonl(ws.metrics_file("pretrain"))[-1]["step"] == 40)
     _count(fault, survived, f"at write #{at}")

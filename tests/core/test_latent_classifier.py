@@ -11,7 +11,8 @@ from core.models import build_autoencoder
 from core.cli import UserError
 from core.data import ImageDataset
 from core.io import read_jsonl
-from core.latent_classifier import cli, train_latent_classifier
+from core.commands.classifier import cli
+from core.latent_classifier import train_latent_classifier
 from core.models import LatentClassifier, load_latent_classifier
 from core.models import build_scheduler, build_unet
 from core.workspace import Workspace

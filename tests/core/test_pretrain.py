@@ -7,6 +7,7 @@ from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
 from core import pretrain as pt
+from core.commands import pretrain as pt_cmd
 from core import models
 from core import training
 from core.config import ConfigError, apply_overrides
@@ -143,7 +144,7 @@ def test_ctrl_c_writes_checkpoint_and_exits_cleanly(ws, tiny_cfg, monkeypatch, c
             return step_fn(step)
         return fn
     monkeypatch.setattr(pt, "make_step_fn", interrupting)
-    rc = pt.cli(["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no"])
+    rc = pt_cmd.cli(["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no"])
     assert rc == 130 and "interrupted at step 3" in capsys.readouterr().out
     assert (ws.checkpoints_dir / "pretrain" / "checkpoint-3").exists()
 
@@ -157,7 +158,7 @@ def test_ctrl_c_writes_checkpoint_and_exits_cleanly(ws, tiny_cfg, monkeypatch, c
 def test_invalid_config_fails_at_once_naming_field(ws, override, field, capsys):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         apply_overrides(preset("tiny"), [override])
-    assert pt.cli(["--workspace", str(ws.root), "--preset", "tiny", "--set", override]) == 2
+    assert pt_cmd.cli(["--workspace", str(ws.root), "--preset", "tiny", "--set", override]) == 2
     assert field in capsys.readouterr().err
     assert not (ws.checkpoints_dir / "pretrain").exists()
 
@@ -172,11 +173,11 @@ def test_resume_refuses_a_different_model_shape(ws, tiny_cfg, capsys):
     pt.pretrain(ws, tiny(tiny_cfg, steps=2, checkpoint_every=2, sample_every=100))
     args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
             "--set", "pretrain.steps=4"]
-    assert pt.cli(args + ["--set", "pretrain.layers_per_block=2"]) == 2
+    assert pt_cmd.cli(args + ["--set", "pretrain.layers_per_block=2"]) == 2
     err = capsys.readouterr().err
     assert "pretrain.layers_per_block" in err and "--restart" in err
-    assert pt.cli(args) == 0                                        # more steps on the same model: resumes
-    assert pt.cli(args + ["--set", "pretrain.layers_per_block=2", "--restart"]) == 0
+    assert pt_cmd.cli(args) == 0                                        # more steps on the same model: resumes
+    assert pt_cmd.cli(args + ["--set", "pretrain.layers_per_block=2", "--restart"]) == 0
 
 
 @pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.bin"])
@@ -189,7 +190,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(ws, tiny_cfg, caps
         f.truncate(1000)
     args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
             "--set", "pretrain.checkpoint_every=2", "--set", "pretrain.sample_every=100"]
-    assert pt.cli(args + ["--set", "pretrain.steps=6"]) == 0
+    assert pt_cmd.cli(args + ["--set", "pretrain.steps=6"]) == 0
     err = capsys.readouterr().err
     assert "checkpoint-4" in err and "checkpoint-4.corrupt" in err
     assert (folder / "checkpoint-4.corrupt" / damaged).stat().st_size == 1000     # kept for inspection
@@ -205,10 +206,10 @@ def test_every_checkpoint_unreadable_is_one_line_then_starts_over(ws, tiny_cfg, 
         f.truncate(100)
     args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
             "--set", "pretrain.steps=2", "--set", "pretrain.sample_every=100"]
-    assert pt.cli(args) == 2
+    assert pt_cmd.cli(args) == 2
     err = capsys.readouterr().err
     assert "no checkpoint" in err and "Traceback" not in err
-    assert pt.cli(args) == 0 and (folder / "checkpoint-2.corrupt").is_dir()
+    assert pt_cmd.cli(args) == 0 and (folder / "checkpoint-2.corrupt").is_dir()
 
 
 ENOSPC_TEXT = ('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
@@ -231,13 +232,13 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_resumable(ws, tiny_cfg, m
     monkeypatch.setattr(training.Accelerator, "save_state", filling)
     args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
             "--set", "pretrain.steps=4", "--set", "pretrain.checkpoint_every=2", "--set", "pretrain.sample_every=100"]
-    assert pt.cli(args) == 1
+    assert pt_cmd.cli(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ".checkpoint-4.tmp" in err[0] and "No space left on device" in err[0]
     folder = ws.checkpoints_dir / "pretrain"
     assert [s for s, _ in training.list_checkpoints(folder)] == [2]
     monkeypatch.setattr(training.Accelerator, "save_state", real)
-    assert pt.cli(args) == 0 and ws.unet_dir.exists()
+    assert pt_cmd.cli(args) == 0 and ws.unet_dir.exists()
 
 
 def test_read_only_workspace_on_the_model_save_is_one_line(ws, tiny_cfg, monkeypatch, capsys):
@@ -253,7 +254,7 @@ def test_read_only_workspace_on_the_model_save_is_one_line(ws, tiny_cfg, monkeyp
     monkeypatch.setattr(io.tempfile, "mkdtemp", read_only)
     args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
             "--set", "pretrain.steps=2", "--set", "pretrain.sample_every=100"]
-    assert pt.cli(args) == 1
+    assert pt_cmd.cli(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Read-only file system" in err[0] and str(ws.models_dir) in err[0]
     assert training.latest_checkpoint(ws.checkpoints_dir / "pretrain")[0] == 2   # the steps are kept
@@ -267,6 +268,6 @@ def test_other_model_shape_without_lab_config_is_not_called_corrupt(ws, tiny_cfg
     (folder / "lab_config.json").unlink()
     args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
             "--set", "pretrain.steps=4", "--set", "pretrain.layers_per_block=2"]
-    assert pt.cli(args) == 2
+    assert pt_cmd.cli(args) == 2
     assert "different model shape" in capsys.readouterr().err
     assert (folder / "checkpoint-2").is_dir() and not list(folder.glob("*.corrupt"))

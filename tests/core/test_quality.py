@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 from core import quality_metrics as qm
 from core.cli import UserError
 from core.config import load_config
-from core.quality import cli, evaluate, floor_for, quality_summary, real_reference
+from core.commands.evaluate import cli
+from core.quality import evaluate, floor_for, quality_summary, real_reference
 from core.workspace import Workspace
 
 BUNDLE = Path(__file__).resolve().parents[2] / "assets" / "demo_models"

@@ -7,8 +7,8 @@ import pytest
 from core.cli import UserError
 from core.config import apply_overrides
 from core.io import read_png_params
-from core.selection import (acceptance_curve, apply_threshold, cli, export_accepted, load_scores,
-                            score_synthetic)
+from core.commands.filter import cli
+from core.selection import acceptance_curve, apply_threshold, export_accepted, load_scores, score_synthetic
 from core.workspace import Workspace
 from labdata import make_splits, make_synthetic
 

@@ -1,0 +1,48 @@
+"""`python -m core filter`: score a label budget's synthetic set once and export what the rule
+keeps (core.selection); rerunning with another rule re-filters the stored scores."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from core.cli import add_common, guarded, resolve_config, workspace
+from core.commands import add_budget, budget_view
+from core.selection import STRATEGIES, apply_threshold, export_accepted, score_synthetic, select
+from core.workspace import Workspace
+
+
+@guarded
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core filter",
+                                     description="score synthetic images and export the accepted set")
+    add_common(parser)
+    add_budget(parser)
+    parser.add_argument("--threshold", type=float, default=None, help="keep p(target) >= T")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=None)
+    parser.add_argument("--quota", type=int, default=None, help="max images kept per class (0 = all)")
+    parser.add_argument("--rescore", action="store_true", help="recompute scores.csv")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="export folder (default: the budget's accepted/, workspace/accepted for the first)")
+    args = parser.parse_args(argv)
+    cfg, ws = resolve_config(args), workspace(args)
+    ws = budget_view(ws, cfg, args.budget)
+    apply_threshold(pd.DataFrame(columns=["class", "confidence", "nearest_class", "centroid_distance"]),
+                    cfg.selection.threshold if args.threshold is None else args.threshold,
+                    args.strategy or cfg.selection.strategy, args.quota or 0)   # bad values fail first
+    if args.rescore or not ws.synthetic_scores.exists():
+        score_synthetic(ws, cfg, progress=None)
+    kept = select(ws, cfg, args.threshold, args.strategy, args.quota)
+    out = export_accepted(ws, kept, args.out)
+    per_class = kept.groupby("class")["kept"].agg(["sum", "count"])
+    for name, r in per_class.iterrows():
+        print(f"{name}: kept {int(r['sum'])} of {int(r['count'])}")
+    bad = kept[kept["error"].fillna("").astype(str) != ""] if "error" in kept else kept.iloc[:0]
+    for row in bad.itertuples():
+        print(f"skipped {row.file}: {row.error}")
+    if Workspace.skipped_of(out).exists():
+        for row in pd.read_csv(Workspace.skipped_of(out)).itertuples():
+            print(f"not exported {row.file}: {row.reason}")
+    print(f"exported {len(pd.read_csv(Workspace.manifest_of(out)))} images to {out}")
+    return 0
