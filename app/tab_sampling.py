@@ -16,7 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from app import quality_panel
-from app.previews import LABEL_H, LABEL_W, grid_canvas, preview_image
+from app.previews import class_scale_grid, preview_image
 from app.context import COMPUTE, AppContext, job_markdown, stop_job
 from core.cli import UserError
 from core.io import read_png_params, save_png
@@ -216,13 +216,13 @@ def grid(ctx: AppContext, classes: list[str], scales_text: str, seed: int, steps
     classes = classes or class_names(ctx)
     if missing_models(ctx) or not classes:
         raise UserError(hint(ctx))
-    canvas = None
+    canvas, cells = None, {}
     for kind, payload in stream(ctx, "grid", grid_job, classes=classes, scales=scales, seed=int(seed),
                                 steps=int(steps), eta=float(eta)):
         if kind == "cell":
             i, j, image = payload
-            canvas = canvas or grid_canvas(classes, scales, image.size)
-            canvas.paste(image.convert("RGB"), (LABEL_W + j * image.size[0], LABEL_H + i * image.size[1]))
+            cells[i, j] = image
+            canvas = class_scale_grid(classes, scales, cells)
             yield canvas, job_markdown(ctx.runner.status())
         elif kind == "end":
             if payload["state"] == "failed":

@@ -21,9 +21,9 @@ from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 from torchvision.transforms import v2
 
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, UserError, add_common, guarded, resolve_config, workspace
 from core.config import ClassifyConfig, LabConfig, config_hash, save_config
-from core.images import BadImage, load_rgb, to_tensor
+from core.images import BadImage, load_rgb, to_uint8
 from core.io import atomic_dir, atomic_write_json
 from core.metrics import classification_metrics
 from core.training import autocast
@@ -71,7 +71,7 @@ def load_images(paths, image_size: int) -> tuple[torch.Tensor, np.ndarray, dict[
         x = _CACHE.get(key)
         if x is None:
             try:
-                x = ((to_tensor(load_rgb(p), image_size) + 1) * 127.5).round().to(torch.uint8)
+                x = to_uint8(load_rgb(p), image_size)
             except (BadImage, FileNotFoundError) as e:
                 skipped[str(p)] = str(e)
                 continue
@@ -303,7 +303,8 @@ def cli(argv: list[str]) -> int:
     add_common(parser)
     args = parser.parse_args(argv)
     cfg, ws = resolve_config(args), workspace(args)
-    out = train_filter_classifier(ws, cfg, progress=None)
+    with ProgressReporter() as progress:
+        out = train_filter_classifier(ws, cfg, progress=progress)
     print(json.dumps({k: v for k, v in out.items() if k != "skipped"}, default=str))
     for path, reason in out.get("skipped", {}).items():
         print(f"skipped {path}: {reason}")
