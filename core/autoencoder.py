@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, UserError, add_common, guarded, resolve_config, workspace
 from core.config import AutoencoderConfig, LabConfig, save_config
 from core.data import ImageDataset, load_pools
 from core.io import atomic_dir
@@ -223,7 +223,8 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cfg = resolve_config(args)
     ws = workspace(args)
-    out = train_autoencoder(ws, cfg, progress=None, stop=None)
+    with ProgressReporter() as progress:
+        out = train_autoencoder(ws, cfg, progress=progress, stop=None)
     if out.get("stopped"):
         print(f"{out['reason']} at step {out['step']}; checkpoint saved; rerun the same command to resume")
         return 130 if out["reason"] == "interrupted" else 0

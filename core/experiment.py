@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.budget import budget_labels, budget_name, budget_views, realised, write_labels
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, UserError, add_common, guarded, resolve_config, workspace
 from core.config import LabConfig, config_hash, identity, save_config, to_dict
 from core.io import atomic_write_json, atomic_write_text
 from core.metrics import at_chance
@@ -360,20 +360,6 @@ def data_report(ws: Workspace) -> list[str]:
     return lines
 
 
-class ConsoleProgress:
-    """Prints a stage change at once and otherwise at most one line every `every` seconds."""
-
-    def __init__(self, every: float = 5.0):
-        self.every, self.last, self.stage = every, 0.0, None
-
-    def __call__(self, p: dict) -> None:
-        now = time.monotonic()
-        if p.get("stage") != self.stage or now - self.last >= self.every:
-            self.stage, self.last = p.get("stage"), now
-            extra = {k: p[k] for k in ("run", "runs", "arm", "seed", "loss") if k in p}
-            print(f"[{p.get('stage')}] {p.get('step', '')}/{p.get('total', '')} {extra or ''}", flush=True)
-
-
 @guarded
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m core run",
@@ -387,8 +373,8 @@ def cli(argv: list[str]) -> int:
     if args.test is not None and args.labeled is None:
         raise UserError("--test needs --labeled (the demo brings its own test split)")
     cfg, ws = resolve_config(args), workspace(args)
-    out = run_all(ws, cfg, args.labeled, args.test, args.unlabeled, progress=ConsoleProgress(),
-                  notify=lambda line: print(line, file=sys.stderr, flush=True))
+    with ProgressReporter() as progress:
+        out = run_all(ws, cfg, args.labeled, args.test, args.unlabeled, progress=progress, notify=progress.write)
     if out.get("stopped"):
         print(f"stopped during {out['stage']}; rerun the same command to resume", file=sys.stderr)
         return 130

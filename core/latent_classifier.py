@@ -306,11 +306,8 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cfg = cli_util.resolve_config(args)
     ws = cli_util.workspace(args)
-
-    def show(p: dict) -> None:
-        if p.get("step", 0) % max(1, cfg.classifier.log_every) == 0:
-            print(f"[{p['stage']}] step {p['step']}/{p['total']} loss {p.get('loss', float('nan')):.4f}", flush=True)
-    table = train_latent_classifier(ws, cfg, progress=show)
+    with cli_util.ProgressReporter() as progress:
+        table = train_latent_classifier(ws, cfg, progress=progress)
     print(table.to_string(index=False))
     print(f"saved to {ws.latent_classifier_dir}")
     return 0

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from core import quality_metrics as qm
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, UserError, add_common, guarded, resolve_config, workspace
 from core.config import LabConfig
 from core.features import FeatureSpace, embed_files, resolve
 from core.io import atomic_write_text
@@ -277,7 +277,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     cfg, ws = resolve_config(args), workspace(args)
-    result = evaluate(ws, cfg, synthetic=args.synthetic, features=args.features)
+    with ProgressReporter() as progress:
+        result = evaluate(ws, cfg, synthetic=args.synthetic, features=args.features, progress=progress)
     if args.json:
         print(json.dumps(json_report(result)))
     else:

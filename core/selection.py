@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, UserError, add_common, guarded, resolve_config, workspace
 from core.config import LabConfig
 from core.io import atomic_dir, atomic_write_text, folder_hash, read_png_params, save_png
 from core.workspace import Workspace
@@ -238,7 +238,8 @@ def cli(argv: list[str]) -> int:
                     cfg.selection.threshold if args.threshold is None else args.threshold,
                     args.strategy or cfg.selection.strategy, args.quota or 0)   # bad values fail first
     if args.rescore or not (ws.synthetic_dir / "scores.csv").exists():
-        score_synthetic(ws, cfg, progress=None)
+        with ProgressReporter() as progress:
+            score_synthetic(ws, cfg, progress=progress)
     kept = select(ws, cfg, args.threshold, args.strategy, args.quota)
     out = export_accepted(ws, kept, args.out)
     per_class = kept.groupby("class")["kept"].agg(["sum", "count"])

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from core.cli import UserError, add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, UserError, add_common, guarded, resolve_config, workspace
 from core.config import LabConfig, load_config, save_config
 from core.io import atomic_write_text
 from core.workspace import Workspace
@@ -139,10 +139,8 @@ def cli(argv: list[str]) -> int:
     except ValueError:
         raise UserError(f"--grid must be comma-separated numbers, got {args.grid!r}") from None
     cfg, ws = resolve_config(args), workspace(args)
-
-    def show(p: dict) -> None:
-        print(f"[{p['stage']}] {p['step']}/{p['total']}", flush=True)
-    out = tune_guidance(ws, cfg, grid, args.num, args.features, args.copy_ceiling, progress=show)
+    with ProgressReporter() as progress:
+        out = tune_guidance(ws, cfg, grid, args.num, args.features, args.copy_ceiling, progress=progress)
     cols = ["class", "guidance_scale", "n", "acceptance", "coverage", "floor_coverage", "fd", "floor_fd",
             "copy_rate", "objective", "chosen"]
     print(out["table"][cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
