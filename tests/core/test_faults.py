@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,10 +21,7 @@ import pytest
 from core import pretrain as pt
 from core import training
 from core.io import read_jsonl
-from ldm_fixtures import make_pool_workspace
-
-# the CLI's progress lines into a log (core.cli.ProgressReporter), e.g. "pretrain:  40% 16/40 [...]"
-PROGRESS = re.compile(r"^\w+: +\d+% \d+/\d+ \[")
+from ldm_fixtures import make_pool_workspace, message_lines
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +115,7 @@ def test_corrupt_latest_checkpoint_resumes_from_the_previous(trained_ws, capsys)
     with open(latest / "model.safetensors", "r+b") as f:
         f.truncate(1000)
     assert pt.cli(_args(ws, f"pretrain.steps={STEPS + EVERY}")) == 0
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not PROGRESS.match(line)]
+    err = message_lines(capsys.readouterr().err)
     survived = (len(err) == 1 and latest.name in err[0] and (folder / f"{latest.name}.corrupt").is_dir()
                 and read_jsonl(ws.metrics_file("pretrain"))[-1]["step"] == STEPS + EVERY)
     _count("corrupt latest checkpoint", survived)
@@ -171,7 +167,7 @@ def test_full_disk_and_read_only_at_random_writes(trained_ws, tmp_path, monkeypa
             at, OSError(errno.ENOSPC, "No space left on device"), pt.save_png))
     before_fault = capsys.readouterr()
     rc = pt.cli(args)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not PROGRESS.match(line)]
+    err = message_lines(capsys.readouterr().err)
     saved = _readable_checkpoints(folder)
     monkeypatch.undo()
     rc2 = pt.cli(args)
