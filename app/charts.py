@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 _LAYOUT = dict(template="plotly_white", margin=dict(l=40, r=10, t=40, b=35), height=300)
 
@@ -22,16 +23,13 @@ def training_curves(metrics: pd.DataFrame, title: str = "pre-training") -> go.Fi
     """Loss, learning rate and images/s against step, stacked on three axes of one figure."""
     if metrics.empty or "step" not in metrics:
         return _empty(title, "no metrics yet: start a pre-training run")
-    fig = go.Figure(layout=dict(_LAYOUT, title=title, height=420, showlegend=True))
-    domains = {"loss": (0.56, 1.0), "lr": (0.28, 0.5), "images_per_s": (0.0, 0.22)}
-    for i, (col, dom) in enumerate(domains.items(), start=1):
-        axis = "" if i == 1 else str(i)
+    columns = ("loss", "lr", "images_per_s")
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[2, 1, 1])
+    for row, col in enumerate(columns, start=1):
         if col in metrics:
-            fig.add_trace(go.Scatter(x=metrics["step"], y=metrics[col], mode="lines", name=col,
-                                     xaxis=f"x{axis}", yaxis=f"y{axis}"))
-        fig.update_layout(**{f"yaxis{axis}": dict(domain=dom, title=col, anchor=f"x{axis}"),
-                             f"xaxis{axis}": dict(anchor=f"y{axis}", matches="x" if i > 1 else None,
-                                                  showticklabels=i == 3)})
+            fig.add_trace(go.Scatter(x=metrics["step"], y=metrics[col], mode="lines", name=col), row=row, col=1)
+        fig.update_yaxes(title_text=col, row=row, col=1)
+    fig.update_layout(**dict(_LAYOUT, title=title, height=420, showlegend=True))
     return fig
 
 
@@ -42,30 +40,28 @@ def confidence_histograms(scores: pd.DataFrame, threshold: float, classes: list[
     n = max(1, len(classes))
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig = go.Figure(layout=dict(_LAYOUT, title="confidence per class (red: threshold)",
-                                height=max(260, 60 + 190 * rows), showlegend=False, bargap=0.05))
-    bins = np.linspace(0, 1, 21)
-    gap, vgap = 0.08, 0.3 / rows          # vgap leaves room for each panel's title
-    for i, name in enumerate(classes):
-        r, c = divmod(i, cols)
-        axis = "" if i == 0 else str(i + 1)
-        x0 = c / cols + (gap / 2 if c else 0)
-        x1 = (c + 1) / cols - (gap / 2 if c < cols - 1 else 0)
-        y1 = 1 - r / rows - (vgap / 2 if r else 0)
-        y0 = 1 - (r + 1) / rows + (vgap / 2 if r < rows - 1 else 0)
+    confs = {}
+    for name in classes:
         conf = scores.loc[scores["class"] == name, "confidence"].to_numpy(dtype=float)
-        conf = conf[np.isfinite(conf)]          # unreadable images carry NaN scores
+        confs[name] = conf[np.isfinite(conf)]          # unreadable images carry NaN scores
+    # cells past the last class stay empty (no axes drawn)
+    specs = [[{} if r * cols + c < n else None for c in range(cols)] for r in range(rows)]
+    fig = make_subplots(rows=rows, cols=cols, specs=specs, horizontal_spacing=0.08,
+                        vertical_spacing=0.3 / rows,             # leaves room for each panel's title
+                        subplot_titles=[f"{name} ({len(conf)})" for name, conf in confs.items()])
+    bins = np.linspace(0, 1, 21)
+    centers = (bins[:-1] + bins[1:]) / 2
+    for i, (name, conf) in enumerate(confs.items()):
+        r, c = divmod(i, cols)
         counts, _ = np.histogram(conf, bins=bins)
-        centers = (bins[:-1] + bins[1:]) / 2
-        fig.add_trace(go.Bar(x=centers, y=counts, width=0.048,
-                             marker_color=np.where(centers + 0.025 >= threshold, "#2a9d8f", "#bbbbbb"),
-                             xaxis=f"x{axis}", yaxis=f"y{axis}", name=name))
-        fig.add_shape(type="line", x0=threshold, x1=threshold, y0=0, y1=1, xref=f"x{axis}",
-                      yref=f"y{axis} domain", line=dict(color="red", width=2))
-        fig.update_layout(**{f"xaxis{axis}": dict(domain=[x0, x1], range=[0, 1], anchor=f"y{axis}"),
-                             f"yaxis{axis}": dict(domain=[max(0, y0), y1], anchor=f"x{axis}")})
-        fig.add_annotation(text=f"{name} ({len(conf)})", x=(x0 + x1) / 2, y=y1, xref="paper",
-                           yref="paper", showarrow=False, yanchor="bottom", font=dict(size=11))
+        fig.add_trace(go.Bar(x=centers, y=counts, width=0.048, name=name,
+                             marker_color=np.where(centers + 0.025 >= threshold, "#2a9d8f", "#bbbbbb")),
+                      row=r + 1, col=c + 1)
+        fig.add_vline(x=threshold, line=dict(color="red", width=2), row=r + 1, col=c + 1)
+    fig.update_xaxes(range=[0, 1])
+    fig.update_annotations(font_size=11)
+    fig.update_layout(**dict(_LAYOUT, title="confidence per class (red: threshold)",
+                             height=max(260, 60 + 190 * rows), showlegend=False, bargap=0.05))
     return fig
 
 
@@ -143,7 +139,6 @@ def guidance_sweep(table: pd.DataFrame) -> go.Figure:
     """Per class, against the guidance scale: acceptance and coverage (left axis, 0-1) and the
     Fréchet distance (right axis), each floor dashed. Columns: class, guidance_scale, acceptance,
     coverage, fd, floor_coverage, floor_fd, chosen (optional)."""
-    from plotly.subplots import make_subplots
     if table.empty:
         return _empty("quality vs guidance scale", "no sweep yet: press Evaluate quality or Auto-tune guidance")
     classes = sorted(table["class"].astype(str).unique())

@@ -163,8 +163,8 @@ def build_sweep(ctx: AppContext) -> dict:
                    api_name="evaluate_quality")
     tune_btn.click(wrap(start_tune), None, note, concurrency_id=COMPUTE, concurrency_limit=1,
                    api_name="tune_guidance")
-    refresh_btn.click(refresh, None, [plot, note], queue=False)
-    stop_btn.click(lambda: stop_job(ctx, (EVAL_JOB, TUNE_JOB)), None, note, queue=False)
+    refresh_btn.click(refresh, None, [plot, note], queue=False, api_visibility="private")
+    stop_btn.click(lambda: stop_job(ctx, (EVAL_JOB, TUNE_JOB)), None, note, queue=False, api_name="quality_stop")
     return {"refresh": (refresh, [plot, note])}
 
 
@@ -183,4 +183,4 @@ def build_neighbour(ctx: AppContext, gallery: gr.Gallery) -> None:
             return None, None, ""
         return neighbour(ctx, path)
 
-    gallery.select(on_select, gallery, [synthetic, real, text], queue=False)
+    gallery.select(on_select, gallery, [synthetic, real, text], queue=False, api_visibility="private")

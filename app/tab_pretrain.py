@@ -138,18 +138,18 @@ def build(ctx: AppContext) -> dict:
     names = list(fields)
 
     def on_start(fresh: bool):
-        def handler(preset_name, *values):
+        def handler(preset_name, **values):
             try:
-                return start_pretrain(ctx, preset_name, dict(zip(names, values)), fresh)
+                return start_pretrain(ctx, preset_name, values, fresh)
             except UserError as e:
                 raise gr.Error(str(e)) from e
         return handler
 
-    inputs = [preset_box, *fields.values()]
-    start_btn.click(on_start(False), inputs, note, concurrency_id=COMPUTE, concurrency_limit=1,
-                    api_name="pretrain_start")
-    fresh_btn.click(on_start(True), inputs, note, concurrency_id=COMPUTE, concurrency_limit=1,
-                    api_name="pretrain_fresh")
+    # inputs_kwargs hands the fields over by their config names, which are also the API's names
+    start_btn.click(on_start(False), preset_box, note, inputs_kwargs=fields, concurrency_id=COMPUTE,
+                    concurrency_limit=1, api_name="pretrain_start")
+    fresh_btn.click(on_start(True), preset_box, note, inputs_kwargs=fields, concurrency_id=COMPUTE,
+                    concurrency_limit=1, api_name="pretrain_fresh")
     stop_btn.click(lambda: stop_job(ctx, (STAGE,)), None, note, queue=False, api_name="pretrain_stop")
 
     def on_preset(name):

@@ -153,9 +153,9 @@ def build(ctx: AppContext) -> dict:
     csv = gr.File(label="runs.csv (one row per run)", interactive=False)
     outputs = [status_md, bar, headline, acc_plot, recall_plot, cm_a, cm_b, table, csv]
 
-    def on_run(n):
+    def on_run(seeds):
         try:
-            return start_experiment(ctx, n)
+            return start_experiment(ctx, seeds)
         except UserError as e:
             raise gr.Error(str(e)) from e
 

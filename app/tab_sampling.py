@@ -16,7 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from app import quality_panel
-from app.previews import LABEL_H, LABEL_W, grid_canvas, preview_image
+from app.previews import class_scale_grid, preview_image
 from app.context import COMPUTE, AppContext, job_markdown, stop_job
 from core.errors import UserError
 from core.io import read_png_params, save_png
@@ -216,13 +216,13 @@ def grid(ctx: AppContext, classes: list[str], scales_text: str, seed: int, steps
     classes = classes or class_names(ctx)
     if missing_models(ctx) or not classes:
         raise UserError(hint(ctx))
-    canvas = None
+    canvas, cells = None, {}
     for kind, payload in stream(ctx, "grid", grid_job, classes=classes, scales=scales, seed=int(seed),
                                 steps=int(steps), eta=float(eta)):
         if kind == "cell":
             i, j, image = payload
-            canvas = canvas or grid_canvas(classes, scales, image.size)
-            canvas.paste(image.convert("RGB"), (LABEL_W + j * image.size[0], LABEL_H + i * image.size[1]))
+            cells[i, j] = image
+            canvas = class_scale_grid(classes, scales, cells)
             yield canvas, job_markdown(ctx.runner.status())
         elif kind == "end":
             if payload["state"] == "failed":
@@ -316,16 +316,25 @@ def build(ctx: AppContext) -> dict:
             grid_btn = gr.Button("Make grid")
         grid_image = gr.Image(label="grid", type="pil", interactive=False)
     sweep = quality_panel.build_sweep(ctx)
-    names = list(fields)
 
-    def to_request(values: dict) -> Request:
-        return Request(class_name=values["class_name"] or "", guidance_scale=float(values["guidance_scale"]),
-                       steps=int(values["steps"]), eta=float(values["eta"]), seed=pick_seed(values["seed"]),
-                       num_images=int(values["num_images"]), batch_size=int(values["batch_size"]))
+    # Gradio names an endpoint's API parameters after the handler's own parameters
+    def on_generate(class_name, guidance_scale, steps, eta, seed, num_images, batch_size):
+        """Sample images of one class with classifier guidance; streams (gallery, preview, status).
 
-    def on_generate(*values):
+        Args:
+            class_name: a class of the labeled set
+            guidance_scale: classifier-guidance scale (0 = unguided)
+            steps: DDIM steps
+            eta: DDIM eta (0 = deterministic, 1 = DDPM-like)
+            seed: seed of the first image (image k uses seed + k); -1 draws a random one
+            num_images: how many images
+            batch_size: images sampled together (a seed's pixels depend slightly on its batch)
+        """
         try:
-            yield from generate(ctx, to_request(dict(zip(names, values))))
+            req = Request(class_name=class_name or "", guidance_scale=float(guidance_scale), steps=int(steps),
+                          eta=float(eta), seed=pick_seed(seed), num_images=int(num_images),
+                          batch_size=int(batch_size))
+            yield from generate(ctx, req)
         except UserError as e:
             raise gr.Error(str(e)) from e
 
@@ -335,9 +344,9 @@ def build(ctx: AppContext) -> dict:
         except (IndexError, TypeError, OSError):
             return {}
 
-    def on_load(text):
+    def on_load(path):
         try:
-            return params_of(ctx, text)
+            return params_of(ctx, path)
         except UserError as e:
             raise gr.Error(str(e)) from e
 
@@ -351,16 +360,16 @@ def build(ctx: AppContext) -> dict:
         except UserError as e:
             raise gr.Error(str(e)) from e
 
-    def on_grid(chosen, scales, seed, steps, eta):
+    def on_grid(classes, guidance_scales, seed, steps, eta):
         try:
-            yield from grid(ctx, list(chosen or []), scales, pick_seed(seed), steps, eta)
+            yield from grid(ctx, list(classes or []), guidance_scales, pick_seed(seed), steps, eta)
         except UserError as e:
             raise gr.Error(str(e)) from e
 
     outputs = [gallery, preview, status_md]
     gen = gen_btn.click(on_generate, list(fields.values()), outputs, concurrency_id=COMPUTE,
                         concurrency_limit=1, api_name="sample", show_progress="minimal")
-    gallery.select(on_select, gallery, params_json, queue=False)
+    gallery.select(on_select, gallery, params_json, queue=False, api_visibility="private")
     load_btn.click(on_load, png_path, params_json, queue=False, api_name="read_params")
     regen = regen_btn.click(on_regenerate, params_json, outputs, concurrency_id=COMPUTE, concurrency_limit=1,
                             api_name="regenerate")

@@ -210,9 +210,9 @@ def build(ctx: AppContext) -> dict:
                     api_name="refilter" if comp is threshold else None,
                     api_visibility="public" if comp is threshold else "private")
 
-    def on_export(t, s, q):
+    def on_export(threshold, strategy, quota):
         try:
-            return export(ctx, t, s, q)
+            return export(ctx, threshold, strategy, quota)
         except UserError as e:
             raise gr.Error(str(e)) from e
 

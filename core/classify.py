@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from core.errors import UserError
 from core.config import ClassifyConfig, LabConfig, config_hash, save_config
-from core.images import BadImage, load_rgb, to_tensor
+from core.images import BadImage, load_rgb, to_uint8
 from core.io import atomic_dir, atomic_write_json
 from core.metrics import classification_metrics
 from core.models import build_backbone
@@ -47,7 +47,7 @@ def load_images(paths, image_size: int) -> tuple[torch.Tensor, np.ndarray, dict[
         x = _CACHE.get(key)
         if x is None:
             try:
-                x = ((to_tensor(load_rgb(p), image_size) + 1) * 127.5).round().to(torch.uint8)
+                x = to_uint8(load_rgb(p), image_size)
             except (BadImage, FileNotFoundError) as e:
                 skipped[str(p)] = str(e)
                 continue

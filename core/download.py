@@ -1,13 +1,14 @@
 """Public pathology data sets: resumable, checksum-verified, atomic downloads and extraction.
 
-Hand-written on urllib (stdlib) because no library in the stack resumes with HTTP Range and
-verifies a published md5 before the file may look complete: bytes go to FILE.part, the .part is
-renamed to FILE only after its md5 matches, and a zip is extracted into a temp folder that is
-renamed into place, so an interrupted run never leaves something that looks finished.
+The transfer is hand-written on urllib (stdlib) because no library in the stack resumes with
+HTTP Range (torchvision's download_url restarts from byte 0; an 11 GB zip over a flaky link
+never finishes that way): bytes go to FILE.part, the .part is renamed to FILE only after its md5
+matches (torchvision's check_integrity), and the zip is extracted (torchvision's extract_archive)
+into a temp folder that is renamed into place, so an interrupted run never leaves something that
+looks finished.
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -17,6 +18,8 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from torchvision.datasets.utils import calculate_md5, check_integrity, extract_archive
 
 from core.errors import UserError
 
@@ -55,14 +58,6 @@ DATASETS = {
 }
 
 
-def md5_of(path: str | Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
 def by_hand(ds: Dataset, to: Path) -> str:
     return (f"download {ds.filename} by hand from {ds.page} and put it at {to / ds.filename} "
             f"(md5 {ds.md5}); then run this command again to verify and extract it")
@@ -74,17 +69,17 @@ def fetch(ds: Dataset, to: str | Path, progress=None, stop=None, timeout: float 
     to.mkdir(parents=True, exist_ok=True)
     final, part = to / ds.filename, to / f"{ds.filename}.part"
     if final.exists():
-        if md5_of(final) == ds.md5:
+        if check_integrity(final, ds.md5):
             return final
-        raise UserError(f"{final} exists but its md5 is {md5_of(final)}, expected {ds.md5}: "
+        raise UserError(f"{final} exists but its md5 is {calculate_md5(final)}, expected {ds.md5}: "
                         "remove it (or rename it to .part to resume) and run again")
     have = part.stat().st_size if part.exists() else 0
     if not (ds.size and have == ds.size):
         _download_into(ds, part, have, progress, stop, timeout, to)
     if stop is not None and stop.is_set():
         return part
-    got = md5_of(part)
-    if got != ds.md5:
+    if not check_integrity(part, ds.md5):
+        got = calculate_md5(part)       # hashed again only on failure, to name the wrong md5
         bad = part.with_name(f"{ds.filename}.bad")
         os.replace(part, bad)
         raise UserError(f"checksum mismatch for {ds.filename}: md5 {got}, expected {ds.md5}; "
@@ -116,7 +111,7 @@ def _download_into(ds: Dataset, part: Path, have: int, progress, stop, timeout, 
                     f.write(block)
                     done += len(block)
                     if progress:
-                        progress({"stage": "download", "step": done, "total": total, "file": ds.filename})
+                        progress({"stage": "download", "step": done, "total": total, "unit": "B", "file": ds.filename})
                     if stop is not None and stop.is_set():
                         return
         except (OSError, http.client.HTTPException) as e:
@@ -131,21 +126,23 @@ def extract_zip(archive: Path, to: Path) -> list[Path]:
     marker = to / f".{archive.name}.extracted"
     with zipfile.ZipFile(archive) as zf:
         names = zf.namelist()
-        for name in names:   # refuse absolute paths and ../ escapes (zip-slip)
-            if name.startswith("/") or ".." in Path(name).parts:
-                raise UserError(f"{archive}: unsafe path in archive: {name}")
-        tops = sorted({Path(n).parts[0] for n in names if n.strip("/")})
-        if marker.exists() and all((to / t).exists() for t in tops):
-            return [to / t for t in tops]
-        tmp = Path(tempfile.mkdtemp(dir=to, prefix=f".{archive.stem}.", suffix=".tmp"))
-        try:
-            zf.extractall(tmp)
-            for top in tops:
-                if (to / top).exists():
-                    shutil.rmtree(to / top) if (to / top).is_dir() else (to / top).unlink()
-                os.replace(tmp / top, to / top)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    # extract_archive (zipfile.extractall) silently rewrites "/abs" and "../x" entries to land
+    # inside the folder instead; an archive that carries them is refused here, not half-trusted
+    for name in names:
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise UserError(f"{archive}: unsafe path in archive: {name}")
+    tops = sorted({Path(n).parts[0] for n in names if n.strip("/")})
+    if marker.exists() and all((to / t).exists() for t in tops):
+        return [to / t for t in tops]
+    tmp = Path(tempfile.mkdtemp(dir=to, prefix=f".{archive.stem}.", suffix=".tmp"))
+    try:
+        extract_archive(archive, tmp)
+        for top in tops:
+            if (to / top).exists():
+                shutil.rmtree(to / top) if (to / top).is_dir() else (to / top).unlink()
+            os.replace(tmp / top, to / top)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     marker.write_text("ok\n")
     return [to / t for t in tops]
 

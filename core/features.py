@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from core.errors import UserError
-from core.images import BadImage, load_rgb, to_tensor
+from core.images import BadImage, load_rgb, to_uint8
 from core.io import atomic_write_bytes, file_sha256, folder_hash
 from core.workspace import Workspace
 
@@ -136,7 +136,7 @@ def _decode(paths: list[str], size: int) -> tuple[torch.Tensor, list[int], dict[
     images, keep, bad = [], [], {}
     for i, p in enumerate(paths):
         try:
-            images.append(((to_tensor(load_rgb(p), size) + 1) * 127.5).round().to(torch.uint8))
+            images.append(to_uint8(load_rgb(p), size))
             keep.append(i)
         except (BadImage, OSError) as e:
             bad[p] = str(e)

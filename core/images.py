@@ -127,18 +127,27 @@ def scan_images(root: str | Path, min_size: int = 8) -> tuple[list[dict], list[d
     return good, skipped
 
 
-def to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
-    """PIL RGB -> float tensor (3, S, S) in [-1, 1], resized with antialiasing."""
+def to_uint8(image: Image.Image, image_size: int) -> torch.Tensor:
+    """PIL RGB -> uint8 tensor (3, S, S), resized with antialiasing."""
+    # imported here: torchvision adds ~1.5 s to start-up, and the app imports this module early
+    from torchvision.transforms.v2.functional import pil_to_tensor
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
-    a = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return a.float().div_(127.5).sub_(1.0)
+    return pil_to_tensor(image)
+
+
+def to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
+    """PIL RGB -> float tensor (3, S, S) in [-1, 1], resized with antialiasing."""
+    return to_uint8(image, image_size).float().div_(127.5).sub_(1.0)
 
 
 def to_pil(x: torch.Tensor) -> list[Image.Image]:
     """Tensor (N, 3, H, W) in [-1, 1] -> list of PIL RGB images."""
-    a = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [Image.fromarray(img.permute(1, 2, 0).cpu().numpy()) for img in a]
+    from torchvision.transforms.v2.functional import to_pil_image
+    # Rounded to uint8 here: to_pil_image on a float tensor truncates (x * 255).byte() and
+    # expects [0, 1], which would move pixels of every saved synthetic image by up to 1/255.
+    a = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    return [to_pil_image(img) for img in a]
 
 
 class ImageDataset(Dataset):

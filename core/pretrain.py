@@ -17,6 +17,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
+from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
+from torchvision.utils import make_grid
 
 from core.errors import UserError
 from core.config import LabConfig, PretrainConfig, save_config
@@ -94,13 +96,10 @@ def sample_latents(unet: UNet2DModel, scheduler, n: int, seed: int, steps: int =
 
 
 def save_grid(images: list[Image.Image], path: Path, params: dict) -> Path:
+    """The images on a near-square grid, row by row, no padding, empty cells white."""
     cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    w, h = images[0].size
-    grid = Image.new("RGB", (cols * w, rows * h), "white")
-    for i, im in enumerate(images):
-        grid.paste(im, ((i % cols) * w, (i // cols) * h))
-    return save_png(grid, path, params)
+    grid = make_grid([pil_to_tensor(im) for im in images], nrow=cols, padding=0, pad_value=255)
+    return save_png(to_pil_image(grid), path, params)
 
 
 def pretrain(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from core.autoencoder import train_autoencoder
-from core.cli import add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 
 
 @guarded
@@ -15,7 +15,8 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cfg = resolve_config(args)
     ws = workspace(args)
-    out = train_autoencoder(ws, cfg, progress=None, stop=None)
+    with ProgressReporter() as progress:
+        out = train_autoencoder(ws, cfg, progress=progress, stop=None)
     if out.get("stopped"):
         print(f"{out['reason']} at step {out['step']}; checkpoint saved; rerun the same command to resume")
         return 130 if out["reason"] == "interrupted" else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 from core.commands import add_budget, budget_view
 from core.latent_classifier import train_latent_classifier
 
@@ -19,10 +19,8 @@ def cli(argv: list[str]) -> int:
     cfg = resolve_config(args)
     ws = budget_view(workspace(args), cfg, args.budget)
 
-    def show(p: dict) -> None:
-        if p.get("step", 0) % max(1, cfg.classifier.log_every) == 0:
-            print(f"[{p['stage']}] step {p['step']}/{p['total']} loss {p.get('loss', float('nan')):.4f}", flush=True)
-    table = train_latent_classifier(ws, cfg, progress=show)
+    with ProgressReporter() as progress:
+        table = train_latent_classifier(ws, cfg, progress=progress)
     print(table.to_string(index=False))
     print(f"saved to {ws.latent_classifier_dir}")
     return 0

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from core.classify import train_filter_classifier
-from core.cli import add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 from core.commands import add_budget, budget_view
 
 
@@ -18,7 +18,8 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cfg = resolve_config(args)
     ws = budget_view(workspace(args), cfg, args.budget)
-    out = train_filter_classifier(ws, cfg, progress=None)
+    with ProgressReporter() as progress:
+        out = train_filter_classifier(ws, cfg, progress=progress)
     print(json.dumps({k: v for k, v in out.items() if k != "skipped"}, default=str))
     for path, reason in out.get("skipped", {}).items():
         print(f"skipped {path}: {reason}")

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from core.cli import add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 from core.config import save_config
 
 MAX_LISTED = 50     # skipped files printed in the human report (all of them are in --json)
@@ -62,11 +61,6 @@ def _print_check(report: dict) -> None:
         print(f"    ... {len(skipped) - MAX_LISTED} more (use --json for all)")
 
 
-def _progress(event: dict) -> None:
-    print(f"  {event.get('stage')}: {event.get('step')}/{event.get('total')} "
-          f"{event.get('pool') or event.get('file') or ''}", file=sys.stderr)
-
-
 @guarded
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
@@ -77,7 +71,8 @@ def cli(argv: list[str]) -> int:
         return 0
     if args.command == "download":
         from core.download import download
-        result = download(args.name, args.to, progress=None)
+        with ProgressReporter() as progress:
+            result = download(args.name, args.to, progress=progress)
         print(json.dumps(result, indent=2))
         return 0
     cfg = resolve_config(args)
@@ -85,7 +80,8 @@ def cli(argv: list[str]) -> int:
     save_config(cfg, ws.root)
     if args.command == "demo":
         from core.demo_data import build_demo
-        result = build_demo(ws, cfg, force=args.force)
+        with ProgressReporter() as progress:
+            result = build_demo(ws, cfg, force=args.force, progress=progress)
         state = "up to date" if result["skipped"] else f"built in {result['seconds']} s"
         print(f"demo data {state} in {ws.data_dir} (preset {cfg.preset}, {cfg.data.image_size} px "
               f"at {cfg.data.mpp} um/px)")
@@ -102,7 +98,8 @@ def cli(argv: list[str]) -> int:
     if result["skipped"]:
         print(f"skipped {len(result['skipped'])} file(s); `python -m core data check PATH` lists them")
     if args.unlabeled:
-        pools = prepare_pools(ws, cfg, args.unlabeled, progress=_progress)
+        with ProgressReporter() as progress:
+            pools = prepare_pools(ws, cfg, args.unlabeled, progress=progress)
         for note in pools["notes"]:
             print(f"note: {note}")
         print(f"pools: {json.dumps(pools['pools'])}; skipped {len(pools['skipped'])}")

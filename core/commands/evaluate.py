@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from core.cli import add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 from core.commands import add_budget, budget_view
 from core.quality import evaluate, format_table, json_report
 
@@ -26,7 +26,8 @@ def cli(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cfg, ws = resolve_config(args), workspace(args)
     ws = budget_view(ws, cfg, args.budget)
-    result = evaluate(ws, cfg, synthetic=args.synthetic, features=args.features)
+    with ProgressReporter() as progress:
+        result = evaluate(ws, cfg, synthetic=args.synthetic, features=args.features, progress=progress)
     if args.json:
         print(json.dumps(json_report(result)))
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.cli import add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 from core.commands import add_budget, budget_view
 from core.selection import STRATEGIES, apply_threshold, export_accepted, score_synthetic, select
 from core.workspace import Workspace
@@ -32,7 +32,8 @@ def cli(argv: list[str]) -> int:
                     cfg.selection.threshold if args.threshold is None else args.threshold,
                     args.strategy or cfg.selection.strategy, args.quota or 0)   # bad values fail first
     if args.rescore or not ws.synthetic_scores.exists():
-        score_synthetic(ws, cfg, progress=None)
+        with ProgressReporter() as progress:
+            score_synthetic(ws, cfg, progress=progress)
     kept = select(ws, cfg, args.threshold, args.strategy, args.quota)
     out = export_accepted(ws, kept, args.out)
     per_class = kept.groupby("class")["kept"].agg(["sum", "count"])

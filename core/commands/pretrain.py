@@ -6,7 +6,7 @@ import argparse
 import os
 import shutil
 
-from core.cli import add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 from core.pretrain import STAGE, pretrain
 
 
@@ -21,7 +21,8 @@ def cli(argv: list[str]) -> int:
     ws = workspace(args)
     if args.restart:
         shutil.rmtree(ws.checkpoint_dir(STAGE), ignore_errors=True)
-    out = pretrain(ws, cfg)
+    with ProgressReporter() as progress:
+        out = pretrain(ws, cfg, progress=progress)
     if int(os.environ.get("RANK", "0")) != 0:       # under torchrun / accelerate launch: report once
         return 130 if out.get("reason") == "interrupted" else 0
     if out.get("stopped"):

@@ -1,30 +1,15 @@
 """`python -m core run`: every stage, top-up and the protocol grid (core.experiment), with a
-console progress line and the summary table at the end."""
+progress bar (or sparse lines in a log) and the summary table at the end."""
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from core.cli import add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 from core.errors import UserError
 from core.experiment import run_all
 from core.summary import markdown_table
-
-
-class ConsoleProgress:
-    """Prints a stage change at once and otherwise at most one line every `every` seconds."""
-
-    def __init__(self, every: float = 5.0):
-        self.every, self.last, self.stage = every, 0.0, None
-
-    def __call__(self, p: dict) -> None:
-        now = time.monotonic()
-        if p.get("stage") != self.stage or now - self.last >= self.every:
-            self.stage, self.last = p.get("stage"), now
-            extra = {k: p[k] for k in ("run", "runs", "arm", "seed", "loss") if k in p}
-            print(f"[{p.get('stage')}] {p.get('step', '')}/{p.get('total', '')} {extra or ''}", flush=True)
 
 
 @guarded
@@ -40,8 +25,8 @@ def cli(argv: list[str]) -> int:
     if args.test is not None and args.labeled is None:
         raise UserError("--test needs --labeled (the demo brings its own test split)")
     cfg, ws = resolve_config(args), workspace(args)
-    out = run_all(ws, cfg, args.labeled, args.test, args.unlabeled, progress=ConsoleProgress(),
-                  notify=lambda line: print(line, file=sys.stderr, flush=True))
+    with ProgressReporter() as progress:
+        out = run_all(ws, cfg, args.labeled, args.test, args.unlabeled, progress=progress, notify=progress.write)
     if out.get("stopped"):
         print(f"stopped during {out['stage']}; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from core.cli import add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 from core.commands import add_budget, budget_view
 from core.sampling import generate, generate_dataset
 
@@ -34,15 +34,14 @@ def cli(argv: list[str]) -> int:
     ws = budget_view(ws, cfg, args.budget)
     if args.compile:
         cfg = replace(cfg, sampling=replace(cfg.sampling, compile=True))
-
-    def show(p: dict) -> None:
-        print(f"[sample] {p.get('class', '')} {p['step']}/{p['total']}", flush=True)
     if args.class_name is None:
-        frame = generate_dataset(ws, cfg, progress=show)
+        with ProgressReporter() as progress:
+            frame = generate_dataset(ws, cfg, progress=progress)
         print(f"{len(frame)} images in {ws.synthetic_dir}")
         return 0
-    rows = generate(ws, cfg, args.class_name, args.num or cfg.sampling.num_per_class,
-                    cfg.sampling.seed if args.seed is None else args.seed, args.guidance_scale, args.steps,
-                    args.eta, args.out, progress=show, scheduler=args.scheduler)
+    with ProgressReporter() as progress:
+        rows = generate(ws, cfg, args.class_name, args.num or cfg.sampling.num_per_class,
+                        cfg.sampling.seed if args.seed is None else args.seed, args.guidance_scale, args.steps,
+                        args.eta, args.out, progress=progress, scheduler=args.scheduler)
     print(f"{len(rows)} images of {args.class_name} in {args.out or ws.synthetic_dir}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import add_common, guarded, resolve_config, workspace
+from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 from core.config import load_config
 from core.errors import UserError
 from core.tune import COPY_CEILING, GRID, NUM, tune_guidance
@@ -27,9 +27,8 @@ def cli(argv: list[str]) -> int:
         raise UserError(f"--grid must be comma-separated numbers, got {args.grid!r}") from None
     cfg, ws = resolve_config(args), workspace(args)
 
-    def show(p: dict) -> None:
-        print(f"[{p['stage']}] {p['step']}/{p['total']}", flush=True)
-    out = tune_guidance(ws, cfg, grid, args.num, args.features, args.copy_ceiling, progress=show)
+    with ProgressReporter() as progress:
+        out = tune_guidance(ws, cfg, grid, args.num, args.features, args.copy_ceiling, progress=progress)
     cols = ["class", "guidance_scale", "n", "acceptance", "coverage", "floor_coverage", "fd", "floor_fd",
             "copy_rate", "objective", "chosen"]
     print(out["table"][cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))

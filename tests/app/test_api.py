@@ -1,5 +1,6 @@
-"""The served app through gradio_client: sampling streams, progress arrives, stop ends the core
-loop, the compute slot is shared, the threshold endpoint re-filters."""
+"""The served app through gradio_client: named endpoints and parameters, sampling streams,
+progress arrives, stop ends the core loop, the compute slot is shared, the threshold endpoint
+re-filters."""
 from __future__ import annotations
 
 import time
@@ -33,10 +34,59 @@ def _sample_args(name, steps=3, num=3, batch=1, seed=5):
                 batch_size=batch)
 
 
+SAMPLE_PARAMS = ["class_name", "guidance_scale", "steps", "eta", "seed", "num_images", "batch_size"]
+
+
+def test_every_endpoint_and_parameter_has_a_name(served_app):
+    """What a researcher scripting the lab sees in `client.view_api()`: named endpoints with
+    named parameters, and none of the UI-internal events (page load, timers, gallery clicks)."""
+    _, client = served_app
+    info = client.view_api(print_info=False, return_format="dict")
+    assert not info["unnamed_endpoints"]
+    endpoints = info["named_endpoints"]
+    params = {name: [p["parameter_name"] for p in ep["parameters"]] for name, ep in endpoints.items()}
+    assert params["/sample"] == SAMPLE_PARAMS
+    assert params["/grid"] == ["classes", "guidance_scales", "seed", "steps", "eta"]
+    assert params["/pretrain_start"] == ["preset_name", "steps", "batch_size", "lr", "checkpoint_every",
+                                         "sample_every"]
+    assert params["/refilter"] == ["threshold", "strategy", "quota", "show", "class_name", "per_class"]
+    assert params["/export_accepted"] == ["threshold", "strategy", "quota"]
+    unnamed = {n: p for n, p in params.items() if any(x.startswith("param_") for x in p)}
+    assert not unnamed, unnamed
+    internal = [n for n in params if n.startswith(("/lambda", "/on_", "/refresh", "/tick", "/handler"))]
+    assert not internal, internal
+
+
+def test_sample_called_by_keyword(served_app):
+    ctx, client = served_app
+    from app.tab_sampling import class_names
+    from core.io import read_png_params
+    name = class_names(ctx)[-1]
+    job = client.submit(class_name=name, guidance_scale=1.5, steps=2, eta=0.5, seed=11, num_images=2,
+                        batch_size=2, api_name="/sample")
+    gallery, _, status = job.result(timeout=120)
+    assert len(gallery) == 2 and "done" in status
+    params = [read_png_params(item["image"]["path"]) for item in gallery]
+    assert [(p["class"], p["guidance_scale"], p["steps"], p["eta"], p["seed"], p["batch_seeds"]) for p in params] \
+        == [(name, 1.5, 2, 0.5, seed, [11, 12]) for seed in (11, 12)]
+
+
+def test_pretrain_fields_arrive_by_name(served_app, monkeypatch):
+    """The pre-training fields travel as keyword inputs: each lands under its own config name."""
+    from app import tab_pretrain
+    _, client = served_app
+    seen = []
+    monkeypatch.setattr(tab_pretrain, "start_pretrain", lambda ctx, preset_name, fields, fresh:
+                        seen.append((preset_name, fields, fresh)) or "recorded")
+    fields = dict(steps=7, batch_size=3, lr=0.002, checkpoint_every=5, sample_every=6)
+    assert client.predict(preset_name="tiny", **fields, api_name="/pretrain_fresh") == "recorded"
+    assert seen == [("tiny", fields, True)]
+
+
 def test_sampling_streams_images_and_progress(served_app):
     ctx, client = served_app
     from app.tab_sampling import class_names
-    job = client.submit(*_sample_args(class_names(ctx)[0]).values(), api_name="/sample")
+    job = client.submit(**_sample_args(class_names(ctx)[0]), api_name="/sample")
     outputs = list(job)
     sizes = [len(o[0]) for o in outputs]
     assert sizes[-1] == 3 and {1, 2} <= set(sizes)                  # the gallery filled step by step
@@ -48,8 +98,7 @@ def test_stop_endpoint_stops_the_core_loop(served_app):
     ctx, client = served_app
     from app.tab_sampling import class_names
     before = ctx.runner.status()["job_id"]
-    job = client.submit(*_sample_args(class_names(ctx)[0], steps=200, num=2, batch=2).values(),
-                        api_name="/sample")
+    job = client.submit(**_sample_args(class_names(ctx)[0], steps=200, num=2, batch=2), api_name="/sample")
     _wait_running(ctx, before)
     client.predict(api_name="/sample_stop")
     job.result(timeout=30)
@@ -62,8 +111,7 @@ def test_client_cancel_stops_the_core_loop(served_app):
     ctx, client = served_app
     from app.tab_sampling import class_names
     before = ctx.runner.status()["job_id"]
-    job = client.submit(*_sample_args(class_names(ctx)[0], steps=200, num=64, batch=1).values(),
-                        api_name="/sample")
+    job = client.submit(**_sample_args(class_names(ctx)[0], steps=200, num=64, batch=1), api_name="/sample")
     _wait_running(ctx, before)
     end = time.time() + 30
     while time.time() < end and not job.outputs():     # the client must see the event streaming
@@ -77,7 +125,7 @@ def test_compute_events_share_one_slot(served_app):
     ctx, client = served_app
     from app.tab_sampling import class_names
     name = class_names(ctx)[0]
-    jobs = [client.submit(*_sample_args(name, steps=20, num=2, batch=2, seed=s).values(), api_name="/sample")
+    jobs = [client.submit(**_sample_args(name, steps=20, num=2, batch=2, seed=s), api_name="/sample")
             for s in (1, 2)]
     results = [j.result(timeout=60) for j in jobs]             # the second waited, it was not refused
     assert all(len(r[0]) == 2 and "done" in r[2] for r in results)
@@ -85,8 +133,9 @@ def test_compute_events_share_one_slot(served_app):
 
 def test_threshold_endpoint_refilters(served_app):
     ctx, client = served_app
-    low = client.predict(0.1, "threshold", 0, "accepted", "all classes", 8, api_name="/refilter")
-    high = client.predict(0.9, "threshold", 0, "accepted", "all classes", 8, api_name="/refilter")
+    ask = dict(strategy="threshold", quota=0, show="accepted", class_name="all classes", per_class=8)
+    low = client.predict(threshold=0.1, **ask, api_name="/refilter")
+    high = client.predict(threshold=0.9, **ask, api_name="/refilter")
     assert "accepted" in low[0] and low[0] != high[0]
     assert len(low[2]) > len(high[2])
 
@@ -116,7 +165,7 @@ def test_read_params_names_what_is_wrong(served_app):
              ("results/runs.csv", "is not a PNG file"), ("/etc/passwd", "outside the workspace")]
     for text, reason in cases:
         with pytest.raises(AppError, match=reason):
-            client.predict(text, api_name="/read_params")
+            client.predict(path=text, api_name="/read_params")
 
 
 def test_a_request_after_a_disconnect_is_queued_not_refused(served_app):
@@ -143,6 +192,6 @@ def test_a_request_after_a_disconnect_is_queued_not_refused(served_app):
                 break
     _wait_running(ctx, before)
     t0 = time.time()
-    out = client.predict(*_sample_args(class_names(ctx)[0], steps=2, num=1).values(), api_name="/sample")
+    out = client.predict(**_sample_args(class_names(ctx)[0], steps=2, num=1), api_name="/sample")
     assert len(out[0]) == 1 and "done" in out[2]
     assert time.time() - t0 < 60

@@ -1,6 +1,7 @@
 """Test data for the autoencoder / latent cache / pre-training tests: a workspace with two pools."""
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,3 +44,13 @@ def make_pool_workspace(root: Path, n_per_pool=(12, 6), size: int = 32, weights=
 def tiny(cfg, **pretrain):
     """The tiny preset with pre-training fields overridden (deterministic fp32 by default)."""
     return replace(cfg, pretrain=replace(cfg.pretrain, **{"mixed_precision": "no", **pretrain}))
+
+
+# a line of the CLI progress reporter in a log (core.cli.ProgressReporter), e.g.
+# "pretrain:  40% 16/40 [00:01<00:02, 8.00it/s, loss=0.1]"
+PROGRESS_LINE = re.compile(r"^\w+: +\d+% \d+/\d+ \[")
+
+
+def message_lines(stderr: str) -> list[str]:
+    """What a CLI wrote to stderr besides its progress lines (warnings, the error)."""
+    return [line for line in stderr.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]

@@ -117,3 +117,18 @@ def test_registry_has_the_published_checksums():
     assert DATASETS["pathmnist"].md5 == "a8b06965200029087d5bd730944a56c1"
     assert DATASETS["crc-val-he-7k"].md5 == "2fd1651b4f94ebd818ebf90ad2b6ce06"
     assert "records/1214456" in DATASETS["nct-crc-he-100k"].url
+
+
+@pytest.mark.parametrize("entry", ["../escape.txt", "/abs/escape.txt", "NCT-MINI/../../escape.txt"])
+def test_archive_with_escaping_entries_is_refused(tmp_path, entry):
+    """zipfile would quietly rewrite these entries to land inside the folder: refused instead."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("NCT-MINI/ADI/a.tif", b"x")
+        zf.writestr(entry, b"escape")
+    payload = buf.getvalue()
+    to = tmp_path / "to"
+    with _Server(payload) as server:
+        with pytest.raises(UserError, match="unsafe path in archive"):
+            download("x", to, dataset=_dataset(server.url, payload))
+    assert not (to / "NCT-MINI").exists() and not list(tmp_path.rglob("escape.txt"))

@@ -22,7 +22,7 @@ from core import pretrain as pt
 from core.commands import pretrain as pt_cmd
 from core import training
 from core.io import read_jsonl
-from ldm_fixtures import make_pool_workspace
+from ldm_fixtures import make_pool_workspace, message_lines
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ def test_corrupt_latest_checkpoint_resumes_from_the_previous(trained_ws, capsys)
     with open(latest / "model.safetensors", "r+b") as f:
         f.truncate(1000)
     assert pt_cmd.cli(_args(ws, f"pretrain.steps={STEPS + EVERY}")) == 0
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = message_lines(capsys.readouterr().err)
     survived = (len(err) == 1 and latest.name in err[0] and (folder / f"{latest.name}.corrupt").is_dir()
                 and read_jsonl(ws.metrics_file("pretrain"))[-1]["step"] == STEPS + EVERY)
     _count("corrupt latest checkpoint", survived)
@@ -168,7 +168,7 @@ def test_full_disk_and_read_only_at_random_writes(trained_ws, tmp_path, monkeypa
             at, OSError(errno.ENOSPC, "No space left on device"), pt.save_png))
     before_fault = capsys.readouterr()
     rc = pt_cmd.cli(args)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = message_lines(capsys.readouterr().err)
     saved = _readable_checkpoints(folder)
     monkeypatch.undo()
     rc2 = pt_cmd.cli(args)

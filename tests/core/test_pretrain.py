@@ -14,7 +14,7 @@ from core.config import ConfigError, apply_overrides
 from core.presets import preset
 from core.io import read_jsonl, read_png_params
 from core.workspace import Workspace
-from ldm_fixtures import make_pool_workspace, tiny
+from ldm_fixtures import make_pool_workspace, message_lines, tiny
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_resumable(ws, tiny_cfg, m
     args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
             "--set", "pretrain.steps=4", "--set", "pretrain.checkpoint_every=2", "--set", "pretrain.sample_every=100"]
     assert pt_cmd.cli(args) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = message_lines(capsys.readouterr().err)
     assert len(err) == 1 and ".checkpoint-4.tmp" in err[0] and "No space left on device" in err[0]
     folder = ws.checkpoints_dir / "pretrain"
     assert [s for s, _ in training.list_checkpoints(folder)] == [2]
@@ -255,7 +255,7 @@ def test_read_only_workspace_on_the_model_save_is_one_line(ws, tiny_cfg, monkeyp
     args = ["--workspace", str(ws.root), "--preset", "tiny", "--set", "pretrain.mixed_precision=no",
             "--set", "pretrain.steps=2", "--set", "pretrain.sample_every=100"]
     assert pt_cmd.cli(args) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = message_lines(capsys.readouterr().err)
     assert len(err) == 1 and "Read-only file system" in err[0] and str(ws.models_dir) in err[0]
     assert training.latest_checkpoint(ws.checkpoints_dir / "pretrain")[0] == 2   # the steps are kept
 

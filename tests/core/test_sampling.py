@@ -221,6 +221,8 @@ def test_cli_sample(ws, tmp_path, capsys):
     rc = core_main(["sample", "--workspace", str(ws.root), "--preset", "tiny", "--class", "tumor",
                     "--guidance-scale", "3", "--steps", "2", "--seed", "5", "--num", "2", "--out", str(out)])
     assert rc == 0 and sorted(p.name for p in (out / "tumor").iterdir()) == ["tumor-seed5-s3.png", "tumor-seed6-s3.png"]
+    err = capsys.readouterr().err.splitlines()           # progress: a line for a log, not one per step
+    assert [line for line in err if line.startswith("sample:")][-1].startswith("sample: 100% 2/2")
 
 
 def test_cli_sample_compile_flag_compiles_both_models(ws, tmp_path, monkeypatch):
