@@ -15,16 +15,14 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from core.errors import UserError
-from core.config import LabConfig, save_config
+from core.config import LabConfig
 from core.data import ImageDataset, load_pools
-from core.io import atomic_dir
 from core.models import PatchDiscriminator, build_autoencoder, decode, encode
-from core.training import (MetricsLog, adamw, check_resume_compatible, make_accelerator,
-                           pool_row_weights, resume_step, step_generator, step_indices,
-                           tensorboard_if_installed, train_loop)
-from core.workspace import LAB_CONFIG, Workspace
+from core.training import Trainer, TrainSpec, adamw, pool_row_weights, step_generator, step_indices
+from core.workspace import Workspace
 
 STAGE = "autoencoder"
+SHAPE_FIELDS = ("block_out_channels", "layers_per_block", "latent_channels")
 
 
 def split_held_out(paths: list[str], fraction: float = 0.05, cap: int = 256) -> tuple[list[int], list[int]]:
@@ -93,9 +91,13 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
     train_rows, held_rows = split_held_out(paths)
     weights = pool_row_weights(pools.iloc[train_rows].reset_index(drop=True))
     train_set = ImageDataset([paths[i] for i in train_rows], None, cfg.data.image_size)
-    ckpt_dir = ws.checkpoints_dir / STAGE
-    check_resume_compatible(ckpt_dir, cfg, STAGE, ("block_out_channels", "layers_per_block", "latent_channels"))
-    acc = make_accelerator(acfg.mixed_precision, 1, ckpt_dir, acfg.seed, tensorboard_if_installed())
+    # log every 10 steps: the autoencoder section has no log_every; lr is constant (no schedule)
+    trainer = Trainer(TrainSpec(
+        stage=STAGE, steps=acfg.steps, seed=acfg.seed, precision=acfg.mixed_precision,
+        batch_size=acfg.batch_size, ckpt_dir=ws.checkpoints_dir / STAGE, checkpoint_every=acfg.checkpoint_every,
+        total_limit=acfg.checkpoints_total_limit, metrics_file=ws.metrics_file(STAGE), log_every=10,
+        shape=(STAGE, SHAPE_FIELDS), trackers=True), cfg)
+    acc = trainer.acc
     torch.manual_seed(acfg.seed)
     # channels_last: fp32 CPU convs 3.1 vs 3.9 s/step at demo shapes
     vae = build_autoencoder(acfg).to(memory_format=torch.channels_last)
@@ -104,15 +106,9 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
     if use_disc:
         disc = PatchDiscriminator()
         disc_opt = adamw(disc.parameters(), acfg.lr, 0.0, acc.device)
-        vae, opt, disc, disc_opt = acc.prepare(vae, opt, disc, disc_opt)
+        vae, opt, disc, disc_opt = trainer.prepare(vae, opt, disc, disc_opt)
     else:
-        vae, opt = acc.prepare(vae, opt)
-    start = resume_step(acc, ckpt_dir)
-    if acc.is_main_process:
-        save_config(cfg, ckpt_dir, LAB_CONFIG)
-    if acc.trackers == [] and tensorboard_if_installed():
-        acc.init_trackers(STAGE)
-    log = MetricsLog(ws.metrics_file(STAGE), acc, STAGE, progress, acfg.steps)
+        vae, opt = trainer.prepare(vae, opt)
     pixels = 3 * cfg.data.image_size ** 2
 
     def step_fn(step: int) -> torch.Tensor:
@@ -137,18 +133,9 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
             disc_opt.step()
         return loss
 
-    def after_step(step: int, loss: float) -> None:
-        rate = None
-        if step % 10 == 0 or step == acfg.steps:
-            rate = log.tick(step, step * acfg.batch_size * acc.num_processes)
-            log.log({"step": step, "loss": loss, "lr": acfg.lr, "images_per_s": rate})
-        log.report(step, loss=loss)
-
-    result = train_loop(acc, start=start, steps=acfg.steps, step_fn=step_fn, ckpt_dir=ckpt_dir,
-                        checkpoint_every=acfg.checkpoint_every, total_limit=2, stop=stop,
-                        after_step=after_step)
+    result = trainer.run(step_fn, progress=progress, stop=stop)
     if result["stopped"]:
-        acc.end_training()
+        trainer.end()
         return result
     model = acc.unwrap_model(vae)
     out = {"step": result["step"], "stopped": False}
@@ -159,12 +146,9 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
         model.register_to_config(scaling_factor=1.0 / max(latent_std(model, fit), 1e-6))
         out.update(evaluate_reconstruction(model, held) if held_rows else {})
         out["scaling_factor"] = float(model.config.scaling_factor)
-        log.log({"step": result["step"], **{k: v for k, v in out.items() if k != "stopped"}})
-        with atomic_dir(ws.autoencoder_dir) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            save_config(cfg, tmp, LAB_CONFIG)
-    acc.wait_for_everyone()
-    acc.end_training()
+        trainer.metrics.log({"step": result["step"], **{k: v for k, v in out.items() if k != "stopped"}})
+    trainer.save(ws.autoencoder_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+    trainer.end()
     return out
 
 

@@ -7,15 +7,14 @@ best VALIDATION balanced accuracy (the test split is only touched by `evaluate` 
 from __future__ import annotations
 
 import copy
-import json
 import time
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from diffusers.optimization import get_scheduler
-from safetensors.torch import load_file, save_file
+from accelerate.utils import broadcast
+from safetensors.torch import save_file
 from torchvision.transforms import v2
 
 from core.errors import UserError
@@ -23,15 +22,10 @@ from core.config import ClassifyConfig, LabConfig, config_hash, save_config
 from core.images import BadImage, load_rgb, to_uint8
 from core.io import atomic_dir, atomic_write_json
 from core.metrics import classification_metrics
-from core.models import build_backbone
-from core.training import autocast
+from core.models import MEAN, STD, build_backbone  # noqa: F401  (MEAN/STD: callers' name for the input normalisation)
+from core.precision import autocast
+from core.training import Trainer, TrainSpec
 from core.workspace import LAB_CONFIG, Workspace
-
-MEAN = STD = (0.5, 0.5, 0.5)   # images are fed in [-1, 1] (core.images.to_tensor), i.e. (x - 0.5) / 0.5
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --- images in memory -----------------------------------------------------------------------
@@ -82,8 +76,7 @@ def _augment(batch_u8: torch.Tensor, aug: v2.Compose) -> torch.Tensor:
 
 
 def _autocast(cfg: ClassifyConfig, dev: torch.device):
-    # torch.autocast rather than an Accelerator: a grid run is one device, minutes long and
-    # restarted whole, so it needs neither Accelerate's checkpoints nor its distribution.
+    # inference runs outside any Accelerator (scoring, test metrics): plain torch.autocast
     return autocast(dev, cfg.mixed_precision)
 
 
@@ -106,8 +99,6 @@ def train_classifier(train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list
     holds best_step, best_val_balanced_accuracy, steps, batch_size, skipped files and stopped.
     """
     cfg = _classify_cfg(cfg)
-    torch.manual_seed(seed)
-    dev = device()
     frames = [train_df] + ([extra_df] if extra_df is not None and len(extra_df) else [])
     full = pd.concat([f[["path", "label"]] for f in frames], ignore_index=True)
     x_train, keep, skipped = load_images(full["path"], cfg.image_size)
@@ -121,53 +112,76 @@ def train_classifier(train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list
     batch = min(cfg.batch_size, n)
     total = cfg.steps if cfg.budget == "steps" else cfg.epochs * (n // batch)
     eval_at = set(np.linspace(total / cfg.evals, total, cfg.evals).round().astype(int).tolist())
+    # Kept in memory, never checkpointed: a grid run is minutes long and restarted whole. The
+    # Accelerator is what lets it use several GPUs (torchrun / accelerate launch).
+    trainer = Trainer(TrainSpec(stage=stage, steps=total, seed=seed, precision=cfg.mixed_precision,
+                                batch_size=batch, schedule="cosine", warmup_steps=total // 10))
+    acc = trainer.acc
     model = build_backbone(cfg.backbone, len(classes), cfg.pretrained_path)
-    model = model.to(dev).to(memory_format=torch.channels_last)
+    model = model.to(acc.device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = get_scheduler("cosine", opt, num_warmup_steps=total // 10, num_training_steps=total)
-    gen = torch.Generator().manual_seed(seed)
+    model, opt = trainer.prepare(model, opt)
+    gen = torch.Generator().manual_seed(seed)   # not per rank: all ranks walk one order of the data
     aug = _augmenter()
-    rows, best, best_state, best_step, stopped, done = [], -1.0, None, None, False, 0
-    order, cursor, loss_sum, since, t0 = torch.randperm(n, generator=gen), 0, 0.0, 0, time.perf_counter()
-    for step in range(1, total + 1):
-        if stop is not None and stop.is_set():
-            stopped = True
-            break
+    order, cursor = torch.randperm(n, generator=gen), 0
+    rows, best, best_state, best_step = [], -1.0, None, None
+    window = {"loss": 0.0, "steps": 0, "t0": time.perf_counter()}
+
+    def step_fn(step: int) -> torch.Tensor:
+        nonlocal order, cursor
         if cursor + batch > n:     # a new pass; the remainder is dropped so every batch is full
             order, cursor = torch.randperm(n, generator=gen), 0
-        idx = order[cursor:cursor + batch]
+        # this rank's slice of the global batch: the step budget and batch stay those of one device
+        idx = order[cursor:cursor + batch][acc.process_index::acc.num_processes]
         cursor += batch
         model.train()
-        x = _to_input(_augment(x_train[idx], aug), dev)
-        with _autocast(cfg, dev):
-            loss = F.cross_entropy(model(x).float(), y_train[idx].to(dev), label_smoothing=cfg.label_smoothing)
+        x = _to_input(_augment(x_train[idx], aug), acc.device)
+        with acc.autocast():
+            loss = F.cross_entropy(model(x).float(), y_train[idx].to(acc.device), label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        acc.backward(loss)
         opt.step()
-        sched.step()
-        value, done = loss.item(), step
-        loss_sum, since = loss_sum + value, since + 1
-        if progress is not None:
-            progress({"stage": stage, "step": step, "total": total, "loss": value})
+        return loss
+
+    def on_step(step: int, loss: float) -> None:
+        nonlocal best, best_state, best_step
+        window["loss"], window["steps"] = window["loss"] + loss, window["steps"] + 1
         if step not in eval_at:
-            continue
-        val = evaluate_arrays(model, x_val, y_val, classes, cfg) if len(x_val) else {}
-        rows.append({"step": step, "epoch": step * batch / n, "train_loss": loss_sum / since,
-                     "lr": sched.get_last_lr()[0], "val_accuracy": val.get("accuracy", np.nan),
-                     "val_balanced_accuracy": val.get("balanced_accuracy", np.nan),
-                     "images_per_s": since * batch / max(time.perf_counter() - t0, 1e-9)})
-        loss_sum, since, t0 = 0.0, 0, time.perf_counter()
-        score = rows[-1]["val_balanced_accuracy"] if len(x_val) else step   # no val: keep the last
+            return
+        net = acc.unwrap_model(model)
+        accuracy, balanced = _validate(acc, net, x_val, y_val, classes, cfg)
+        rows.append({"step": step, "epoch": step * batch / n, "train_loss": window["loss"] / window["steps"],
+                     "lr": trainer.lr, "val_accuracy": accuracy, "val_balanced_accuracy": balanced,
+                     "images_per_s": window["steps"] * batch / max(time.perf_counter() - window["t0"], 1e-9)})
+        window.update(loss=0.0, steps=0, t0=time.perf_counter())
+        score = balanced if len(x_val) else step   # no val: keep the last
         if score > best:
-            best, best_state, best_step = score, copy.deepcopy(model.state_dict()), step
+            best, best_state, best_step = score, copy.deepcopy(net.state_dict()), step
+
+    result = trainer.run(step_fn, progress=progress, stop=stop, on_step=on_step)
+    trainer.end()
+    model = acc.unwrap_model(model, keep_fp32_wrapper=False)
     if best_state is not None:
         model.load_state_dict(best_state)
     history = pd.DataFrame(rows)
     has_val = len(x_val) > 0 and best_state is not None
     history.attrs.update(best_step=best_step, best_val_balanced_accuracy=float(best) if has_val else None,
-                         steps=done, batch_size=batch, budget=cfg.budget,
-                         skipped=skipped, stopped=stopped, n_train=int(n), n_val=int(len(x_val)))
+                         steps=result["step"], batch_size=batch, budget=cfg.budget,
+                         skipped=skipped, stopped=result["stopped"], n_train=int(n), n_val=int(len(x_val)))
     return model.eval(), history
+
+
+def _validate(acc, net, x_val: torch.Tensor, y_val, classes: list[str], cfg: ClassifyConfig) -> tuple[float, float]:
+    """(accuracy, balanced accuracy) on the validation images, measured by the main process and
+    sent to every rank, so all ranks keep the same best weights."""
+    if not len(x_val):
+        return np.nan, np.nan
+    scores = torch.zeros(2, dtype=torch.float64, device=acc.device)
+    if acc.is_main_process:
+        val = evaluate_arrays(net, x_val, y_val, classes, cfg)
+        scores = torch.tensor([val["accuracy"], val["balanced_accuracy"]], dtype=torch.float64, device=acc.device)
+    scores = broadcast(scores)
+    return float(scores[0]), float(scores[1])
 
 
 @torch.no_grad()
@@ -257,18 +271,3 @@ def train_filter_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
             "val_balanced_accuracy": best, "skipped": history.attrs["skipped"]}
 
 
-def load_filter_classifier(ws: Workspace) -> tuple[torch.nn.Module, dict, torch.Tensor]:
-    """(model on the compute device, config.json dict, centroids (C, D))."""
-    folder = ws.filter_classifier_dir
-    config, weights, centroids = (Workspace.config_of(folder), Workspace.weights_of(folder),
-                                  Workspace.centroids_of(folder))
-    for path in (config, weights, centroids):
-        if not path.exists():
-            raise UserError(f"filter classifier missing {path} "
-                            "(run `python -m core classify --workspace ...` first)")
-    info = json.loads(config.read_text())
-    model = build_backbone(info["backbone"], len(info["classes"]))
-    model.load_state_dict(load_file(str(weights)))
-    model = model.to(device()).to(memory_format=torch.channels_last).eval()
-    cent = load_file(str(centroids))["centroids"]
-    return model, info, cent

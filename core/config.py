@@ -1,9 +1,5 @@
-"""Frozen configs for every stage and `--set key=value` overrides (presets and the one config
-resolution, `resolve`, are in core.presets).
-
-One `LabConfig` holds a sub-config per stage; each stage function takes only its own
-sub-config (plus the shared data config where it needs image size or classes).
-"""
+"""Frozen configs and `--set key=value` overrides: one `LabConfig` holds a sub-config per stage, and
+each stage reads only its own (plus the data config where it needs image size or classes)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 # apply_overrides is public here, where callers have always found it
 from core.config_check import ConfigError, apply_overrides, check_fields, migrate  # noqa: F401
@@ -56,6 +52,7 @@ class AutoencoderConfig:
     mixed_precision: str = "no"     # "no" | "bf16" | "fp16"
     seed: int = 0
     checkpoint_every: int = 250     # accelerator.save_state every N steps (resume after a kill)
+    checkpoints_total_limit: int = field(default=2, metadata={"key": "never"})   # kept on disk, newest first
 
     @property
     def downsample_factor(self) -> int:
@@ -123,6 +120,7 @@ class LatentClassifierConfig:
     mixed_precision: str = "bf16"
     log_every: int = 10
     checkpoint_every: int = 500
+    checkpoints_total_limit: int = field(default=1, metadata={"key": "never"})   # also the UNet fine-tune's
     t_buckets: int = 10             # validation accuracy is reported per t-interval
     finetune_lr: float = 2e-5
 

@@ -33,6 +33,7 @@ RANGES: dict[str, str] = {
     "experiment.label_fractions": "(0, inf)", "experiment.synthetic_ratios": "(0, inf)",
     "classify.steps": "(0, inf)", "classify.evals": "(0, inf)", "classify.epochs": "(0, inf)",
     "experiment.bootstrap": "(0, inf)",
+    "autoencoder.checkpoints_total_limit": "(0, inf)", "classifier.checkpoints_total_limit": "(0, inf)",
 }
 
 

@@ -68,7 +68,7 @@ def resolve(spec: str | None, ws: Workspace, image_size: int = 224) -> FeatureSp
 
 
 def _filter_space(ws: Workspace) -> FeatureSpace:
-    from core.classify import MEAN, STD, load_filter_classifier
+    from core.models import MEAN, STD, load_filter_classifier
     model, info, _ = load_filter_classifier(ws)
     size = int(info["image_size"])
     digest = folder_hash(ws.filter_classifier_dir)

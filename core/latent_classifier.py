@@ -7,26 +7,21 @@ clean latents at t = 0 only, the reference implementation's defect, kept for com
 """
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
-from diffusers.optimization import get_scheduler
 
 from core.errors import UserError
-from core.config import LabConfig, config_hash, save_config
-from core.io import atomic_dir, atomic_write_text
+from core.config import LabConfig, config_hash, identity
+from core.io import atomic_write_text
 from core.budget import budget_labels, write_labels
 from core.latents import augment, latent_cache
 from core.models import LatentClassifier, build_classifier, load_scheduler
-from core.training import (MetricsLog, adamw, make_accelerator, resume_step, step_generator,
-                           train_loop)
-from core.workspace import LAB_CONFIG, Workspace
+from core.training import Trainer, TrainSpec, adamw, step_generator
+from core.workspace import Workspace
 
 STAGE = "classifier"
 
@@ -93,59 +88,52 @@ def train_latent_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
         if stop is not None and stop.is_set():
             return _stopped_frame()
 
-    ckpt_dir = ws.checkpoints_dir / STAGE
-    _forget_other_runs(ckpt_dir, config_hash(cfg.classifier, cfg.data, len(train_z), classes))
-    accelerator = make_accelerator(c.mixed_precision, 1, ws.root, c.seed)
+    # the run key: checkpoints of another label budget, data or config are not resumed
+    # (identity(): speed-only fields such as the checkpoint limit do not make another run)
+    run_key = config_hash(identity(c), cfg.data, len(train_z), classes)
+    trainer = Trainer(TrainSpec(
+        stage=STAGE, steps=c.steps, seed=c.seed, precision=c.mixed_precision, batch_size=c.batch_size,
+        ckpt_dir=ws.checkpoints_dir / STAGE, checkpoint_every=c.checkpoint_every,
+        total_limit=c.checkpoints_total_limit, schedule="cosine", warmup_steps=min(100, c.steps // 10),
+        metrics_file=ws.metrics_file(STAGE), log_every=c.log_every, run_key=run_key), cfg)
+    acc = trainer.acc
     model = build_classifier(cfg, classes, train_z.shape[1], scheduler.config.num_train_timesteps)
-    optimizer = adamw(model.parameters(), c.lr, c.weight_decay, accelerator.device)
-    lr_sched = get_scheduler("cosine", optimizer, num_warmup_steps=min(100, c.steps // 10),
-                             num_training_steps=c.steps)
-    model, optimizer, lr_sched = accelerator.prepare(model, optimizer, lr_sched)
-    start = resume_step(accelerator, ckpt_dir)
-    log = MetricsLog(ws.metrics_file(STAGE), accelerator, STAGE, progress, c.steps)
+    optimizer = adamw(model.parameters(), c.lr, c.weight_decay, acc.device)
+    model, optimizer = trainer.prepare(model, optimizer)
     z_all, y_all = torch.from_numpy(np.array(train_z)), torch.from_numpy(np.array(train_y))
     T = scheduler.config.num_train_timesteps
-    last = {}
 
-    def step_fn(step: int) -> torch.Tensor:
-        gen = step_generator(c.seed, step, 0, accelerator.process_index)
+    def step_fn(step: int):
+        gen = step_generator(c.seed, step, 0, acc.process_index)
         idx = torch.randint(0, len(z_all), (c.batch_size,), generator=gen)
-        z0, y = augment(z_all[idx], gen), y_all[idx].to(accelerator.device)
+        z0, y = augment(z_all[idx], gen), y_all[idx].to(acc.device)
         if c.noise_aware:
             t = torch.randint(0, T, (len(idx),), generator=gen)
             z = scheduler.add_noise(z0, torch.randn(z0.shape, generator=gen), t)
         else:  # the reference's way: clean latents, t = 0
             t, z = torch.zeros(len(idx), dtype=torch.long), z0
-        with accelerator.autocast():
-            logits = model(z.to(accelerator.device), t.to(accelerator.device))
+        with acc.autocast():
+            logits = model(z.to(acc.device), t.to(acc.device))
         loss = F.cross_entropy(logits.float(), y)
-        accelerator.backward(loss)
+        acc.backward(loss)
         optimizer.step()
-        lr_sched.step()
         optimizer.zero_grad(set_to_none=True)
-        last["acc"] = float((logits.argmax(1) == y).float().mean())
-        return loss
+        return loss, {"train_acc": float((logits.argmax(1) == y).float().mean())}
 
-    def after_step(step: int, loss: float) -> None:
-        if step % c.log_every == 0 or step == c.steps:
-            log.log({"step": step, "loss": loss, "train_acc": last["acc"], "lr": lr_sched.get_last_lr()[0],
-                     "images_per_s": log.tick(step, step * c.batch_size)})
-        log.report(step, loss=loss)
-
-    result = train_loop(accelerator, start=start, steps=c.steps, step_fn=step_fn, ckpt_dir=ckpt_dir,
-                        checkpoint_every=c.checkpoint_every, total_limit=1, stop=stop, after_step=after_step)
-    net = accelerator.unwrap_model(model).float()
+    result = trainer.run(step_fn, progress=progress, stop=stop)
+    net = acc.unwrap_model(model).float()
     table = accuracy_by_t(net, scheduler, torch.from_numpy(np.array(val_z)), torch.from_numpy(np.array(val_y)),
                           c.t_buckets, batch_size=max(c.batch_size, 64))
     table["split"], table["noise_aware"], table["step"] = eval_split, c.noise_aware, result["step"]
-    log.log({"step": result["step"], "eval_split": eval_split,
-             "accuracy_by_t": table["accuracy"].round(4).tolist()})
-    if not result["stopped"] and accelerator.is_main_process:
-        with atomic_dir(ws.latent_classifier_dir) as tmp:
+    trainer.metrics.log({"step": result["step"], "eval_split": eval_split,
+                         "accuracy_by_t": table["accuracy"].round(4).tolist()})
+    if not result["stopped"]:
+        def write(tmp):
             net.save_pretrained(tmp)
             atomic_write_text(Workspace.accuracy_by_t_of(tmp), table.to_csv(index=False))
             write_labels(tmp, budget_labels(ws, cfg)[0])
-            save_config(cfg, tmp, LAB_CONFIG)
+        trainer.save(ws.latent_classifier_dir, write)
+    trainer.end()
     table.attrs["stopped"] = result["stopped"]
     return table
 
@@ -154,15 +142,6 @@ def _stopped_frame() -> pd.DataFrame:
     frame = pd.DataFrame(columns=["bucket", "t_min", "t_max", "accuracy", "loss", "n"])
     frame.attrs["stopped"] = True
     return frame
-
-
-def _forget_other_runs(ckpt_dir: Path, key: str) -> None:
-    """Checkpoints of a different config/data must not be resumed into this run."""
-    marker = Workspace.run_key_of(ckpt_dir)
-    if ckpt_dir.exists() and (not marker.exists() or json.loads(marker.read_text()).get("key") != key):
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    if not marker.exists():
-        atomic_write_text(marker, json.dumps({"key": key}))
 
 
 def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=None, stop=None) -> dict:
@@ -176,42 +155,38 @@ def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=N
     if not Workspace.config_of(ws.unet_dir).exists():
         raise UserError(f"no pre-trained UNet in {ws.unet_dir} to fine-tune (run: python -m core pretrain)")
     scheduler = load_scheduler(ws)
-    ckpt_dir = ws.checkpoints_dir / f"{STAGE}-finetune"
-    _forget_other_runs(ckpt_dir, config_hash(c, p.loss, len(latents)))
-    accelerator = make_accelerator(c.mixed_precision, 1, ws.root, c.seed)  # the classifier stage's precision
+    stage = f"{STAGE}-finetune"
+    # the classifier stage's precision, seed and checkpoint settings; a constant lr
+    trainer = Trainer(TrainSpec(
+        stage=stage, steps=c.finetune_steps, seed=c.seed, precision=c.mixed_precision, batch_size=p.batch_size,
+        ckpt_dir=ws.checkpoints_dir / stage, checkpoint_every=c.checkpoint_every,
+        total_limit=c.checkpoints_total_limit, metrics_file=ws.metrics_file(stage), log_every=c.log_every,
+        run_key=config_hash(identity(c), p.loss, len(latents))), cfg)
+    acc = trainer.acc
     unet = UNet2DModel.from_pretrained(ws.unet_dir)
-    optimizer = adamw(unet.parameters(), c.finetune_lr, p.weight_decay, accelerator.device)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    start = resume_step(accelerator, ckpt_dir)
-    log = MetricsLog(ws.metrics_file(f"{STAGE}-finetune"), accelerator, f"{STAGE}-finetune", progress,
-                     c.finetune_steps)
+    optimizer = adamw(unet.parameters(), c.finetune_lr, p.weight_decay, acc.device)
+    unet, optimizer = trainer.prepare(unet, optimizer)
     z_all, T = torch.from_numpy(np.array(latents)), scheduler.config.num_train_timesteps
 
     def step_fn(step: int) -> torch.Tensor:
-        gen = step_generator(c.seed + 1, step, 0, accelerator.process_index)
+        gen = step_generator(c.seed + 1, step, 0, acc.process_index)
         z0 = augment(z_all[torch.randint(0, len(z_all), (p.batch_size,), generator=gen)], gen)
         noise, t = torch.randn(z0.shape, generator=gen), torch.randint(0, T, (len(z0),), generator=gen)
-        zt = scheduler.add_noise(z0, noise, t).to(accelerator.device)
-        with accelerator.autocast():
-            pred = unet(zt, t.to(accelerator.device)).sample.float()
+        zt = scheduler.add_noise(z0, noise, t).to(acc.device)
+        with acc.autocast():
+            pred = unet(zt, t.to(acc.device)).sample.float()
         target = noise if p.prediction_type == "epsilon" else scheduler.get_velocity(z0, noise, t)
-        loss = (F.l1_loss if p.loss == "l1" else F.mse_loss)(pred, target.to(accelerator.device))
-        accelerator.backward(loss)
+        loss = (F.l1_loss if p.loss == "l1" else F.mse_loss)(pred, target.to(acc.device))
+        acc.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    def after_step(step: int, loss: float) -> None:
-        if step % c.log_every == 0 or step == c.finetune_steps:
-            log.log({"step": step, "loss": loss, "lr": c.finetune_lr,
-                     "images_per_s": log.tick(step, step * p.batch_size)})
-        log.report(step, loss=loss)
-
-    result = train_loop(accelerator, start=start, steps=c.finetune_steps, step_fn=step_fn, ckpt_dir=ckpt_dir,
-                        checkpoint_every=c.checkpoint_every, total_limit=1, stop=stop, after_step=after_step)
-    if not result["stopped"] and accelerator.is_main_process:
-        with atomic_dir(ws.finetuned_unet_dir) as tmp:
-            accelerator.unwrap_model(unet).save_pretrained(tmp)
+    result = trainer.run(step_fn, progress=progress, stop=stop)
+    if not result["stopped"]:
+        def write(tmp):
+            acc.unwrap_model(unet).save_pretrained(tmp)
             write_labels(tmp, budget_labels(ws, cfg)[0])     # the budget images it trained on
-            save_config(cfg, tmp, LAB_CONFIG)
+        trainer.save(ws.finetuned_unet_dir, write)
+    trainer.end()
     return result

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
@@ -24,12 +23,10 @@ from core.errors import UserError
 from core.config import LabConfig, PretrainConfig, save_config
 from core.data import load_pools
 from core.images import to_pil
-from core.io import atomic_dir, save_png
+from core.io import save_png
 from core.latents import augment, latent_cache
 from core.models import build_scheduler, build_unet, decode, load_autoencoder, prefers_channels_last
-from core.training import (MetricsLog, adamw, check_resume_compatible, make_accelerator,
-                           pool_row_weights, resume_step, step_generator, step_indices,
-                           tensorboard_if_installed, train_loop)
+from core.training import Trainer, TrainSpec, adamw, pool_row_weights, step_generator, step_indices
 from core.workspace import LAB_CONFIG, Workspace
 
 STAGE = "pretrain"
@@ -54,9 +51,10 @@ def diffusion_loss(unet, scheduler: DDPMScheduler, z0: torch.Tensor, g: torch.Ge
     return loss_fn(pred.float(), target)
 
 
-def make_step_fn(acc, unet, scheduler, optimizer, lr_scheduler, ema, latents, weights, cfg: PretrainConfig,
+def make_step_fn(acc, unet, scheduler, optimizer, ema, latents, weights, cfg: PretrainConfig,
                  channels_last: bool = False):
-    """The training step: cached latents -> flips/rotations -> noise -> UNet -> AdamW -> EMA."""
+    """The training step: cached latents -> flips/rotations -> noise -> UNet -> AdamW -> EMA (the
+    lr schedule is stepped by the scaffold, core.training.Trainer)."""
     def step_fn(step: int) -> torch.Tensor:
         unet.train()
         losses = []
@@ -71,7 +69,6 @@ def make_step_fn(acc, unet, scheduler, optimizer, lr_scheduler, ema, latents, we
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(unet.parameters(), 1.0)
                 optimizer.step()
-                lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
         ema.step(unet.parameters())
@@ -113,10 +110,14 @@ def pretrain(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
     if latents is None:
         return {"step": 0, "stopped": True, "reason": "stopped"}
     weights = pool_row_weights(pools.iloc[latents.kept].reset_index(drop=True))
-    ckpt_dir = ws.checkpoints_dir / STAGE
-    check_resume_compatible(ckpt_dir, cfg, "pretrain", SHAPE_FIELDS)
-    acc = make_accelerator(pcfg.mixed_precision, pcfg.grad_accum, ckpt_dir, pcfg.seed, tensorboard_if_installed())
-    torch.manual_seed(pcfg.seed)
+    trainer = Trainer(TrainSpec(
+        stage=STAGE, steps=pcfg.steps, seed=pcfg.seed, precision=pcfg.mixed_precision, batch_size=pcfg.batch_size,
+        ckpt_dir=ws.checkpoints_dir / STAGE, checkpoint_every=pcfg.checkpoint_every,
+        total_limit=pcfg.checkpoints_total_limit, grad_accum=pcfg.grad_accum, schedule="cosine",
+        warmup_steps=pcfg.warmup_steps, metrics_file=ws.metrics_file(STAGE), log_every=pcfg.log_every,
+        shape=(STAGE, SHAPE_FIELDS), trackers=True), cfg)
+    acc = trainer.acc
+    torch.manual_seed(pcfg.seed)       # every rank starts its EMA from the same weights
     unet = build_unet(pcfg, latents.shape[-1], latents.shape[1])
     channels_last = prefers_channels_last(acc.device, acc.mixed_precision)
     if channels_last:
@@ -125,43 +126,25 @@ def pretrain(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
     ema = EMAModel(unet.parameters(), decay=pcfg.ema_decay, foreach=True,
                    model_cls=UNet2DModel, model_config=unet.config)
     optimizer = adamw(unet.parameters(), pcfg.lr, pcfg.weight_decay, acc.device)
-    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=pcfg.warmup_steps * acc.num_processes,
-                                 num_training_steps=pcfg.steps * acc.num_processes)
-    unet, optimizer, lr_scheduler = acc.prepare(unet, optimizer, lr_scheduler)
+    unet, optimizer = trainer.prepare(unet, optimizer)
     ema.to(acc.device)
     _register_ema_hooks(acc, ema)
-    start = resume_step(acc, ckpt_dir)
-    if acc.is_main_process:
-        save_config(cfg, ckpt_dir, LAB_CONFIG)
-        if acc.trackers == [] and tensorboard_if_installed():
-            acc.init_trackers(STAGE)
-    log = MetricsLog(ws.metrics_file(STAGE), acc, STAGE, progress, pcfg.steps)
-    step_fn = make_step_fn(acc, unet, scheduler, optimizer, lr_scheduler, ema, latents, weights, pcfg,
-                           channels_last)
-    window: list[float] = []
-    images_per_step = pcfg.batch_size * pcfg.grad_accum * acc.num_processes
-    log.tick(start, start * images_per_step)
+    step_fn = make_step_fn(acc, unet, scheduler, optimizer, ema, latents, weights, pcfg, channels_last)
 
-    def after_step(step: int, loss: float) -> None:
-        window.append(loss)
-        if step % pcfg.log_every == 0 or step == pcfg.steps:
-            rate = log.tick(step, step * images_per_step)
-            log.log({"step": step, "loss": float(np.mean(window)), "lr": lr_scheduler.get_last_lr()[0],
-                     "images_per_s": rate})
-            window.clear()
+    def on_step(step: int, loss: float) -> None:
         if (step % pcfg.sample_every == 0 or step == pcfg.steps) and acc.is_main_process:
             _ema_grid(acc.unwrap_model(unet), ema, scheduler, vae, ws, step, pcfg.seed)
-        log.report(step, loss=loss)
 
-    result = train_loop(acc, start=start, steps=pcfg.steps, step_fn=step_fn, ckpt_dir=ckpt_dir,
-                        checkpoint_every=pcfg.checkpoint_every, total_limit=pcfg.checkpoints_total_limit,
-                        stop=stop, after_step=after_step)
+    result = trainer.run(step_fn, progress=progress, stop=stop, on_step=on_step)
     result["skipped_images"] = latents.skipped
-    if not result["stopped"] and acc.is_main_process:
-        _save_final(acc.unwrap_model(unet), ema, scheduler, ws, cfg)
+    if not result["stopped"]:
+        final = _ema_unet(acc.unwrap_model(unet), ema) if acc.is_main_process else None
+        trainer.save(ws.unet_dir, lambda tmp: final.save_pretrained(tmp, safe_serialization=True))
+        trainer.save(ws.scheduler_dir, scheduler.save_pretrained)
+        if acc.is_main_process:
+            save_config(cfg, ws.samples_dir / STAGE, LAB_CONFIG)
         result.update(unet_dir=str(ws.unet_dir), scheduler_dir=str(ws.scheduler_dir))
-    acc.wait_for_everyone()
-    acc.end_training()
+    trainer.end()
     return result
 
 
@@ -197,14 +180,7 @@ def _ema_grid(unet: UNet2DModel, ema: EMAModel, scheduler, vae, ws: Workspace, s
                       "eta": 0.0, "weights": "ema"})
 
 
-def _save_final(unet: UNet2DModel, ema: EMAModel, scheduler, ws: Workspace, cfg: LabConfig) -> None:
+def _ema_unet(unet: UNet2DModel, ema: EMAModel) -> UNet2DModel:
     final = UNet2DModel.from_config(unet.config)     # a clean config (no EMA bookkeeping keys)
     ema.copy_to(final.parameters())
-    final = final.to(memory_format=torch.contiguous_format)
-    with atomic_dir(ws.unet_dir) as tmp:
-        final.save_pretrained(tmp, safe_serialization=True)
-        save_config(cfg, tmp, LAB_CONFIG)
-    with atomic_dir(ws.scheduler_dir) as tmp:
-        scheduler.save_pretrained(tmp)
-        save_config(cfg, tmp, LAB_CONFIG)
-    save_config(cfg, ws.samples_dir / STAGE, LAB_CONFIG)
+    return final.to(memory_format=torch.contiguous_format)

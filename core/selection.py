@@ -53,7 +53,7 @@ def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
     to synthetic/scores.csv atomically once all rows are scored. `reuse` keeps the stored scores
     of images already scored by the same filter classifier and scores only the new ones.
     """
-    from core.classify import load_filter_classifier
+    from core.models import load_filter_classifier
     manifest = load_manifest(ws)
     kept = None
     if reuse and ws.synthetic_scores.exists():

@@ -1,4 +1,5 @@
-"""Shared Accelerate plumbing for the trainers: accelerator, atomic checkpoints, NaN guard, metrics.
+"""The one trainer scaffold (`TrainSpec` + `Trainer`) and its Accelerate plumbing: accelerator,
+resume guard, atomic checkpoints, NaN guard, metrics.
 
 Accelerate saves and restores the training state (`save_state` / `load_state`); what it does not
 do is make a checkpoint folder appear atomically or pick the newest *complete* one, so that part
@@ -6,11 +7,13 @@ is written here: every checkpoint is saved into a hidden temp folder and renamed
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import os
-import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,60 +21,19 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
 
+from core.checkpoints import (_quarantine, _unreadable, clean_partial_checkpoints,  # noqa: F401
+                              latest_checkpoint, list_checkpoints)
+from core.config import save_config
 from core.errors import TrainingDiverged, UserError
-from core.io import append_jsonl, naming_path
-from core.workspace import Workspace
+from core.io import append_jsonl, atomic_dir, atomic_write_json, naming_path
+# re-exported: sampling and the tests read the precision rule through this module
+from core.precision import autocast, autocast_dtype, cpu_has_fast_bf16, effective_precision  # noqa: F401
+from core.workspace import LAB_CONFIG, Workspace
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Native bf16 on this CPU (AVX-512 BF16 or AMX). Without it torch emulates bf16: on a 2-core
-    AVX2 EPYC a bf16-autocast UNet forward took 45x, a latent-classifier step 15x and a MobileNet
-    step 5x the fp32 time (measured, issue 11), so reduced precision would only cost time there."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:      # a torch without the probes: keep what the config asks
-        return True
-
-
-def effective_precision(device: torch.device | str, precision: str) -> str:
-    """What a config precision runs as on `device`: reduced precision on a CPU without native
-    bf16 runs in fp32 (a speed choice of the machine, like GPU vs CPU kernels; the config and
-    the stage keys stay as written)."""
-    if torch.device(device).type == "cpu" and precision in ("bf16", "fp16") and not cpu_has_fast_bf16():
-        _warn_once()
-        return "no"
-    return precision
-
-
-_WARNED = []
-
-
-def _warn_once() -> None:
-    if not _WARNED:
-        _WARNED.append(True)
-        import warnings
-        warnings.warn("this CPU has no native bf16 (AVX-512 BF16 / AMX): reduced-precision settings run in "
-                      "fp32, which is many times faster here", RuntimeWarning, stacklevel=3)
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for a config precision ("no" | "bf16" | "fp16") on `device`; None: fp32."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(effective_precision(device, precision))
-    if device.type == "cpu" and dtype is torch.float16:
-        dtype = torch.bfloat16  # fp16 autocast on CPU is slow; bf16 is the CPU's fast type
-    return dtype
-
-
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """torch.autocast for a config precision, for loops that run outside an Accelerator."""
-    dtype = autocast_dtype(device, precision)
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def fresh_accelerator_state() -> None:
@@ -86,7 +48,7 @@ def fresh_accelerator_state() -> None:
     GradientState._reset_state()
 
 
-def make_accelerator(mixed_precision: str, grad_accum: int, project_dir: Path, seed: int,
+def make_accelerator(mixed_precision: str, grad_accum: int, project_dir: Path | None, seed: int,
                      log_with: str | None = None) -> Accelerator:
     """One Accelerator for CPU, one GPU or many (torchrun / accelerate launch set the env)."""
     cpu = not torch.cuda.is_available()
@@ -97,32 +59,9 @@ def make_accelerator(mixed_precision: str, grad_accum: int, project_dir: Path, s
     fresh_accelerator_state()
     accelerator = Accelerator(
         mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu,
-        project_config=ProjectConfiguration(project_dir=str(project_dir)), log_with=log_with)
+        project_config=ProjectConfiguration(project_dir=project_dir and str(project_dir)), log_with=log_with)
     set_seed(seed, device_specific=True)
     return accelerator
-
-
-def tensorboard_if_installed() -> str | None:
-    """TensorBoard through Accelerate's tracker only when the package is there (it is optional)."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return None
-    return "tensorboard"
-
-
-def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (step, path), oldest first; hidden temp folders are never listed."""
-    if not folder.exists():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
-    return sorted(found)
-
-
-def latest_checkpoint(folder: Path) -> tuple[int, Path] | None:
-    found = list_checkpoints(folder)
-    return found[-1] if found else None
 
 
 def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, total_limit: int) -> Path:
@@ -148,16 +87,6 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, total_lim
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
-
-
-def clean_partial_checkpoints(folder: Path) -> list[Path]:
-    """Remove temp folders a crash left behind (they were never renamed, so never complete)."""
-    removed = []
-    if folder.exists():
-        for p in folder.glob(".checkpoint-*.tmp"):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    return removed
 
 
 def resume_step(accelerator: Accelerator, folder: Path) -> int:
@@ -190,42 +119,30 @@ def resume_step(accelerator: Accelerator, folder: Path) -> int:
     return 0
 
 
-def _unreadable(path: Path) -> str | None:
-    """Why a checkpoint cannot be loaded, from its safetensors headers (cheap: no tensor is read)."""
-    from safetensors import safe_open
-    for file in sorted(path.rglob("*.safetensors")):
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                f.keys()
-        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: all mean unreadable
-            return f"{file.relative_to(path)}: {type(e).__name__}: {e}"
-    return None
+def guard_resume(accelerator: Accelerator, spec: "TrainSpec", cfg=None) -> None:
+    """The one rule for what a run may resume from `spec.ckpt_dir`.
 
-
-def _quarantine(accelerator: Accelerator, path: Path, problem: str) -> None:
-    import sys
+    Checkpoints of another run (`spec.run_key` differs from the run key file beside them: another
+    label budget, data or config) are that run's progress, not this one's: removed, so the run
+    starts at step 0. Checkpoints of this run made by another model shape (a `spec.shape` field
+    differs from the lab_config.json beside them) are refused, as load_state would fail deep
+    inside torch with a size mismatch; steps, logging and lr may change between runs.
+    """
+    folder = spec.ckpt_dir
+    if spec.run_key is not None and accelerator.is_main_process and folder.exists():
+        marker = Workspace.run_key_of(folder)
+        if not marker.exists() or json.loads(marker.read_text()).get("key") != spec.run_key:
+            shutil.rmtree(folder, ignore_errors=True)
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        target = path.with_name(f"{path.name}.corrupt")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(path, target)
-        print(f"warning: skipped {path} ({problem}); kept as {target.name}", file=sys.stderr, flush=True)
-    accelerator.wait_for_everyone()
-
-
-def check_resume_compatible(ckpt_dir: Path, cfg, section: str, fields: tuple[str, ...]) -> None:
-    """Refuse to resume checkpoints made by a different model shape (load_state would fail deep
-    inside torch with a size mismatch); steps, logging and lr may change between runs."""
-    import json
-    saved_file = Workspace.lab_config_of(ckpt_dir)
-    if not saved_file.exists() or latest_checkpoint(ckpt_dir) is None:
+    section, fields = spec.shape
+    saved_file = Workspace.lab_config_of(folder)
+    if not fields or cfg is None or not saved_file.exists() or latest_checkpoint(folder) is None:
         return
     saved = json.loads(saved_file.read_text()).get(section, {})
     now = getattr(cfg, section)
     changed = [f for f in fields if f in saved and _plain(saved[f]) != _plain(getattr(now, f))]
     if changed:
-        raise UserError(f"checkpoints in {ckpt_dir} were made with different {section}."
+        raise UserError(f"checkpoints in {folder} were made with different {section}."
                         f"{', '.join(changed)}; rerun with --restart (or another workspace) to start over")
 
 
@@ -233,11 +150,11 @@ def _plain(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
-def check_finite(accelerator: Accelerator, loss: torch.Tensor, step: int, ckpt_folder: Path) -> float:
+def check_finite(accelerator: Accelerator, loss: torch.Tensor, step: int, ckpt_folder: Path | None) -> float:
     """Mean loss over ranks as a float, or TrainingDiverged naming the step (same verdict on every rank)."""
     value = float(accelerator.reduce(loss.detach().float(), reduction="mean"))
     if not math.isfinite(value):
-        last = latest_checkpoint(ckpt_folder)
+        last = latest_checkpoint(ckpt_folder) if ckpt_folder is not None else None
         where = f"last good checkpoint: {last[1]}" if last else "no checkpoint was written yet"
         raise TrainingDiverged(f"loss is {value} at step {step}; training stopped ({where})")
     return value
@@ -278,7 +195,7 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
 class MetricsLog:
     """JSON lines the UI reads live: step, loss, lr, images_per_s, time (main process only)."""
 
-    def __init__(self, path: Path, accelerator: Accelerator, stage: str,
+    def __init__(self, path: Path | None, accelerator: Accelerator, stage: str,
                  progress: Callable[[dict], None] | None = None, total: int = 0):
         self.path, self.acc, self.stage = path, accelerator, stage
         self.progress, self.total = progress, total
@@ -294,7 +211,7 @@ class MetricsLog:
 
     def log(self, record: dict) -> None:
         record = {"stage": self.stage, **record, "time": round(time.time() - self.t0, 3)}
-        if self.acc.is_main_process:
+        if self.acc.is_main_process and self.path is not None:     # None: a run kept in memory
             append_jsonl(self.path, record)
             if self.acc.trackers:
                 self.acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
@@ -306,12 +223,13 @@ class MetricsLog:
 
 
 def train_loop(accelerator: Accelerator, *, start: int, steps: int, step_fn: Callable[[int], torch.Tensor],
-               ckpt_dir: Path, checkpoint_every: int, total_limit: int, stop=None,
+               ckpt_dir: Path | None, checkpoint_every: int, total_limit: int, stop=None,
                after_step: Callable[[int, float], None] | None = None) -> dict:
     """Run optimizer steps start..steps-1 with periodic checkpoints, NaN guard, stop and Ctrl-C.
 
     `step_fn(step)` does one optimizer step (all its micro-batches) and returns the loss.
-    Stop event or KeyboardInterrupt: a checkpoint of the finished steps is written, then return.
+    Stop event or KeyboardInterrupt: a checkpoint of the finished steps is written, then return;
+    without `ckpt_dir` there is nothing to save, so Ctrl-C propagates to the caller.
     """
     step = start
     try:
@@ -321,17 +239,142 @@ def train_loop(accelerator: Accelerator, *, start: int, steps: int, step_fn: Cal
             loss = step_fn(step)
             value = check_finite(accelerator, loss, step + 1, ckpt_dir)   # 1-based, like checkpoint names
             step += 1
-            if step % checkpoint_every == 0 or step == steps:
+            if ckpt_dir is not None and (step % checkpoint_every == 0 or step == steps):
                 save_checkpoint(accelerator, ckpt_dir, step, total_limit)
             if after_step is not None:
                 after_step(step, value)
     except KeyboardInterrupt:
+        if ckpt_dir is None:
+            raise
         return _halt(accelerator, ckpt_dir, step, total_limit, "interrupted")
     return {"step": step, "stopped": False}
 
 
-def _halt(accelerator: Accelerator, ckpt_dir: Path, step: int, total_limit: int, why: str) -> dict:
+def _halt(accelerator: Accelerator, ckpt_dir: Path | None, step: int, total_limit: int, why: str) -> dict:
+    if ckpt_dir is None:
+        return {"step": step, "stopped": True, "reason": why}
     last = latest_checkpoint(ckpt_dir)
     if step > 0 and (last is None or last[0] != step):
         save_checkpoint(accelerator, ckpt_dir, step, total_limit)
     return {"step": step, "stopped": True, "reason": why, "checkpoint": str(ckpt_dir / f"checkpoint-{step}")}
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One trainer's loop, filled from its config section. `ckpt_dir=None`: a run kept in memory
+    (a grid run's classifier: minutes long and restarted whole) that never checkpoints."""
+    stage: str
+    steps: int                              # optimizer steps
+    seed: int
+    precision: str                          # the config's mixed_precision
+    batch_size: int                         # per process and micro-batch (images/s in the log)
+    ckpt_dir: Path | None = None
+    checkpoint_every: int = 0
+    total_limit: int = 1
+    grad_accum: int = 1
+    schedule: str = "constant"              # a diffusers get_scheduler name
+    warmup_steps: int = 0
+    metrics_file: Path | None = None
+    log_every: int = 10
+    run_key: str | None = None              # guard_resume: checkpoints of another run are dropped
+    shape: tuple[str, tuple[str, ...]] = ("", ())   # guard_resume: (section, fields) a resume must match
+    trackers: bool = False                  # TensorBoard through Accelerate, when installed
+
+
+class Trainer:
+    """The scaffold every trainer fills with its models and a step function:
+
+        trainer = Trainer(spec, cfg)                  # Accelerator + resume guard
+        model, opt = trainer.prepare(model, opt)      # + the lr schedule
+        result = trainer.run(step_fn, progress, stop, on_step)   # resume, loop, checkpoints, log
+        if not result["stopped"]: trainer.save(folder, write)    # atomic, main process
+        trainer.end()
+    """
+
+    def __init__(self, spec: TrainSpec, cfg=None):
+        self.spec, self.cfg = spec, cfg
+        # TensorBoard is optional: logged through Accelerate only where the package is installed
+        self.tracker = "tensorboard" if spec.trackers and importlib.util.find_spec("tensorboard") else None
+        self.acc = make_accelerator(spec.precision, spec.grad_accum, spec.ckpt_dir, spec.seed, self.tracker)
+        if spec.ckpt_dir is not None:
+            guard_resume(self.acc, spec, cfg)
+        self.optimizers, self.schedulers = [], []
+        self.metrics = MetricsLog(spec.metrics_file, self.acc, spec.stage)
+
+    def prepare(self, *objects):
+        """accelerator.prepare, plus the one warm-up rule: every optimizer gets diffusers'
+        get_scheduler(spec.schedule, spec.warmup_steps) over spec.steps, stepped once per optimizer
+        step (a constant lr without warm-up: none, so nothing to step or checkpoint). Counts are
+        x num_processes: Accelerate steps a prepared scheduler once per process."""
+        s, world = self.spec, self.acc.num_processes
+        scheds = [] if s.schedule == "constant" and not s.warmup_steps else [
+            get_scheduler(s.schedule, o, num_warmup_steps=s.warmup_steps * world, num_training_steps=s.steps * world)
+            for o in objects if isinstance(o, torch.optim.Optimizer)]
+        out = self.acc.prepare(*objects, *scheds)
+        out = list(out) if isinstance(out, (tuple, list)) else [out]
+        self.schedulers = out[len(objects):]
+        self.optimizers += [o for o in out[:len(objects)] if isinstance(o, AcceleratedOptimizer)]
+        return out[0] if len(objects) == 1 else tuple(out[:len(objects)])
+
+    @property
+    def lr(self) -> float | None:
+        return self.optimizers[0].param_groups[0]["lr"] if self.optimizers else None
+
+    def run(self, step_fn: Callable, progress=None, stop=None, on_step: Callable[[int, float], None] | None = None
+            ) -> dict:
+        """Resume from the newest loadable checkpoint, then optimizer steps up to spec.steps.
+
+        `step_fn(step)` does one optimizer step (all micro-batches) and returns its loss, or (loss,
+        extra metrics-log fields). The scaffold then steps the lr schedules, guards against NaN,
+        checkpoints, logs the mean loss since the previous record, calls `on_step(step, loss)`
+        (1-based) and reports progress. Stop / Ctrl-C: see train_loop.
+        """
+        s, acc, log = self.spec, self.acc, self.metrics
+        start = resume_step(acc, s.ckpt_dir) if s.ckpt_dir is not None else 0
+        if s.ckpt_dir is not None and acc.is_main_process:     # what guard_resume checks next time
+            if self.cfg is not None:
+                save_config(self.cfg, s.ckpt_dir, LAB_CONFIG)
+            if s.run_key is not None:
+                atomic_write_json(Workspace.run_key_of(s.ckpt_dir), {"key": s.run_key})
+        if self.tracker and not acc.trackers:
+            acc.init_trackers(s.stage)
+        log.progress, log.total = progress, s.steps
+        per_step = s.batch_size * s.grad_accum * acc.num_processes
+        log.tick(start, start * per_step)
+        window, extra = [], {}
+
+        def one_step(step: int) -> torch.Tensor:
+            out = step_fn(step)
+            loss, more = out if isinstance(out, tuple) else (out, {})
+            extra.update(more)
+            for sched in self.schedulers:
+                sched.step()
+            return loss
+
+        def after_step(step: int, loss: float) -> None:
+            window.append(loss)
+            if s.metrics_file is not None and (step % s.log_every == 0 or step == s.steps):
+                log.log({"step": step, "loss": float(np.mean(window)), **extra, "lr": self.lr,
+                         "images_per_s": log.tick(step, step * per_step)})
+                window.clear()
+            if on_step is not None:
+                on_step(step, loss)
+            log.report(step, loss=loss)
+
+        return train_loop(acc, start=start, steps=s.steps, step_fn=one_step, ckpt_dir=s.ckpt_dir,
+                          checkpoint_every=s.checkpoint_every, total_limit=s.total_limit, stop=stop,
+                          after_step=after_step)
+
+    def save(self, folder: Path, write: Callable[[Path], None]) -> None:
+        """The final model: `write(tmp)` on the main process into a temp folder that replaces
+        `folder` whole (core.io.atomic_dir), with the run's config beside it."""
+        if self.acc.is_main_process:
+            with atomic_dir(folder) as tmp:
+                write(tmp)
+                if self.cfg is not None:
+                    save_config(self.cfg, tmp, LAB_CONFIG)
+        self.acc.wait_for_everyone()
+
+    def end(self) -> None:
+        self.acc.wait_for_everyone()
+        self.acc.end_training()

@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from core.errors import UserError
 
+MEAN = STD = (0.5, 0.5, 0.5)   # images are fed in [-1, 1] (core.images.to_tensor), i.e. (x - 0.5) / 0.5
+
 
 def build_backbone(name: str, num_classes: int, pretrained_path: str | Path = "") -> torch.nn.Module:
     """timm model by name, never downloaded; optional local safetensors weights (head skipped

@@ -98,3 +98,16 @@ def test_stop_checkpoints_and_rerun_resumes(tmp_path, tiny_cfg):
     seen.clear()
     assert ae.train_autoencoder(ws, cfg, progress=progress)["step"] == 8
     assert seen == [7, 8]                                   # resumed, not restarted
+
+
+def test_checkpoint_limit_comes_from_config_and_keys_no_stage(tmp_path, tiny_cfg):
+    from core.config import apply_overrides, identity
+    ws = make_pool_workspace(tmp_path, n_per_pool=(6, 4))
+    cfg = apply_overrides(tiny_cfg, ["autoencoder.steps=3", "autoencoder.checkpoint_every=1",
+                                     "autoencoder.checkpoints_total_limit=3"])
+    ae.train_autoencoder(ws, cfg)
+    names = sorted(p.name for p in (ws.checkpoints_dir / "autoencoder").glob("checkpoint-*"))
+    assert names == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    for section in ("autoencoder", "classifier"):       # disk use, not results: stage keys unchanged
+        more = apply_overrides(tiny_cfg, [f"{section}.checkpoints_total_limit=5"])
+        assert identity(getattr(more, section)) == identity(getattr(tiny_cfg, section))

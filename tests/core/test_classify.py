@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.classify import class_centroids, evaluate, load_filter_classifier, load_images, predict, train_classifier, train_filter_classifier
-from core.models import build_backbone
+from core.classify import class_centroids, evaluate, load_images, predict, train_classifier, train_filter_classifier
+from core.models import build_backbone, load_filter_classifier
 from core.cli import UserError
 from core.config import apply_overrides
 from core.workspace import Workspace

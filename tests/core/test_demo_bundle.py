@@ -58,7 +58,8 @@ def test_latent_classifier_is_noise_aware_and_finite(demo_ws):
 
 
 def test_filter_classifier_beats_chance_on_demo_test_split(demo_ws):
-    from core.classify import evaluate, load_filter_classifier
+    from core.classify import evaluate
+    from core.models import load_filter_classifier
     from core.data import load_splits
     cfg = load_config(demo_ws.root / "config.json")
     model, info, centroids = load_filter_classifier(demo_ws)

@@ -13,6 +13,7 @@ from core.training import pool_row_weights
 from ldm_fixtures import make_pool_workspace
 
 WORKER = Path(__file__).with_name("dist_pretrain_worker.py")
+CLASSIFY_WORKER = Path(__file__).with_name("dist_classify_worker.py")
 
 
 @pytest.mark.distributed
@@ -47,3 +48,37 @@ def test_two_cpu_processes_shard_data_and_checkpoint_once(tmp_path):
     assert steps == [1, 2, 3, 4]                                   # logged by the main process only
     assert (ws.unet_dir / "diffusion_pytorch_model.safetensors").exists()
     shutil.rmtree(tmp_path / "out")
+
+
+@pytest.mark.distributed
+def test_grid_classifier_trains_on_two_processes_with_one_global_batch(tmp_path):
+    """train_classifier (every grid run) under torchrun: each rank takes its half of the one global
+    batch a single device would draw, gradients are averaged (same weights on both ranks), and both
+    ranks agree on validation and the best step."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this python")
+    import torch
+    from safetensors.torch import load_file
+
+    from core.classify import load_images
+    from core.workspace import Workspace
+    from labdata import make_splits
+    splits = make_splits(Workspace(tmp_path / "ws").ensure())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(CLASSIFY_WORKER),
+                           str(tmp_path / "ws"), str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["attrs"] == ranks[1]["attrs"] and ranks[0]["attrs"]["steps"] == 4
+    assert ranks[0]["history"] == ranks[1]["history"] and len(ranks[0]["history"]) == 2
+    images, _, _ = load_images(splits[splits.split == "train"]["path"], 32)
+    checksums = images.flatten(1).sum(1)
+    gen = torch.Generator().manual_seed(0)            # the seed's order of the 24 images, batch 8
+    first, second = torch.randperm(24, generator=gen), torch.randperm(24, generator=gen)
+    batches = [first[0:8], first[8:16], first[16:24], second[0:8]]
+    for rank, seen in enumerate(r["seen"] for r in ranks):
+        assert seen == [checksums[b[rank::2]].tolist() for b in batches]
+    a, b = (load_file(tmp_path / "out" / f"params{r}.safetensors") for r in (0, 1))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
