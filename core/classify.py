@@ -7,6 +7,7 @@ best VALIDATION balanced accuracy (the test split is only touched by `evaluate` 
 from __future__ import annotations
 
 import copy
+import os
 import time
 
 import numpy as np
@@ -33,11 +34,17 @@ from core.workspace import LAB_CONFIG, Workspace
 def load_images(paths, image_size: int) -> tuple[torch.Tensor, np.ndarray, dict[str, str]]:
     """Decode once into uint8 (N, 3, S, S); returns (images, index of kept rows, {path: reason}).
 
-    Kept as uint8 so the same decoded set serves every arm and seed of the grid cheaply.
+    Kept as uint8 so the same decoded set serves every arm and seed of the grid cheaply. The
+    memo is keyed by the file's size and mtime too: a file rewritten under the same name (a
+    regenerated synthetic image) is decoded again, never served stale.
     """
     images, keep, skipped = [], [], {}
     for i, p in enumerate(paths):
-        key = (str(p), image_size)
+        try:
+            st = os.stat(p)
+            key = (str(p), image_size, st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = (str(p), image_size, -1, -1)   # missing: load_rgb below names the reason
         x = _CACHE.get(key)
         if x is None:
             try:
@@ -54,7 +61,7 @@ def load_images(paths, image_size: int) -> tuple[torch.Tensor, np.ndarray, dict[
     return torch.stack(images), np.asarray(keep), skipped
 
 
-_CACHE: dict[tuple[str, int], torch.Tensor] = {}
+_CACHE: dict[tuple[str, int, int, int], torch.Tensor] = {}
 _CACHE_LIMIT = 50_000
 
 

@@ -157,3 +157,17 @@ def test_step_budget_gives_every_arm_the_same_optimizer_steps(ws, cfg):
     _, aug = train_classifier(train, val, ["tumor", "stroma"], epochs, seed=0, extra_df=extra)
     # the option says so: one optimizer step per full batch, so more images take more steps
     assert (base.attrs["steps"], aug.attrs["steps"]) == (12 // 8, 48 // 8)
+
+
+def test_a_rewritten_image_is_decoded_again(tmp_path):
+    """The decoded-image memo must not serve a stale image when a file is rewritten in place."""
+    import os
+    from PIL import Image
+    path = tmp_path / "a.png"
+    Image.new("RGB", (16, 16), (10, 10, 10)).save(path)
+    first, _, _ = load_images([str(path)], 16)
+    Image.new("RGB", (16, 16), (200, 200, 200)).save(path)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))   # a new mtime even on coarse clocks
+    second, _, _ = load_images([str(path)], 16)
+    assert int(first.float().mean()) == 10 and int(second.float().mean()) == 200
