@@ -20,7 +20,8 @@ from benchmarks.common import markdown_table
 from core.cli import UserError
 from core.config import load_config, preset
 from core.latent_classifier import train_latent_classifier
-from core.sampling import generate, load_pipeline
+from core.models import load_pipeline
+from core.sampling import generate
 from core.selection import score_synthetic
 from core.workspace import Workspace
 
