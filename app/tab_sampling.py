@@ -53,10 +53,10 @@ def class_names(ctx: AppContext) -> list[str]:
 
 
 def missing_models(ctx: AppContext) -> list[str]:
-    ws = ctx.workspace
-    needed = {"autoencoder": ws.autoencoder_dir, "unet": ws.unet_dir,
-              "latent classifier": ws.latent_classifier_dir}
-    return [name for name, folder in needed.items() if not ws.config_of(folder).exists()]
+    from core.models import missing_models
+    # pre-training saves the scheduler with the UNet: the tab names both "unet"
+    names = {"vae": "autoencoder", "unet": "unet", "scheduler": "unet", "classifier": "latent classifier"}
+    return list(dict.fromkeys(names[part] for part in missing_models(ctx.workspace, ctx.config)))
 
 
 def hint(ctx: AppContext) -> str:
@@ -77,7 +77,7 @@ def image_params(ctx: AppContext, req: Request, seed: int, batch: list[int] | No
     """What made the image: request, scheduler, the hashes of the models (cached pipeline) and
     the seeds sampled in the same batch (batched kernels round differently: a seed alone can
     differ from the same seed in a batch by a few 1/255, so regenerating re-runs the batch)."""
-    from core.sampling import load_pipeline
+    from core.pipeline import load_pipeline
     hashes = getattr(load_pipeline(ctx.workspace, ctx.config), "model_hashes", {})
     return {"class": req.class_name, "seed": seed, "guidance_scale": req.guidance_scale,
             "steps": req.steps, "eta": req.eta, "scheduler": ctx.config.sampling.scheduler,
@@ -92,7 +92,7 @@ def preview_every(steps: int) -> int:
 
 def sampling_job(ctx: AppContext, req: Request, events: "queue.Queue", progress=None, stop=None) -> dict:
     """Sample `req` in batches, save each PNG with its parameters, push events to the UI queue."""
-    from core.sampling import sample_images
+    from app.sampler import sample_images
     seeds = req.seeds()
     done: list[str] = []
     total_steps = req.steps * len(seeds)
@@ -178,7 +178,7 @@ def generate(ctx: AppContext, req: Request) -> Iterator[tuple[list[str], Image.I
 def grid_job(ctx: AppContext, classes: list[str], scales: list[float], seed: int, steps: int,
              eta: float, events: "queue.Queue", progress=None, stop=None) -> dict:
     """One image per (class, scale) cell at the same seed; cells stream to the UI as they finish."""
-    from core.sampling import sample_images
+    from app.sampler import sample_images
     total = len(classes) * len(scales)
     for i, name in enumerate(classes):
         for j, scale in enumerate(scales):

@@ -26,18 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from core.config import load_config
     from core.demo_models import install_demo
-    from core.sampling import class_index, load_pipeline
+    from core.pipeline import load_pipeline
     from core.workspace import Workspace
     ws = Workspace(Path(tempfile.mkdtemp()) / "ws")
     install_demo(ROOT / "assets" / "demo_models", ws)
     cfg = load_config(ws.root / "config.json")
-    pipe = load_pipeline(ws, cfg)
-    label = class_index(pipe, pipe.classifier.config.class_names[0])
+    pipe = load_pipeline(ws, cfg, sampler="ddim", compile=False)
+    label = pipe.get_label_ids(pipe.classifier.config.class_names[0])[0]
 
     def run(seeds, batch, precision, steps=None):
-        out = pipe(label, seeds, cfg.sampling.guidance_scale, steps or args.steps, cfg.sampling.eta, "ddim",
-                   batch_size=batch, mixed_precision=precision)
-        return {s: np.asarray(im, dtype=np.int16) for s, im in zip(out.seeds, out.images)}
+        pipe.configure(mixed_precision=precision)
+        images = {}
+        for lo in range(0, len(seeds), batch):
+            out = pipe(label, seeds=seeds[lo:lo + batch], guidance_scale=cfg.sampling.guidance_scale,
+                       num_inference_steps=steps or args.steps, eta=cfg.sampling.eta)
+            images.update({s: np.asarray(im, dtype=np.int16) for s, im in zip(out.seeds, out.images)})
+        return images
 
     print("| precision | seed 6 in | max abs diff vs alone (1/255) | pixels differing |", flush=True)
     print("|---|---|---|---|")

@@ -21,7 +21,8 @@ from core.errors import UserError
 from core.config import load_config
 from core.presets import preset
 from core.latent_classifier import train_latent_classifier
-from core.sampling import generate, load_pipeline
+from core.pipeline import load_pipeline
+from core.sampling import generate
 from core.selection import score_synthetic
 from core.workspace import Workspace
 

@@ -5,7 +5,7 @@ the UNet under no_grad, the classifier (weights left trainable, as there) differ
 its input every step through `torch.enable_grad` + `autograd.grad`. The issue-4 reference also
 keeps the UNet's graph. Ours: the pipeline with a bf16-autocast UNet (channels_last on CUDA only:
 on CPU it made group norm ~7x slower), larger batches, a frozen fp32 classifier; then the same with
-`compile=True` (inductor, the UNet's weights frozen into its graph). Same (random-init,
+`configure(compile=True)` (inductor, the UNet's weights frozen into its graph). Same (random-init,
 preset-shaped) models and seeds in every arm.
 
 The machine is shared, so one run interleaves the arms round by round (every arm sees the same
@@ -27,7 +27,7 @@ from core.models import build_autoencoder
 from core.presets import preset
 from core.models import build_classifier
 from core.models import build_scheduler, build_unet, prefers_channels_last
-from core.sampling import GuidedLatentPipeline
+from core.pipeline import GuidedLatentPipeline
 
 
 def reference_loop(unet, classifier, scheduler, ids, seeds, scale, steps, eta, batch=10, unet_graph=False):
@@ -123,11 +123,14 @@ def main(argv=None) -> None:
     layout = torch.channels_last if prefers_channels_last(device, "bf16") else torch.contiguous_format
     pipe = GuidedLatentPipeline(unet=unet.to(memory_format=layout), vae=vae,
                                 scheduler=build_scheduler(cfg.pretrain), classifier=clf)
+    pipe.set_progress_bar_config(disable=True)
 
     def ours(scale, compile=False, classifier_precision="no"):
-        clf.requires_grad_(False)                                            # as load_pipeline does
-        return pipe(ids, seeds, scale, args.steps, 1.0, output_type="latent", batch_size=batch,
-                    mixed_precision="bf16", classifier_precision=classifier_precision, compile=compile)
+        clf.requires_grad_(False)                                       # as from_pretrained does
+        pipe.configure(mixed_precision="bf16", classifier_precision=classifier_precision, compile=compile)
+        return torch.cat([pipe(ids[lo:lo + batch], seeds=seeds[lo:lo + batch], guidance_scale=scale,
+                               num_inference_steps=args.steps, eta=1.0, output_type="latent").images
+                          for lo in range(0, len(seeds), batch)])
 
     def reference(unet_graph=False):
         clf.requires_grad_(True)                                             # as loaded there

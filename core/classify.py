@@ -7,7 +7,6 @@ best VALIDATION balanced accuracy (the test split is only touched by `evaluate` 
 from __future__ import annotations
 
 import copy
-import os
 import time
 
 import numpy as np
@@ -20,54 +19,12 @@ from torchvision.transforms import v2
 
 from core.errors import UserError
 from core.config import ClassifyConfig, LabConfig, config_hash, save_config
-from core.images import BadImage, load_rgb, to_uint8
+from core.inference import _to_input, load_images, predict  # noqa: F401  (callers and tests import them from here too)
 from core.io import atomic_dir, atomic_write_json
 from core.metrics import classification_metrics
 from core.models import MEAN, STD, build_backbone  # noqa: F401  (MEAN/STD: callers' name for the input normalisation)
-from core.precision import autocast
 from core.training import Trainer, TrainSpec
 from core.workspace import LAB_CONFIG, Workspace
-
-
-# --- images in memory -----------------------------------------------------------------------
-
-def load_images(paths, image_size: int) -> tuple[torch.Tensor, np.ndarray, dict[str, str]]:
-    """Decode once into uint8 (N, 3, S, S); returns (images, index of kept rows, {path: reason}).
-
-    Kept as uint8 so the same decoded set serves every arm and seed of the grid cheaply. The
-    memo is keyed by the file's size and mtime too: a file rewritten under the same name (a
-    regenerated synthetic image) is decoded again, never served stale.
-    """
-    images, keep, skipped = [], [], {}
-    for i, p in enumerate(paths):
-        try:
-            st = os.stat(p)
-            key = (str(p), image_size, st.st_size, st.st_mtime_ns)
-        except OSError:
-            key = (str(p), image_size, -1, -1)   # missing: load_rgb below names the reason
-        x = _CACHE.get(key)
-        if x is None:
-            try:
-                x = to_uint8(load_rgb(p), image_size)
-            except (BadImage, FileNotFoundError) as e:
-                skipped[str(p)] = str(e)
-                continue
-            if len(_CACHE) < _CACHE_LIMIT:
-                _CACHE[key] = x
-        images.append(x)
-        keep.append(i)
-    if not images:
-        return torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), np.array([], int), skipped
-    return torch.stack(images), np.asarray(keep), skipped
-
-
-_CACHE: dict[tuple[str, int, int, int], torch.Tensor] = {}
-_CACHE_LIMIT = 50_000
-
-
-def _to_input(batch_u8: torch.Tensor, dev: torch.device) -> torch.Tensor:
-    x = batch_u8.to(dev, non_blocking=True).float().div_(127.5).sub_(1.0)
-    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _augmenter() -> v2.Compose:
@@ -80,11 +37,6 @@ def _augmenter() -> v2.Compose:
 def _augment(batch_u8: torch.Tensor, aug: v2.Compose) -> torch.Tensor:
     # v2 transforms draw one set of parameters per call, so each image gets its own call.
     return torch.stack([aug(img) for img in batch_u8])
-
-
-def _autocast(cfg: ClassifyConfig, dev: torch.device):
-    # inference runs outside any Accelerator (scoring, test metrics): plain torch.autocast
-    return autocast(dev, cfg.mixed_precision)
 
 
 # --- training -------------------------------------------------------------------------------
@@ -189,27 +141,6 @@ def _validate(acc, net, x_val: torch.Tensor, y_val, classes: list[str], cfg: Cla
         scores = torch.tensor([val["accuracy"], val["balanced_accuracy"]], dtype=torch.float64, device=acc.device)
     scores = broadcast(scores)
     return float(scores[0]), float(scores[1])
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, cfg: ClassifyConfig | None = None,
-            batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax probabilities, pooled penultimate features) for uint8 or [-1, 1] float images."""
-    dev = next(model.parameters()).device
-    model.eval()
-    probs, feats = [], []
-    for i in range(0, len(images), batch_size):
-        chunk = images[i:i + batch_size]
-        x = _to_input(chunk, dev) if chunk.dtype == torch.uint8 else \
-            chunk.to(dev).contiguous(memory_format=torch.channels_last)
-        with _autocast(cfg or ClassifyConfig(), dev):
-            f = model.forward_head(model.forward_features(x), pre_logits=True)
-            logits = model.get_classifier()(f)
-        probs.append(logits.float().softmax(-1).cpu())
-        feats.append(f.float().cpu())
-    if not probs:
-        return torch.empty(0, 0), torch.empty(0, 0)
-    return torch.cat(probs), torch.cat(feats)
 
 
 def evaluate_arrays(model, images: torch.Tensor, labels, classes: list[str], cfg: ClassifyConfig) -> dict:

@@ -16,13 +16,18 @@ import pandas as pd
 
 from core.errors import UserError
 from core.io import atomic_dir, atomic_write_json, file_sha256
-from core.workspace import Workspace
+from core.workspace import LEGACY_MODEL_DIRS, Workspace, migrate_layout
 
-SHARED_MODELS = ("autoencoder", "unet", "scheduler")
-LABEL_MODELS = ("latent_classifier", "filter_classifier")
-MODEL_DIRS = SHARED_MODELS + LABEL_MODELS
 MODEL_FILES = ("*.safetensors", "*.json", "*.csv")
 MANIFEST = "bundle.json"
+
+
+def _shared_models(ws: Workspace) -> list[Path]:
+    return [ws.autoencoder_dir, ws.unet_dir, ws.scheduler_dir]
+
+
+def _label_models(ws: Workspace) -> list[Path]:
+    return [ws.latent_classifier_dir, ws.filter_classifier_dir]
 
 
 def _model_files(folder: Path) -> list[tuple[Path, str]]:
@@ -35,7 +40,7 @@ def _budget_parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[P
     """One label budget's files (its models, synthetic tables, accepted set, markers, labels),
     keyed by their folder relative to the workspace root."""
     prefix = "" if not ws.scope else f"budgets/{ws.scope}/"
-    out = {f"{prefix}models/{name}": _model_files(ws.label_root / "models" / name) for name in LABEL_MODELS}
+    out = {ws.relative(folder): _model_files(folder) for folder in _label_models(ws)}
     tables = {ws.synthetic_dir: [ws.synthetic_manifest, ws.synthetic_scores],
               ws.accepted_dir: [ws.accepted_manifest]}
     for root, paths in tables.items():
@@ -64,7 +69,7 @@ def _parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[Path, st
     from core.config import load_config
     if not ws.config_file.exists():
         raise UserError(f"cannot export: {ws.config_file} is missing")
-    out: dict[str, list[tuple[Path, str]]] = {f"models/{n}": _model_files(ws.models_dir / n) for n in SHARED_MODELS}
+    out: dict[str, list[tuple[Path, str]]] = {ws.relative(d): _model_files(d) for d in _shared_models(ws)}
     out["."] = [(ws.config_file, ws.relative(ws.config_file))]
     for _, view in budget_views(ws, load_config(ws.config_file)):
         for top, files in _budget_parts(view, include_images).items():
@@ -119,10 +124,20 @@ def export_demo(ws: Workspace, to: str | Path, include_images: bool = True) -> d
             for _, rel in files:
                 dest_rel = rel if top == "." else f"{top}/{rel}"
                 listing[dest_rel] = file_sha256(tmp / dest_rel)
+        for path in _pipeline_files(ws, tmp / ws.relative(ws.models_dir)):
+            listing[path.relative_to(tmp).as_posix()] = file_sha256(path)
         info = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "source_workspace": str(ws.root),
                 "files": listing, "bytes": sum((tmp / r).stat().st_size for r in listing)}
         atomic_write_json(tmp / MANIFEST, info)
     return info
+
+
+def _pipeline_files(ws: Workspace, models: Path) -> list[Path]:
+    """The bundle's models/ as a loadable, self-describing pipeline folder: model_index.json and
+    the model card, written into the bundle (the workspace itself is left as it is)."""
+    from core.model_card import write_model_card
+    from core.pipeline import write_model_index
+    return [write_model_index(models), write_model_card(models, ws)]
 
 
 def verify_bundle(bundle: str | Path) -> dict:
@@ -149,7 +164,7 @@ def install_demo(bundle: str | Path, ws: Workspace, overwrite: bool = False, bui
     bundle = Path(bundle)
     info = verify_bundle(bundle)
     ws.ensure()
-    existing = [ws.models_dir / n for n in MODEL_DIRS if (ws.models_dir / n).exists()]
+    existing = [p for p in _shared_models(ws) + _label_models(Workspace(ws.root)) if p.exists()]
     if existing and not overwrite:
         raise UserError(f"workspace {ws.root} already has models ({', '.join(p.name for p in existing)}); "
                         "pass overwrite=True (CLI: --overwrite) to replace them")
@@ -157,12 +172,12 @@ def install_demo(bundle: str | Path, ws: Workspace, overwrite: bool = False, bui
     for top in tops:
         if top == ".":
             continue
-        groups = [f"models/{n}" for n in MODEL_DIRS] if top == "models" else [top]
-        for group in groups:
-            src = bundle / group
-            if src.exists():
-                with atomic_dir(ws.root / group) as tmp:
-                    shutil.copytree(src, tmp, dirs_exist_ok=True)
+        if top == "models":
+            _install_models(bundle / top, ws.models_dir)
+            continue
+        with atomic_dir(ws.root / top) as tmp:
+            shutil.copytree(bundle / top, tmp, dirs_exist_ok=True)
+    migrate_layout(ws.root)     # a bundle exported before issue 13 brings the old folder names
     source = Workspace(bundle)      # the bundle has a workspace's layout
     for path in (source.config_file, source.labels_file):
         if path.exists():
@@ -174,3 +189,15 @@ def install_demo(bundle: str | Path, ws: Workspace, overwrite: bool = False, bui
         data = build_demo(ws, load_config(ws.config_file))
     return {"installed": len(info["files"]), "bytes": info["bytes"], "workspace": str(ws.root),
             "data": None if data is None else {k: data.get(k) for k in ("classes", "counts", "skipped")}}
+
+
+def _install_models(src: Path, models: Path) -> None:
+    """Each model folder replaced whole (under its current name), then the pipeline's own files."""
+    for item in sorted(src.iterdir()):
+        if item.is_dir():
+            with atomic_dir(models / LEGACY_MODEL_DIRS.get(item.name, item.name)) as tmp:
+                shutil.copytree(item, tmp, dirs_exist_ok=True)
+    for item in sorted(src.iterdir()):
+        if item.is_file():
+            shutil.copy2(item, models / item.name)
+

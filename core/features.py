@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from core.errors import UserError
-from core.images import BadImage, load_rgb, to_uint8
+from core.inference import load_images
 from core.io import atomic_write_bytes, file_sha256, folder_hash
 from core.workspace import Workspace
 
@@ -130,19 +130,6 @@ def _save_cache(path: Path, cache: dict[str, torch.Tensor]) -> None:
                                        "features": torch.stack([cache[k] for k in keys]).contiguous()}))
 
 
-def _decode(paths: list[str], size: int) -> tuple[torch.Tensor, list[int], dict[str, str]]:
-    # decoded here rather than by classify.load_images, whose in-memory cache is keyed by path:
-    # a regenerated file at the same path must be decoded afresh
-    images, keep, bad = [], [], {}
-    for i, p in enumerate(paths):
-        try:
-            images.append(to_uint8(load_rgb(p), size))
-            keep.append(i)
-        except (BadImage, OSError) as e:
-            bad[p] = str(e)
-    return (torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)), keep, bad
-
-
 def embed_files(space: FeatureSpace, ws: Workspace, paths, progress=None, stop=None,
                 batch_size: int = 128, stage: str = "features") -> tuple[torch.Tensor, np.ndarray, dict]:
     """(features (N_ok, D), indices of the readable paths, {path: reason} for the others).
@@ -168,7 +155,7 @@ def embed_files(space: FeatureSpace, ws: Workspace, paths, progress=None, stop=N
             _save_cache(cache_path, cache)
             return None, np.array([], int), skipped
         chunk = todo_paths[lo:lo + batch_size]
-        images, keep, bad = _decode(chunk, space.image_size)
+        images, keep, bad = load_images(chunk, space.image_size, memo=False)
         skipped.update(bad)
         if len(keep):
             feats = space.embed(images)

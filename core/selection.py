@@ -76,7 +76,7 @@ def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
 
 def _score(ws: Workspace, manifest: pd.DataFrame, model, info: dict, centroids, progress, stop,
            batch_size: int) -> pd.DataFrame:
-    from core.classify import load_images, predict
+    from core.inference import load_images, predict
     classes = info["classes"]
     unknown = sorted(set(manifest["class"].astype(str)) - set(classes))
     if unknown:

@@ -34,6 +34,7 @@ DEPENDS = {
     "selection": (("selection",), ("scoring",)),
 }
 LABELED = ("latent_classifier", "filter_classifier")     # stages that read the budget's labels
+MODEL_STAGES = ("autoencoder", "pretrain", "latent_classifier")    # the ones saving pipeline components
 
 
 def _owner(ws: Workspace, stage: str) -> Workspace:
@@ -127,7 +128,19 @@ def mark_done(ws: Workspace, cfg: LabConfig, stage: str, result, seconds: float,
               "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "result": _jsonable(result)}
     atomic_write_json(marker_file(ws, stage), marker)
+    if stage in MODEL_STAGES:
+        _index_pipeline(ws)
     return marker
+
+
+def _index_pipeline(ws: Workspace) -> None:
+    """models/model_index.json once every pipeline component is saved there, so the folder loads
+    with `GuidedLatentPipeline.from_pretrained` as it stands."""
+    from core.models.load import missing_models
+    root = Workspace(ws.root)
+    if not missing_models(root):
+        from core.pipeline import write_model_index
+        write_model_index(root.models_dir)
 
 
 def _jsonable(result):
@@ -142,10 +155,11 @@ def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, topup: bo
     """Which rows of a synthetic manifest / scores table are images that `cfg` made for this budget:
     its guidance scale, steps, scheduler, eta, the budget's current models, its seeds — the
     sampling stage's num_per_class per class and, with `topup`, the experiment's top-up rounds."""
-    from core.sampling import SEED_STRIDE, unet_dir
+    from core.models.load import sampling_unet_dir
+    from core.sampling import SEED_STRIDE
     s = cfg.sampling
     wanted = {"guidance_scale": s.guidance_scale, "steps": s.steps, "scheduler": s.scheduler, "eta": s.eta,
-              "unet_hash": folder_hash(unet_dir(ws, cfg)), "vae_hash": folder_hash(ws.autoencoder_dir),
+              "unet_hash": folder_hash(sampling_unet_dir(ws, cfg)), "vae_hash": folder_hash(ws.autoencoder_dir),
               "classifier_hash": folder_hash(ws.latent_classifier_dir)}
     mask = pd.Series(True, index=frame.index)
     if s.class_guidance_scales and "class" in frame:   # per-class scales (tune-guidance) win

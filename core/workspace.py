@@ -9,10 +9,17 @@ results) always live at the root.
 """
 from __future__ import annotations
 
+import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 LAB_CONFIG = "lab_config.json"   # the LabConfig beside a model; diffusers owns config.json in model folders
+# Model folders before issue 13, and their names now: the root `models/` is a diffusers pipeline
+# folder, whose component folders must carry the names in its model_index.json.
+LEGACY_MODEL_DIRS = {"autoencoder": "vae", "latent_classifier": "classifier"}
+_CHECKED: set[Path] = set()      # roots whose layout this process has already migrated
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,9 @@ class Workspace:
     def __init__(self, root: str | Path, scope: str = ""):
         object.__setattr__(self, "root", Path(root).expanduser().resolve())
         object.__setattr__(self, "scope", scope)
+        if self.root not in _CHECKED and self.root.is_dir():
+            migrate_layout(self.root)
+            _CHECKED.add(self.root)
 
     def for_budget(self, name: str, primary: bool) -> "Workspace":
         """The view of label budget `name`: the root itself when it is the primary budget."""
@@ -48,17 +58,19 @@ class Workspace:
     @property
     def labels_file(self) -> Path: return self.labels_of(self.label_root)
 
-    # models, each in diffusers save_pretrained layout (safetensors + config.json)
+    # models, each in diffusers save_pretrained layout (safetensors + config.json); the root
+    # models/ is also the GuidedLatentPipeline folder (model_index.json: vae, unet, scheduler,
+    # classifier), so its component folders are named as the pipeline names them
     @property
     def models_dir(self) -> Path: return self.root / "models"
     @property
-    def autoencoder_dir(self) -> Path: return self.models_dir / "autoencoder"
+    def autoencoder_dir(self) -> Path: return self.models_dir / "vae"
     @property
     def unet_dir(self) -> Path: return self.models_dir / "unet"
     @property
     def scheduler_dir(self) -> Path: return self.models_dir / "scheduler"
     @property
-    def latent_classifier_dir(self) -> Path: return self.label_root / "models" / "latent_classifier"
+    def latent_classifier_dir(self) -> Path: return self.label_root / "models" / "classifier"
     @property
     def finetuned_unet_dir(self) -> Path: return self.label_root / "models" / "unet_finetuned"
     @property
@@ -161,6 +173,10 @@ class Workspace:
     @staticmethod
     def scheduler_config_of(folder: str | Path) -> Path: return Path(folder) / "scheduler_config.json"  # diffusers'
     @staticmethod
+    def model_index_of(folder: str | Path) -> Path: return Path(folder) / "model_index.json"  # diffusers' pipeline index
+    @staticmethod
+    def model_card_of(folder: str | Path) -> Path: return Path(folder) / "README.md"  # the Hub's model card name
+    @staticmethod
     def weights_of(folder: str | Path) -> Path: return Path(folder) / "model.safetensors"
     @staticmethod
     def centroids_of(folder: str | Path) -> Path: return Path(folder) / "centroids.safetensors"
@@ -178,3 +194,45 @@ class Workspace:
     def ensure(self) -> "Workspace":
         self.root.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def migrate_layout(root: str | Path) -> list[Path]:
+    """Rename the model folders of a workspace made before issue 13 (models/autoencoder,
+    [budgets/NAME/]models/latent_classifier) to their pipeline component names, and the folder
+    paths the results tables recorded for each run; returns the renamed folders.
+
+    Each rename is one os.rename: a reader sees the old folder or the new one, never a half.
+    The weights' file names do not change, so model hashes and stage markers stay valid."""
+    root = Path(root)
+    moved = []
+    for models in [root / "models", *sorted((root / "budgets").glob("*/models"))]:
+        for old, new in LEGACY_MODEL_DIRS.items():
+            src, dst = models / old, models / new
+            if not src.is_dir():
+                continue
+            if dst.exists():
+                warnings.warn(f"{src} and {dst} both exist; using {dst} and leaving {src} alone",
+                              RuntimeWarning, stacklevel=3)
+                continue
+            try:
+                os.rename(src, dst)
+                moved.append(dst)
+            except FileNotFoundError:    # another process opening the workspace renamed it first
+                pass
+    for table in (root / "results").glob("runs*.csv"):   # also after a rename a crash cut short
+        _rename_recorded_paths(table)
+    return moved
+
+
+def _rename_recorded_paths(table: Path) -> None:
+    """Workspace-relative model folder paths in a CSV (runs.csv's latent_classifier column) under
+    their new names; the file is replaced whole, as every table write here is."""
+    text = table.read_text(encoding="utf-8")
+    new = text
+    for old, name in LEGACY_MODEL_DIRS.items():
+        # a whole path segment only: preceded by a cell/path start, followed by a cell/path end
+        new = re.sub(rf'(?<![^,/"\n])models/{old}(?=[,/"\r\n]|$)', f"models/{name}", new)
+    if new != text:
+        tmp = table.with_name(f".{table.name}.migrate-{os.getpid()}")
+        tmp.write_text(new, encoding="utf-8")
+        os.replace(tmp, table)

@@ -4,11 +4,11 @@ from core.models.autoencoder import build_autoencoder, decode, encode
 from core.models.backbone import MEAN, STD, build_backbone
 from core.models.discriminator import PatchDiscriminator
 from core.models.latent_classifier import LatentClassifier, build_classifier
-from core.models.load import (load_autoencoder, load_filter_classifier, load_latent_classifier,
-                              load_scheduler, load_unet)
+from core.models.load import (check_models, load_autoencoder, load_filter_classifier, load_latent_classifier,
+                              load_scheduler, load_unet, missing_models, sampling_unet_dir)
 from core.models.unet import build_scheduler, build_unet, prefers_channels_last
 
 __all__ = ["MEAN", "STD", "LatentClassifier", "PatchDiscriminator", "build_autoencoder", "build_backbone",
-           "build_classifier", "build_scheduler", "build_unet", "decode", "encode", "load_autoencoder",
-           "load_filter_classifier", "load_latent_classifier", "load_scheduler", "load_unet",
-           "prefers_channels_last"]
+           "build_classifier", "build_scheduler", "build_unet", "check_models", "decode", "encode",
+           "load_autoencoder", "load_filter_classifier", "load_latent_classifier", "load_scheduler", "load_unet",
+           "missing_models", "prefers_channels_last", "sampling_unet_dir"]

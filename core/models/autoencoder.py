@@ -23,11 +23,18 @@ def encode(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
     """Pixels in [-1, 1] -> scaled latents (posterior mean x scaling_factor)."""
     param = next(vae.parameters())
     z = vae.encode(x.to(param.device, param.dtype)).latent_dist.mode()
+    z = z - _shift(vae) if _shift(vae) else z
     return z * vae.config.scaling_factor
 
 
 def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
     """Scaled latents -> pixels in [-1, 1] (clamped)."""
     param = next(vae.parameters())
-    x = vae.decode(z.to(param.device, param.dtype) / vae.config.scaling_factor).sample
+    z = z.to(param.device, param.dtype) / vae.config.scaling_factor
+    x = vae.decode(z + _shift(vae) if _shift(vae) else z).sample
     return x.clamp(-1, 1)
+
+
+def _shift(vae: AutoencoderKL) -> float | None:
+    # AutoencoderKL configs may carry a latent mean (SD3/Flux style); the lab's VAEs have none
+    return getattr(vae.config, "shift_factor", None)

@@ -1,45 +1,76 @@
-"""Load a workspace's trained models, or a UserError that names the stage that makes each."""
+"""Load a workspace's trained models, or a UserError that names the stage that makes each; and
+which of a budget's pipeline components exist (`check_models`)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
+from core.config import LabConfig
 from core.errors import UserError
 from core.models.backbone import build_backbone
 from core.models.latent_classifier import LatentClassifier
 from core.workspace import Workspace
 
+# pipeline component -> (what it is, the file its save_pretrained writes, the command that makes it)
+PARTS = {
+    "vae": ("autoencoder", Workspace.config_of, "python -m core autoencoder"),
+    "unet": ("diffusion UNet", Workspace.config_of, "python -m core pretrain"),
+    "scheduler": ("scheduler", Workspace.scheduler_config_of, "python -m core pretrain"),
+    "classifier": ("latent classifier", Workspace.config_of, "python -m core classifier"),
+}
+
+
+def sampling_unet_dir(ws: Workspace, cfg: LabConfig) -> Path:
+    """The fine-tuned UNet when classifier.finetune_unet is on and it exists, else the pre-trained one."""
+    if cfg.classifier.finetune_unet and Workspace.config_of(ws.finetuned_unet_dir).exists():
+        return ws.finetuned_unet_dir
+    return ws.unet_dir
+
+
+def model_folders(ws: Workspace, cfg: LabConfig | None = None) -> dict[str, Path]:
+    """Each pipeline component's folder for this budget view (the UNet sampling uses, with `cfg`)."""
+    return {"vae": ws.autoencoder_dir, "unet": ws.unet_dir if cfg is None else sampling_unet_dir(ws, cfg),
+            "scheduler": ws.scheduler_dir, "classifier": ws.latent_classifier_dir}
+
+
+def missing_models(ws: Workspace, cfg: LabConfig | None = None, parts=tuple(PARTS)) -> list[str]:
+    """The components among `parts` that are not saved in the workspace yet."""
+    folders = model_folders(ws, cfg)
+    return [name for name in parts if not PARTS[name][1](folders[name]).exists()]
+
+
+def check_models(ws: Workspace, cfg: LabConfig | None = None, parts=tuple(PARTS)) -> dict[str, Path]:
+    """The folders of `parts`, or one UserError naming every one missing and how to make it."""
+    folders, missing = model_folders(ws, cfg), missing_models(ws, cfg, parts)
+    if missing:
+        how = " / ".join(dict.fromkeys(PARTS[name][2] for name in missing))
+        raise UserError(f"workspace {ws.root} has no " + ", ".join(f"{PARTS[n][0]} in {folders[n]}" for n in missing)
+                        + f" — train {'it' if len(missing) == 1 else 'them'} first ({how}, or run)")
+    return {name: folders[name] for name in parts}
+
 
 def load_autoencoder(ws: Workspace) -> AutoencoderKL:
-    if not Workspace.config_of(ws.autoencoder_dir).exists():
-        raise UserError(f"no autoencoder in {ws.autoencoder_dir} (run `python -m core autoencoder`)")
-    return AutoencoderKL.from_pretrained(ws.autoencoder_dir).eval()
+    return AutoencoderKL.from_pretrained(check_models(ws, parts=("vae",))["vae"]).eval()
 
 
 def load_unet(ws: Workspace) -> UNet2DModel:
-    if not Workspace.config_of(ws.unet_dir).exists():
-        raise UserError(f"no pre-trained UNet in {ws.unet_dir} (run `python -m core pretrain`)")
-    return UNet2DModel.from_pretrained(ws.unet_dir).eval()
+    return UNet2DModel.from_pretrained(check_models(ws, parts=("unet",))["unet"]).eval()
 
 
 def load_scheduler(ws: Workspace) -> DDPMScheduler:
-    if not Workspace.scheduler_config_of(ws.scheduler_dir).exists():
-        raise UserError(f"no scheduler in {ws.scheduler_dir} (run `python -m core pretrain`)")
-    return DDPMScheduler.from_pretrained(ws.scheduler_dir)
+    return DDPMScheduler.from_pretrained(check_models(ws, parts=("scheduler",))["scheduler"])
 
 
 def load_latent_classifier(ws: Workspace) -> LatentClassifier:
-    if not Workspace.config_of(ws.latent_classifier_dir).exists():
-        raise UserError(f"no latent classifier in {ws.latent_classifier_dir} "
-                        "(train it: python -m core classifier --workspace DIR)")
-    return LatentClassifier.from_pretrained(ws.latent_classifier_dir).eval()
+    return LatentClassifier.from_pretrained(check_models(ws, parts=("classifier",))["classifier"]).eval()
 
 
 def load_filter_classifier(ws: Workspace) -> tuple[torch.nn.Module, dict, torch.Tensor]:
-    """(model on the compute device, config.json dict, centroids (C, D))."""
+    """(model on the compute device, its config dict, centroids (C, D))."""
     folder = ws.filter_classifier_dir
     config, weights, centroids = (Workspace.config_of(folder), Workspace.weights_of(folder),
                                   Workspace.centroids_of(folder))

@@ -73,7 +73,7 @@ def test_views_put_the_first_budget_at_the_root(tmp_path, tiny_cfg):
     cfg = apply_overrides(tiny_cfg, ["experiment.label_fractions=0.25,1.0,20"])
     views = budget_views(Workspace(tmp_path), cfg)
     assert [v for v, _ in views] == [0.25, 1.0, 20]
-    assert views[0][1].latent_classifier_dir == tmp_path.resolve() / "models" / "latent_classifier"
+    assert views[0][1].latent_classifier_dir == tmp_path.resolve() / "models" / "classifier"   # issue 13
     assert views[1][1].filter_classifier_dir == tmp_path.resolve() / "budgets" / "f1" / "models" / "filter_classifier"
     assert views[2][1].synthetic_dir == tmp_path.resolve() / "budgets" / "n20" / "synthetic"
     assert views[2][1].unet_dir == views[0][1].unet_dir               # pre-training is shared

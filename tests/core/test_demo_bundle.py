@@ -100,3 +100,69 @@ def test_installed_bundle_is_done_under_the_current_demo_preset(demo_ws):
 def test_bundled_runs_each_used_one_label_budget(demo_ws):
     from labdata import assert_one_label_budget
     assert_one_label_budget(demo_ws)
+
+
+def test_bundled_models_folder_loads_as_a_diffusers_pipeline_and_describes_itself():
+    """assets/demo_models/models is a pipeline folder: model_index.json, one folder per
+    component, a model card; diffusers loads it as it stands (LatentClassifier included)."""
+    from PIL import Image
+
+    from core import GuidedLatentPipeline
+    folder = BUNDLE / "models"
+    images = GuidedLatentPipeline.from_pretrained(folder)(
+        class_ids=[0], generator=[torch.Generator().manual_seed(0)], guidance_scale=3.0, num_inference_steps=2).images
+    assert len(images) == 1 and isinstance(images[0], Image.Image)
+    assert images[0].size == (load_config(BUNDLE / "config.json").data.image_size,) * 2
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\nlicense: other\n")
+    assert "- diffusers:GuidedLatentPipeline" in card.split("---")[1]
+    assert "| cmu_he_skin |" in card and '"pretrain": {' in card and "| augmented |" in card
+
+
+def test_each_budget_samples_with_its_own_classifier(demo_ws):
+    """A non-primary budget loads the root pipeline with its classifier as a component override."""
+    from core.budget import budget_views
+    from core.io import folder_hash
+    from core.models import load_latent_classifier
+    from core.pipeline import load_pipeline
+    cfg = load_config(demo_ws.root / "config.json")
+    firsts = []
+    for _, view in budget_views(demo_ws, cfg):
+        pipe = load_pipeline(view, cfg, "cpu")
+        loaded, own = pipe.classifier.state_dict(), load_latent_classifier(view).state_dict()
+        assert loaded.keys() == own.keys() and all(torch.equal(loaded[k], own[k]) for k in own)
+        assert pipe.model_hashes["classifier_hash"] == folder_hash(view.latent_classifier_dir)
+        assert pipe.model_hashes["unet_hash"] == folder_hash(demo_ws.unet_dir)
+        firsts.append(next(iter(own.values())))
+    assert len(firsts) == 3 and not torch.equal(firsts[0], firsts[1]) and not torch.equal(firsts[1], firsts[2])
+
+
+def test_a_bundle_with_the_old_folder_names_installs_under_the_new_ones(tmp_path):
+    """A bundle exported before issue 13 (models/autoencoder, models/latent_classifier) installs
+    into the current layout, and its stages are still done."""
+    import json
+    import shutil
+
+    from core.presets import preset
+    from core.demo_models import install_demo
+    from core.experiment import _steps, is_done
+    old = tmp_path / "old_bundle"
+    shutil.copytree(BUNDLE, old)
+    renames = {"models/vae/": "models/autoencoder/", "models/classifier/": "models/latent_classifier/"}
+    for models in [old / "models", *(old / "budgets").glob("*/models")]:
+        for now, before in renames.items():
+            if (models / now.split("/")[1]).is_dir():
+                (models / now.split("/")[1]).rename(models / before.split("/")[1])
+    info = json.loads((old / "bundle.json").read_text())
+    for now, before in renames.items():
+        info["files"] = {rel.replace(now, before): sha for rel, sha in info["files"].items()}
+    (old / "bundle.json").write_text(json.dumps(info))
+    assert (old / "budgets" / "f0.1" / "models" / "latent_classifier").is_dir()
+    ws = Workspace(tmp_path / "ws")
+    install_demo(old, ws, build_data=False)
+    assert not (ws.models_dir / "autoencoder").exists() and (ws.autoencoder_dir / "config.json").exists()
+    assert (ws.for_budget("f0.1", primary=False).latent_classifier_dir / "config.json").exists()
+    cfg = preset("demo")
+    stale = [f"{stage}[{view.scope}]" for stage, view in _steps(ws, cfg)
+             if stage not in ("data",) and not is_done(view, cfg, stage)]
+    assert not stale

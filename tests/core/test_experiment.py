@@ -221,6 +221,9 @@ def test_real_pipeline_on_demo_data_in_process(tmp_path, tiny_cfg):
     bundle = tmp_path / "bundle"
     info = export_demo(ws, bundle)
     assert "models/unet/config.json" in info["files"] and "synthetic/scores.csv" in info["files"]
+    assert (ws.models_dir / "model_index.json").exists()         # the model stages' markers wrote it
+    assert {"models/model_index.json", "models/README.md", "models/vae/config.json",
+            "models/classifier/config.json"} <= set(info["files"])   # models/ is a pipeline folder
     other = Workspace(tmp_path / "installed")
     install_demo(bundle, other)
     assert (other.filter_classifier_dir / "model.safetensors").exists()

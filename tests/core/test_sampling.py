@@ -15,7 +15,9 @@ from core.__main__ import main as core_main
 from core.cli import UserError
 from core.io import read_png_params
 from core.models import build_classifier
-from core.sampling import MANIFEST_COLUMNS, generate, generate_dataset, load_pipeline, sample_images
+from app.sampler import sample_images
+from core.pipeline import load_pipeline
+from core.sampling import MANIFEST_COLUMNS, generate, generate_dataset
 from core.workspace import Workspace
 from test_latent_classifier import make_model_workspace
 
@@ -49,25 +51,25 @@ def diffusers_ddim(unet, scheduler_config, seeds, steps, eta):
 
 @pytest.mark.parametrize("steps,eta", [(7, 0.0), (13, 1.0)])
 def test_scale_zero_ddim_equals_diffusers_loop(ws, tiny_cfg, steps, eta):
-    pipe = load_pipeline(ws, tiny_cfg)
+    pipe = load_pipeline(ws, tiny_cfg, sampler="ddim", mixed_precision="no")
     seeds = [3, 14, 15, 92]
-    out = pipe([0, 1, 0, 1], seeds, 0.0, steps, eta, "ddim", output_type="latent", batch_size=4,
-               mixed_precision="no")
+    out = pipe([0, 1, 0, 1], seeds=seeds, guidance_scale=0.0, num_inference_steps=steps, eta=eta,
+               output_type="latent")
     ref = diffusers_ddim(pipe.unet, pipe.scheduler.config, seeds, steps, eta)
     assert float((out.images - ref).abs().max()) <= 1e-5
 
 
 def test_guidance_raises_target_probability_and_seeds_regenerate_alone(ws, tiny_cfg):
-    pipe = load_pipeline(ws, tiny_cfg)
+    pipe = load_pipeline(ws, tiny_cfg, sampler="ddim", mixed_precision="no")
     seeds, ids = [1, 2, 3, 4, 5, 6], [0, 1, 0, 1, 0, 1]
-    plain = pipe(ids, seeds, 0.0, 5, 1.0, output_type="latent", mixed_precision="no").images
-    guided = pipe(ids, seeds, 30.0, 5, 1.0, output_type="latent", mixed_precision="no").images
+    plain = pipe(ids, seeds=seeds, guidance_scale=0.0, num_inference_steps=5, eta=1.0, output_type="latent").images
+    guided = pipe(ids, seeds=seeds, guidance_scale=30.0, num_inference_steps=5, eta=1.0, output_type="latent").images
 
     def p_target(z):
         with torch.no_grad():
             return torch.softmax(pipe.classifier(z, 0), -1)[torch.arange(len(ids)), torch.tensor(ids)].mean()
     assert p_target(guided) > p_target(plain)
-    alone = pipe([1], [4], 30.0, 5, 1.0, output_type="latent", mixed_precision="no").images
+    alone = pipe([1], seeds=[4], guidance_scale=30.0, num_inference_steps=5, eta=1.0, output_type="latent").images
     torch.testing.assert_close(alone[0], guided[3], atol=1e-4, rtol=1e-4)
 
 
@@ -100,11 +102,12 @@ def hand_guided_loop(pipe, ids, seeds, scale, steps, kind, eta=1.0):
 
 @pytest.mark.parametrize("kind", ["ddim", "ddpm"])
 def test_guided_sampling_equals_the_hand_written_loop(ws, tiny_cfg, kind):
-    pipe = load_pipeline(ws, tiny_cfg)
+    pipe = load_pipeline(ws, tiny_cfg, sampler=kind, mixed_precision="no")
     ids, seeds = [0, 1, 1], [5, 6, 7]
-    out = pipe(ids, seeds, 20.0, 6, 1.0, kind, output_type="latent", mixed_precision="no").images
+    out = pipe(ids, seeds=seeds, guidance_scale=20.0, num_inference_steps=6, eta=1.0, output_type="latent").images
     ref = hand_guided_loop(pipe, ids, seeds, 20.0, 6, kind)
-    unguided = pipe(ids, seeds, 0.0, 6, 1.0, kind, output_type="latent", mixed_precision="no").images
+    unguided = pipe(ids, seeds=seeds, guidance_scale=0.0, num_inference_steps=6, eta=1.0,
+                    output_type="latent").images
     assert float((ref - unguided).abs().max()) > 1e-2        # the guidance term is not negligible
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
@@ -116,11 +119,12 @@ def test_compile_that_fails_falls_back_to_eager_with_a_warning(ws, tiny_cfg, mon
             raise RuntimeError("inductor: no C++ compiler found")
         return call
     monkeypatch.setattr(torch, "compile", broken_compile)
-    pipe = load_pipeline(ws, tiny_cfg)
-    args = ([0, 1, 0], [7, 8, 9], 10.0, 3, 1.0)
-    eager = pipe(*args, output_type="latent", mixed_precision="no").images
+    pipe = load_pipeline(ws, tiny_cfg, mixed_precision="no", compile=False)
+    args = dict(seeds=[7, 8, 9], guidance_scale=10.0, num_inference_steps=3, eta=1.0, output_type="latent")
+    eager = pipe([0, 1, 0], **args).images
+    pipe.configure(compile=True)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
-        fallback = pipe(*args, output_type="latent", mixed_precision="no", compile=True).images
+        fallback = pipe([0, 1, 0], **args).images
     assert pipe.compiled("unet").failed and pipe.compiled("classifier").failed
     torch.testing.assert_close(fallback, eager, atol=1e-5, rtol=1e-5)
 
@@ -130,11 +134,11 @@ def test_short_sequence_attention_matches_sdpa_and_takes_diffusers_arguments(ws,
     it nothing it would drop with a warning (it warns on every call otherwise)."""
     from diffusers.models import attention_processor
 
-    from core.sampling import ShortSequenceAttnProcessor, _compilable
+    from core.models.compile import ShortSequenceAttnProcessor, compilable
     warned = []
     monkeypatch.setattr(attention_processor.logger, "warning", lambda msg, *a, **k: warned.append(msg))
     pipe = load_pipeline(ws, tiny_cfg)
-    copy = _compilable(pipe.unet)
+    copy = compilable(pipe.unet)
     assert any(isinstance(m.processor, ShortSequenceAttnProcessor) for m in copy.modules() if hasattr(m, "processor"))
     z = torch.randn(2, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     with torch.no_grad():
@@ -145,10 +149,10 @@ def test_short_sequence_attention_matches_sdpa_and_takes_diffusers_arguments(ws,
 @pytest.mark.slow
 def test_compiled_sampling_matches_eager(ws, tiny_cfg):
     """torch.compile (inductor; ~1 min for the tiny models on 2 cores) gives the eager latents."""
-    pipe = load_pipeline(ws, tiny_cfg)
-    args = ([0, 1, 0], [7, 8, 9], 10.0, 3, 1.0)
-    eager = pipe(*args, output_type="latent", mixed_precision="no").images
-    compiled = pipe(*args, output_type="latent", mixed_precision="no", compile=True).images
+    pipe = load_pipeline(ws, tiny_cfg, mixed_precision="no", compile=False)
+    args = dict(seeds=[7, 8, 9], guidance_scale=10.0, num_inference_steps=3, eta=1.0, output_type="latent")
+    eager = pipe([0, 1, 0], **args).images
+    compiled = pipe.configure(compile=True)([0, 1, 0], **args).images
     assert pipe.compiled("unet").failed is None and pipe.compiled("classifier").failed is None
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
     processors = {type(m.processor).__name__ for m in pipe.unet.modules() if hasattr(m, "processor")}
@@ -156,15 +160,19 @@ def test_compiled_sampling_matches_eager(ws, tiny_cfg):
 
 
 def test_ddpm_bf16_pil_and_interrupt(ws, tiny_cfg):
-    pipe = load_pipeline(ws, tiny_cfg)
-    out = pipe([0, 1], [7, 8], 5.0, 6, 0.0, "ddpm", mixed_precision="bf16")
+    pipe = load_pipeline(ws, tiny_cfg, sampler="ddpm", mixed_precision="bf16")
+    out = pipe([0, 1], seeds=[7, 8], guidance_scale=5.0, num_inference_steps=6, eta=0.0)
     assert len(out.images) == 2 and out.images[0].size == (32, 32) and not out.interrupted
     seen = []
 
-    def cb(step, total, latents, x0):
-        seen.append((step, total, tuple(x0.shape)))
-        return step < 2
-    out = pipe([0], [7], 5.0, 6, 1.0, callback=cb)
+    def cb(pipe, i, t, tensors):
+        seen.append((i + 1, pipe.num_timesteps, tuple(tensors["denoised"].shape)))
+        if i + 1 >= 2:
+            pipe._interrupt = True
+        return tensors
+    pipe.configure(sampler="ddim")
+    out = pipe([0], seeds=[7], guidance_scale=5.0, num_inference_steps=6, eta=1.0, callback_on_step_end=cb,
+               callback_on_step_end_tensor_inputs=["denoised"])
     assert out.interrupted and out.images == [] and [s[0] for s in seen] == [1, 2] and seen[0][1] == 6
 
 
