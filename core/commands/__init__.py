@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from core.budget import budget_name, budget_views
+from core.cli import add_common, resolve_config, workspace
 from core.config import LabConfig
 from core.errors import UserError
 from core.workspace import Workspace
@@ -29,3 +30,18 @@ def budget_view(ws: Workspace, cfg: LabConfig, name: str | None) -> Workspace:
             return view
     raise UserError(f"--budget {name}: no such label budget; this config's budgets are "
                     f"{', '.join(known for known, _ in views)} (experiment.label_fractions)")
+
+
+def budget_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of a command that acts on one label budget: --workspace/--preset/--set, --budget."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_common(parser)
+    add_budget(parser)
+    return parser
+
+
+def parse_budget(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, LabConfig, Workspace]:
+    """(arguments, the resolved config, the workspace view of the asked budget)."""
+    args = parser.parse_args(argv)
+    cfg = resolve_config(args)
+    return args, cfg, budget_view(workspace(args), cfg, args.budget)

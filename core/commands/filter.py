@@ -2,32 +2,26 @@
 keeps (core.selection); rerunning with another rule re-filters the stored scores."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
-from core.commands import add_budget, budget_view
+from core.cli import ProgressReporter, guarded
+from core.commands import budget_parser, parse_budget
 from core.selection import STRATEGIES, apply_threshold, export_accepted, score_synthetic, select
 from core.workspace import Workspace
 
 
 @guarded
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core filter",
-                                     description="score synthetic images and export the accepted set")
-    add_common(parser)
-    add_budget(parser)
+    parser = budget_parser("python -m core filter", "score synthetic images and export the accepted set")
     parser.add_argument("--threshold", type=float, default=None, help="keep p(target) >= T")
     parser.add_argument("--strategy", choices=STRATEGIES, default=None)
     parser.add_argument("--quota", type=int, default=None, help="max images kept per class (0 = all)")
     parser.add_argument("--rescore", action="store_true", help="recompute scores.csv")
     parser.add_argument("--out", type=Path, default=None,
                         help="export folder (default: the budget's accepted/, workspace/accepted for the first)")
-    args = parser.parse_args(argv)
-    cfg, ws = resolve_config(args), workspace(args)
-    ws = budget_view(ws, cfg, args.budget)
+    args, cfg, ws = parse_budget(parser, argv)
     apply_threshold(pd.DataFrame(columns=["class", "confidence", "nearest_class", "centroid_distance"]),
                     cfg.selection.threshold if args.threshold is None else args.threshold,
                     args.strategy or cfg.selection.strategy, args.quota or 0)   # bad values fail first

@@ -2,20 +2,17 @@
 set, or one class into any folder."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
-from core.commands import add_budget, budget_view
+from core.cli import ProgressReporter, guarded
+from core.commands import budget_parser, parse_budget
 from core.sampling import generate, generate_dataset
 
 
 @guarded
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core sample", description="class-guided latent sampling")
-    add_common(parser)
-    add_budget(parser)
+    parser = budget_parser("python -m core sample", "class-guided latent sampling")
     parser.add_argument("--class", dest="class_name", default=None,
                         help="class to generate (default: every class, sampling.num_per_class each)")
     parser.add_argument("--guidance-scale", type=float, default=None)
@@ -29,9 +26,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the models (= --set sampling.compile=true): 10-40 s to start, "
                              "then faster per image; for hundreds of images, not a handful")
-    args = parser.parse_args(argv)
-    cfg, ws = resolve_config(args), workspace(args)
-    ws = budget_view(ws, cfg, args.budget)
+    args, cfg, ws = parse_budget(parser, argv)
     if args.compile:
         cfg = replace(cfg, sampling=replace(cfg.sampling, compile=True))
     if args.class_name is None:

@@ -22,17 +22,11 @@ from core.pipeline import load_pipeline
 from core.pipeline import interrupt_when, model_index, write_model_index
 from core.stages import output_hash
 from core.workspace import LAB_CONFIG, Workspace
-from test_latent_classifier import make_model_workspace
+from test_sampling import ws  # noqa: F401  (the same tiny model workspace fixture)
 
 KW = dict(guidance_scale=5.0, num_inference_steps=3, eta=1.0)
 
 
-@pytest.fixture
-def ws(tmp_path, tiny_cfg):
-    ws = make_model_workspace(tmp_path / "ws", tiny_cfg)
-    torch.manual_seed(1)
-    build_classifier(tiny_cfg, ["tumor", "stroma"], 4, 1000).save_pretrained(ws.latent_classifier_dir)
-    return ws
 
 
 @pytest.fixture
