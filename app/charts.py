@@ -1,11 +1,13 @@
 """Plotly figure builders for the tabs (plain data in, a go.Figure out; no Gradio here)."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 _LAYOUT = dict(template="plotly_white", margin=dict(l=40, r=10, t=40, b=35), height=300)
@@ -33,8 +35,10 @@ def training_curves(metrics: pd.DataFrame, title: str = "pre-training") -> go.Fi
     return fig
 
 
-def confidence_histograms(scores: pd.DataFrame, threshold: float, classes: list[str]) -> go.Figure:
-    """One small histogram of target-class confidence per class, with the threshold line."""
+def confidence_histograms(scores: pd.DataFrame, threshold: float, classes: list[str],
+                          per_class: dict[str, float] | None = None) -> go.Figure:
+    """One small histogram of target-class confidence per class, with its threshold line: the
+    class's own (`per_class`, calibrated) or the global one."""
     if scores.empty:
         return _empty("confidence per class", "no stored scores")
     n = max(1, len(classes))
@@ -54,46 +58,57 @@ def confidence_histograms(scores: pd.DataFrame, threshold: float, classes: list[
     for i, (name, conf) in enumerate(confs.items()):
         r, c = divmod(i, cols)
         counts, _ = np.histogram(conf, bins=bins)
+        bar = (per_class or {}).get(name, threshold)
         fig.add_trace(go.Bar(x=centers, y=counts, width=0.048, name=name,
-                             marker_color=np.where(centers + 0.025 >= threshold, "#2a9d8f", "#bbbbbb")),
+                             marker_color=np.where(centers + 0.025 >= bar, "#2a9d8f", "#bbbbbb")),
                       row=r + 1, col=c + 1)
-        fig.add_vline(x=threshold, line=dict(color="red", width=2), row=r + 1, col=c + 1)
+        # named by class, so move_threshold puts each line at its own class's threshold
+        fig.add_vline(x=bar, line=dict(color="red", width=2), name=name, row=r + 1, col=c + 1)
     fig.update_xaxes(range=[0, 1])
     fig.update_annotations(font_size=11)
-    fig.update_layout(**dict(_LAYOUT, title="confidence per class (red: threshold)",
+    what = "each class's calibrated threshold" if per_class else "threshold"
+    fig.update_layout(**dict(_LAYOUT, title=f"confidence per class (red: {what})",
                              height=max(260, 60 + 190 * rows), showlegend=False, bargap=0.05))
     return fig
 
 
-def move_threshold(fig: go.Figure, threshold: float) -> go.Figure:
-    """Move the threshold lines of a figure built above (and recolour histogram bars) in place.
+def move_threshold(fig: go.Figure, threshold: float, per_class: dict[str, float] | None = None) -> go.Figure:
+    """Move the threshold lines of a figure built above (and recolour histogram bars) in place:
+    a line or bar named by a class in `per_class` to that class's threshold, the rest to `threshold`.
 
     Rebuilding the nine-panel figure costs ~0.1 s of plotly validation; moving a line costs
     ~1 ms, which is what keeps the slider under its 0.3 s budget.
     """
+    bars = per_class or {}
     with fig.batch_update():
         for shape in fig.layout.shapes:
-            shape.x0 = shape.x1 = threshold
+            shape.x0 = shape.x1 = bars.get(shape.name, threshold)
         for trace in fig.data:
             if isinstance(trace, go.Bar):
                 centers = np.asarray(trace.x, dtype=float)
-                trace.marker.color = np.where(centers + 0.025 >= threshold, "#2a9d8f", "#bbbbbb")
+                bar = bars.get(trace.name, threshold)
+                trace.marker.color = np.where(centers + 0.025 >= bar, "#2a9d8f", "#bbbbbb")
     return fig
 
 
-def acceptance_curve(curve: pd.DataFrame, threshold: float) -> go.Figure:
+def acceptance_curve(curve: pd.DataFrame, threshold: float, per_class: dict[str, float] | None = None) -> go.Figure:
     """Accepted rate against the threshold (tidy rows: threshold, class, rate), per class and
-    "all" (bold), with the current threshold marked."""
+    "all" (bold), with the current threshold marked (red) and, under calibration, each class's
+    own threshold (dotted, in the class's colour)."""
     if curve.empty:
         return _empty("acceptance curve", "no stored scores")
-    fig = go.Figure(layout=dict(_LAYOUT, title="accepted fraction vs threshold",
-                                xaxis=dict(title="threshold", range=[0, 1]),
+    title = "accepted fraction vs threshold" + (" (dotted: per-class calibrated)" if per_class else "")
+    fig = go.Figure(layout=dict(_LAYOUT, title=title, xaxis=dict(title="threshold", range=[0, 1]),
                                 yaxis=dict(title="accepted", range=[0, 1.02])))
+    palette = itertools.cycle(qualitative.Plotly)
     for name, part in curve.groupby("class", sort=False):
         bold = name == "all"
+        colour = "black" if bold else next(palette)
         fig.add_trace(go.Scatter(x=part["threshold"], y=part["rate"], mode="lines", name=str(name),
-                                 line=dict(width=4 if bold else 1.5, color="black" if bold else None)))
-    fig.add_vline(x=threshold, line=dict(color="red", width=2))
+                                 line=dict(width=4 if bold else 1.5, color=colour)))
+        if per_class and str(name) in per_class:
+            fig.add_vline(x=per_class[str(name)], line=dict(color=colour, width=1.5, dash="dot"), name=str(name))
+    fig.add_vline(x=threshold, line=dict(color="red", width=2), name="all")
     return fig
 
 
@@ -106,6 +121,81 @@ def accuracy_bars(summary: pd.DataFrame) -> go.Figure:
     for arm, part in summary.groupby("arm", sort=False):
         fig.add_trace(go.Bar(x=part["setting"], y=part["mean"], name=str(arm),
                              error_y=dict(type="data", array=part["std"].fillna(0))))
+    return fig
+
+
+def _num(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _delta_hover(r) -> str:
+    d, lo, hi, blo, bhi = (_num(r[k]) for k in ("delta", "delta_low", "delta_high", "boot_low", "boot_high"))
+    seeds = f"{lo:+.3f} .. {hi:+.3f} over {int(r['delta_n'])} paired seeds" if lo is not None \
+        else "no interval over seeds (fewer than 2 paired seeds)"
+    images = f"{blo:+.3f} .. {bhi:+.3f} over {int(r['n_test'])} test images (paired bootstrap)" \
+        if blo is not None else "no interval over test images"
+    realised = _num(r["realised_ratio"])
+    return (f"{r['budget']}<br>Δ accuracy (augmented − baseline): {d:+.3f}<br>95% CI {seeds}<br>95% CI {images}"
+            + (f"<br>synthetic ratio realised: {realised:.2f}" if realised is not None else "")
+            + (f"<br>status: {r['status']}" if r["status"] != "ok" else ""))
+
+
+def accuracy_curve(table: pd.DataFrame, x_title: str) -> go.Figure:
+    """Test accuracy against the label budget, one line per arm (mean over seeds, ± std bars),
+    and beside it the paired difference augmented − baseline per budget with its two 95%
+    intervals: over seeds (Student t) and over test images (bootstrap). Columns as
+    app.tab_results.curve_table; × marks a cell whose status says it is not a result."""
+    if table.empty:
+        return _empty("accuracy vs label budget", "no results yet: run the augmented experiment")
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.1,
+                        subplot_titles=("test accuracy (mean ± std over seeds)",
+                                        "paired Δ accuracy, augmented − baseline (95% CIs)"))
+    for line, part in table.groupby("line", sort=False):
+        symbols = ["circle" if s == "ok" else "x" for s in part["status"]]
+        hover = [f"{r['budget']}<br>{line}<br>accuracy {r['mean']:.3f} ± {(_num(r['std']) or 0):.3f} "
+                 f"(mean ± std over {r['n']} seeds)" + (f"<br>status: {r['status']}" if r["status"] != "ok" else "")
+                 + (f"<br>{r['shortfall']}" if isinstance(r["shortfall"], str) else "")
+                 for _, r in part.iterrows()]
+        fig.add_trace(go.Scatter(x=part["x"], y=part["mean"], mode="lines+markers", name=str(line),
+                                 legendgroup=str(line), marker=dict(symbol=symbols, size=9),
+                                 error_y=dict(type="data", array=part["std"].fillna(0).tolist()),
+                                 hovertext=hover, hoverinfo="text"), row=1, col=1)
+    aug = table[table["arm"] == "augmented"]
+    for line, part in aug.groupby("line", sort=False):
+        hover = [_delta_hover(r) for _, r in part.iterrows()]
+        d = part["delta"].astype(float)
+        fig.add_trace(go.Scatter(
+            x=part["x"], y=d, mode="markers", name=f"Δ {line}: 95% CI over seeds", hovertext=hover,
+            hoverinfo="text", marker=dict(size=9), error_y=dict(
+                type="data", array=(part["delta_high"].astype(float) - d).fillna(0).tolist(),
+                arrayminus=(d - part["delta_low"].astype(float)).fillna(0).tolist())), row=1, col=2)
+        # beside the seed interval (x nudged 6% on the log axis), so neither hides the other
+        fig.add_trace(go.Scatter(
+            x=part["x"] * 1.06, y=d, mode="markers", name=f"Δ {line}: 95% CI over test images",
+            hovertext=hover, hoverinfo="text", marker=dict(size=7, symbol="diamond"), error_y=dict(
+                type="data", array=(part["boot_high"].astype(float) - d).fillna(0).tolist(),
+                arrayminus=(d - part["boot_low"].astype(float)).fillna(0).tolist())), row=1, col=2)
+    fig.add_hline(y=0, line=dict(color="grey", dash="dash", width=1), row=1, col=2)
+    budgets = table.drop_duplicates("x").sort_values("x")
+    # a fixed margin around the budgets (log units): autorange would spread one budget's nudged
+    # interval across the whole panel
+    span = [math.log10(budgets["x"].min()) - 0.2, math.log10(budgets["x"].max() * 1.06) + 0.2]
+    fig.update_xaxes(type="log", title_text=x_title, tickvals=budgets["x"].tolist(),
+                     ticktext=budgets["budget"].tolist(), range=span)
+    fig.update_yaxes(title_text="test accuracy", row=1, col=1)
+    fig.update_yaxes(title_text="Δ accuracy", row=1, col=2)
+    notes = []
+    if len(budgets) < 2:
+        notes.append(f"one label budget ({budgets['budget'].iloc[0]}) gives no curve: "
+                     "add budgets to experiment.label_fractions")
+    if (table["status"] != "ok").any():
+        notes.append("× = not a result (status in the hover and summary.md)")
+    for i, text in enumerate(notes):
+        fig.add_annotation(text=text, showarrow=False, x=0, y=-0.28 - 0.08 * i, xref="paper",
+                           yref="paper", xanchor="left", font=dict(size=11, color="#b5651d"))
+    fig.update_annotations(font_size=11)
+    fig.update_layout(**dict(_LAYOUT, height=400 + 25 * len(notes), margin=dict(l=50, r=10, t=50, b=90 + 25 * len(notes)),
+                             legend=dict(orientation="h", y=-0.35 - 0.08 * len(notes))))
     return fig
 
 

@@ -1,6 +1,7 @@
 """Tab 4 — augmentation vs baseline: one-click augmented run (progress, stop) and its results as
 core writes them (core.experiment.write_summary): results/summary.md as the headline, the cells of
-results/summary.json as the accuracy chart, per-class recall and table, and results/runs.csv
+results/summary.json as the accuracy-vs-label-budget curve (with the paired difference and both
+its intervals beside it), the accuracy chart, per-class recall and table, and results/runs.csv
 (downloadable) for the confusion matrices of the main cell's runs. Nothing is recomputed here, so
 the tab cannot disagree with the files."""
 from __future__ import annotations
@@ -62,6 +63,54 @@ def accuracy_table(summary: dict, metric: str = "accuracy") -> pd.DataFrame:
     return table.sort_values(["setting", "arm"], kind="stable").reset_index(drop=True)
 
 
+CURVE_COLUMNS = ["x", "budget", "label_fraction", "synthetic_ratio", "arm", "line", "mean", "std", "n",
+                 "status", "realised_ratio", "shortfall", "delta", "delta_low", "delta_high", "delta_n",
+                 "boot_low", "boot_high", "n_test"]
+
+
+def budget_axis(summary: dict) -> tuple[str, str]:
+    """(the x of the accuracy curve, its axis title): the label fraction when every budget is one,
+    images per class when every budget is a count, else summary.json's labeled training images."""
+    values = [float(c["label_fraction"]) for c in summary.get("grid") or []]
+    if all(v <= 1 for v in values):
+        return "label_fraction", "label budget (fraction of the labeled pool, log scale)"
+    if all(v > 1 for v in values):
+        return "label_fraction", "label budget (labeled images per class, log scale)"
+    return "n_real", "labeled training images (summary.json n_real, log scale)"
+
+
+def curve_table(summary: dict, metric: str = "accuracy") -> pd.DataFrame:
+    """One row per (budget, line) from summary.json's cells, as written: each arm's mean ± std
+    over seeds, and for the augmented lines the paired difference with its interval over seeds
+    (`delta`) and over test images (`bootstrap`). Nothing is recomputed."""
+    x_key, _ = budget_axis(summary)
+    rows = []
+    for cell in summary.get("grid") or []:
+        f, r = cell["label_fraction"], cell["synthetic_ratio"]
+        delta, boot = (cell.get("delta") or {}).get(metric) or {}, (cell.get("bootstrap") or {})
+        for arm in ("baseline", "augmented"):
+            stats = (cell.get(arm) or {}).get(metric) or {}
+            if stats.get("mean") is None or cell.get(x_key) is None:
+                continue
+            aug = arm == "augmented"
+            rows.append({"x": float(cell[x_key]), "budget": setting_of(f, 0.0), "label_fraction": f,
+                         "synthetic_ratio": r if aug else 0.0, "arm": arm,
+                         "line": f"augmented (synthetic ×{r:g} asked)" if aug else "baseline (real only)",
+                         "mean": stats["mean"], "std": stats.get("std"), "n": len(stats.get("runs") or []),
+                         "status": cell.get("status", "ok"),
+                         "realised_ratio": cell.get("realised_ratio") if aug else None,
+                         "shortfall": cell.get("shortfall") if aug else None,
+                         "delta": delta.get("mean") if aug else None, "delta_low": delta.get("low") if aug else None,
+                         "delta_high": delta.get("high") if aug else None, "delta_n": delta.get("n") if aug else None,
+                         "boot_low": (boot.get(metric) or {}).get("low") if aug else None,
+                         "boot_high": (boot.get(metric) or {}).get("high") if aug else None,
+                         "n_test": boot.get("n_test") if aug else None})
+    table = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    # a budget's baseline sits in every cell of that budget: once
+    table = table.drop_duplicates(["label_fraction", "line"])
+    return table.sort_values(["synthetic_ratio", "x"], kind="stable").reset_index(drop=True)   # baseline first
+
+
 def main_cell(summary: dict) -> dict:
     """The grid cell summary.json calls main (the first budget at ratio 1, else the first ratio)."""
     want = summary.get("main_cell") or {}
@@ -112,13 +161,15 @@ def start_experiment(ctx: AppContext, seeds: int | None = None) -> str:
 
 
 def refresh(ctx: AppContext):
-    """(status, bar, summary md, accuracy plot, recall plot, confusion plots, table, csv file)."""
+    """(status, bar, summary md, accuracy-vs-budget curve, accuracy bars, recall plot, confusion
+    plots, table, csv file)."""
     status = ctx.runner.status()
     job = (job_markdown(status), progress_html(status if status.get("name") == JOB else {}))
     summary = load_summary(ctx)
     if not summary.get("grid"):
         empty = charts.accuracy_bars(pd.DataFrame())
-        return (*job, hint(ctx), empty, charts.recall_bars(pd.DataFrame()), empty, empty, None, None)
+        return (*job, hint(ctx), charts.accuracy_curve(pd.DataFrame(), ""), empty,
+                charts.recall_bars(pd.DataFrame()), empty, empty, None, None)
     table = accuracy_table(summary)
     cell = main_cell(summary)
     where = setting_of(cell["label_fraction"], cell["synthetic_ratio"]) if cell else ""
@@ -130,7 +181,8 @@ def refresh(ctx: AppContext):
     headline = written.read_text(encoding="utf-8") if written.exists() else \
         f"{written} is missing (core writes it with summary.json): rerun `python -m core run`."
     csv = str(runs_file(ctx)) if runs_file(ctx).exists() else None
-    return (*job, headline, charts.accuracy_bars(table), charts.recall_bars(recall_table(summary)),
+    curve = charts.accuracy_curve(curve_table(summary), budget_axis(summary)[1])
+    return (*job, headline, curve, charts.accuracy_bars(table), charts.recall_bars(recall_table(summary)),
             figs[0], figs[1], table.drop(columns=["mean", "std"]), csv)
 
 
@@ -143,6 +195,7 @@ def build(ctx: AppContext) -> dict:
     status_md = gr.Markdown(elem_id="results-status")
     bar = gr.HTML()
     headline = gr.Markdown(elem_id="results-summary")
+    curve_plot = gr.Plot(label="accuracy vs label budget", elem_id="accuracy-curve")
     with gr.Row():
         acc_plot = gr.Plot(label="accuracy")
         recall_plot = gr.Plot(label="per-class recall")
@@ -151,7 +204,7 @@ def build(ctx: AppContext) -> dict:
         cm_b = gr.Plot(label="confusion matrix")
     table = gr.Dataframe(label="mean ± std per setting", interactive=False)
     csv = gr.File(label="runs.csv (one row per run)", interactive=False)
-    outputs = [status_md, bar, headline, acc_plot, recall_plot, cm_a, cm_b, table, csv]
+    outputs = [status_md, bar, headline, curve_plot, acc_plot, recall_plot, cm_a, cm_b, table, csv]
 
     def on_run(seeds):
         try:

@@ -1,7 +1,9 @@
 """Tab 3 — confidence-threshold browsing over STORED scores (synthetic/scores.csv).
 
 Moving the slider never recomputes a classifier: the scores table is read once (cached by the
-file's mtime and size) and re-filtered with core.selection.apply_threshold.
+file's mtime and size) and re-filtered with core.selection.apply_threshold. Under
+`selection.calibration` the per-class thresholds are core's (synthetic/thresholds.csv, written
+when the scores are), with the slider as their cap (core.selection.thresholds_at).
 """
 from __future__ import annotations
 
@@ -64,20 +66,61 @@ def curve(ctx: AppContext, scores: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def accepted_mask(scores: pd.DataFrame, threshold: float, strategy: str, quota: int) -> pd.Series:
+def accepted_mask(scores: pd.DataFrame, threshold: float, strategy: str, quota: int,
+                  per_class: dict[str, float] | None = None) -> pd.Series:
     """Boolean mask over `scores` of what core.selection.apply_threshold keeps."""
     from core.selection import apply_threshold
-    kept = apply_threshold(scores, float(threshold), strategy, int(quota or 0))
+    kept = apply_threshold(scores, float(threshold), strategy, int(quota or 0), per_class)
     return kept["kept"].astype(bool)
 
 
-def counts_table(scores: pd.DataFrame, mask: pd.Series, classes: list[str]) -> pd.DataFrame:
+def class_bars(thresholds: pd.DataFrame | None) -> dict[str, float] | None:
+    return None if thresholds is None else dict(zip(thresholds["class"].astype(str), thresholds["threshold"]))
+
+
+def calibration(ctx: AppContext, threshold: float, strategy: str,
+                scores: pd.DataFrame) -> tuple[pd.DataFrame | None, str]:
+    """(core's per-class thresholds at this slider position, or None; what the tab says of them)."""
+    sel = ctx.config.selection
+    if sel.calibration == "none":
+        return None, ""
+    from core.selection import FLOOR, MIN_VAL_IMAGES, load_thresholds, thresholds_at
+    stored = load_thresholds(ctx.workspace)
+    if strategy != "threshold":
+        return None, " · per-class thresholds are not used by the centroid rule"
+    # scores made before filter_hash was stored cannot say which classifier made them
+    made_by = set(scores["filter_hash"].astype(str)) if "filter_hash" in scores else None
+    if stored.empty or made_by not in (None, set(stored["filter_hash"].astype(str))) or \
+            not np.allclose(stored["quantile"], sel.calibration_quantile):
+        what = "is not written yet" if stored.empty else "is from another filter classifier or quantile"
+        return None, (f" · per-class calibration is on (selection.calibration={sel.calibration}) but "
+                      f"{ctx.workspace.selection_thresholds.name} {what}: press **Score synthetic images**; "
+                      "the slider's threshold applies to every class meanwhile")
+    table = thresholds_at(stored, float(threshold))
+    n = int(table["n_val_images"].sum())
+    fallback = int((table["n_val_images"] < MIN_VAL_IMAGES).sum())
+    note = (f" · **per-class thresholds calibrated on {n} validation images** (q{sel.calibration_quantile:g}"
+            f" of each class's real validation confidences, at most the slider's {float(threshold):.2f},"
+            f" at least {FLOOR:g}; each class's rule in the table)")
+    if fallback:
+        note += f"; {fallback} class(es) with fewer than {MIN_VAL_IMAGES} validation images keep the slider's"
+    return table, note
+
+
+def counts_table(scores: pd.DataFrame, mask: pd.Series, classes: list[str],
+                 thresholds: pd.DataFrame | None = None) -> pd.DataFrame:
     grouped = pd.DataFrame({"class": scores["class"], "accepted": mask.astype(int)})
     table = grouped.groupby("class")["accepted"].agg(["sum", "count"]).reindex(classes, fill_value=0)
     table = table.rename(columns={"sum": "accepted", "count": "total"})
     table["rejected"] = table["total"] - table["accepted"]
     table.loc["all"] = table.sum()
-    return table.reset_index().rename(columns={"index": "class"})[["class", "accepted", "rejected", "total"]]
+    table = table.reset_index().rename(columns={"index": "class"})[["class", "accepted", "rejected", "total"]]
+    if thresholds is None:
+        return table
+    # what each class was held to and why: a calibrated bar, or the global one when it could not be
+    rows = thresholds.set_index(thresholds["class"].astype(str))
+    return table.assign(threshold=table["class"].map(rows["threshold"].round(3)),
+                        rule=table["class"].map(rows["rule"]).fillna(""))
 
 
 def gallery_items(scores: pd.DataFrame, mask: pd.Series, show: str, class_filter: str,
@@ -102,32 +145,36 @@ def refilter(ctx: AppContext, threshold: float, strategy: str, quota: int, show:
         return (hint(ctx), empty, [], charts.confidence_histograms(scores, threshold, []),
                 charts.acceptance_curve(pd.DataFrame(), threshold))
     classes = sorted(scores["class"].unique())
-    mask = accepted_mask(scores, threshold, strategy, quota)
-    table = counts_table(scores, mask, classes)
+    thresholds, note = calibration(ctx, threshold, strategy, scores)
+    bars = class_bars(thresholds)
+    mask = accepted_mask(scores, threshold, strategy, quota, bars)
+    table = counts_table(scores, mask, classes, thresholds)
     total = int(table["total"].iloc[-1])
     accepted = int(table["accepted"].iloc[-1])
-    summary = (f"**{accepted} accepted / {total - accepted} rejected** of {total} stored images "
-               f"at threshold {float(threshold):.2f} ({strategy})")
+    at = f"per-class thresholds (global {float(threshold):.2f})" if bars else f"threshold {float(threshold):.2f}"
+    summary = f"**{accepted} accepted / {total - accepted} rejected** of {total} stored images at {at} ({strategy})"
+    summary += note
     copies = quality_panel.likely_copies(ctx)
     if copies:
         summary += f" · {len(copies)} likely copies of real images (nearest-neighbour audit)"
     return (summary, table, gallery_items(scores, mask, show, class_filter, per_class, copies),
-            *figures(ctx, scores, classes, float(threshold)))
+            *figures(ctx, scores, classes, float(threshold), bars))
 
 
-def figures(ctx: AppContext, scores: pd.DataFrame, classes: list[str], threshold: float) -> tuple:
-    """Histograms and acceptance curve as serialized plots; built once per scores table, then only
-    their threshold lines move (see charts.move_threshold)."""
+def figures(ctx: AppContext, scores: pd.DataFrame, classes: list[str], threshold: float,
+            per_class: dict[str, float] | None = None) -> tuple:
+    """Histograms and acceptance curve as serialized plots; built once per scores table (and
+    calibration), then only their threshold lines move (see charts.move_threshold)."""
     from gradio.components.plot import PlotData
-    key = (str(scores_file(ctx)), id(scores))
+    key = (str(scores_file(ctx)), id(scores), tuple(sorted(per_class or ())))
     with _cache_lock:
         figs = _figures.get(key)
         if figs is None:
             _figures.clear()
-            figs = _figures[key] = (charts.confidence_histograms(scores, threshold, classes),
-                                    charts.acceptance_curve(curve(ctx, scores), threshold))
+            figs = _figures[key] = (charts.confidence_histograms(scores, threshold, classes, per_class),
+                                    charts.acceptance_curve(curve(ctx, scores), threshold, per_class))
         # serialized under the lock: the cached figures are shared between sessions
-        return tuple(PlotData(type="plotly", plot=charts.move_threshold(f, threshold).to_json())
+        return tuple(PlotData(type="plotly", plot=charts.move_threshold(f, threshold, per_class).to_json())
                      for f in figs)
 
 
@@ -137,7 +184,8 @@ def export(ctx: AppContext, threshold: float, strategy: str, quota: int) -> str:
     scores = load_scores(ctx)
     if scores.empty:
         raise UserError(hint(ctx))
-    kept = apply_threshold(scores, float(threshold), strategy, int(quota or 0))
+    thresholds, _ = calibration(ctx, threshold, strategy, scores)
+    kept = apply_threshold(scores, float(threshold), strategy, int(quota or 0), class_bars(thresholds))
     try:                    # replacing accepted/ must not race a job that reads it
         with ctx.runner.hold("export"):
             out = export_accepted(ctx.workspace, kept)

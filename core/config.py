@@ -193,12 +193,23 @@ class SelectionConfig:
     strategy: str = "threshold"     # "threshold" (p(target) >= t) | "centroid" (paper's nearest centroid)
     threshold: float = 0.9
     quota_per_class: int = 0        # 0 = no quota
+    # "validation": each class's threshold comes from the filter classifier's confidence on the
+    # budget's real validation images of that class (core.selection.calibrate; the rule is there),
+    # never above `threshold`; "none": `threshold` for every class. "if_set": a workspace made
+    # before these fields (the demo bundle) keeps its stage markers and run keys.
+    calibration: str = field(default="none", metadata={"key": "if_set"})
+    calibration_quantile: float = field(default=0.1, metadata={"key": "if_set"})
 
     def validate(self) -> None:
         if self.strategy not in ("threshold", "centroid"):
             raise ConfigError(f"selection.strategy must be threshold|centroid, got {self.strategy!r}")
         if not 0 <= self.threshold <= 1:
             raise ConfigError(f"selection.threshold must be in [0, 1], got {self.threshold}")
+        if self.calibration not in ("none", "validation"):
+            raise ConfigError(f"selection.calibration must be none|validation, got {self.calibration!r}")
+        if self.calibration != "none" and self.strategy != "threshold":
+            raise ConfigError("selection.calibration=validation calibrates the confidence threshold; "
+                              f"selection.strategy={self.strategy!r} uses none (set strategy=threshold)")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ RANGES: dict[str, str] = {
     "classifier.lr": "(0, inf)", "classifier.finetune_lr": "(0, inf)",
     "classifier.block_out_channels": "(0, inf)", "classifier.attention_resolutions": "(0, inf)",
     "sampling.eta": "[0, 1]", "selection.threshold": "[0, 1]",
+    "selection.calibration_quantile": "[0, 1]",
     "classify.lr": "(0, inf)", "classify.label_smoothing": "[0, 1)",
     # a fraction in (0, 1] or a whole number of images per class (ExperimentConfig.validate)
     "experiment.label_fractions": "(0, inf)", "experiment.synthetic_ratios": "(0, inf)",

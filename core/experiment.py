@@ -24,7 +24,7 @@ from core.metrics import at_chance
 from core.stages import (DEPENDS, PER_BUDGET, PIPELINE, SHARED, current_selection, is_done,  # noqa: F401
                          made_by_config, mark_done, output_hash, read_marker, stage_key, stage_outputs)
 from core.summary import markdown_table, summarize
-from core.topup import accepted_images, class_wants, draw_synthetic, top_up
+from core.topup import accepted_images, class_wants, draw_synthetic, threshold_of, top_up
 from core.workspace import Workspace
 
 def _stopped(result, stop) -> bool:
@@ -224,7 +224,22 @@ def synthetic_summary(ws: Workspace, cfg: LabConfig) -> dict:
             "unreadable": {str(f): e for f, e in zip(kept["file"], errors) if e},
             "rule": to_dict(cfg.selection),
             "per_class": {c: {"generated": len(g), "accepted": int(g["kept"].sum()),
-                              "mean_confidence": float(g["confidence"].mean())} for c, g in by}}
+                              "mean_confidence": float(g["confidence"].mean()),
+                              "threshold": threshold_of(g)} for c, g in by}}
+
+
+def calibration_record(ws: Workspace, cfg: LabConfig) -> dict | None:
+    """Per class, the calibrated threshold, its rule and the validation images it read, as
+    synthetic/thresholds.csv holds them (None when selection.calibration is "none")."""
+    from core.selection import load_thresholds
+    if cfg.selection.calibration == "none":
+        return None
+    table = load_thresholds(ws)
+    return {"method": cfg.selection.calibration, "quantile": cfg.selection.calibration_quantile,
+            "n_val_images": int(table["n_val_images"].sum()),
+            "per_class": {str(r["class"]): {"threshold": float(r["threshold"]), "rule": str(r["rule"]),
+                                            "n_val_images": int(r["n_val_images"])}
+                          for r in table.to_dict("records")}}
 
 
 def data_sources(labeled=None, test=None, unlabeled=()) -> dict:
@@ -281,7 +296,7 @@ def prepare_budgets(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> 
             "value": value, "folder": ws.relative(bws.label_root) if bws.scope else ".",
             "labels": ws.relative(bws.labels_file), "per_class": realised(labels, splits, value),
             "filter_val_balanced_accuracy": score, "filter_at_chance": at_chance(score, len(classes), n_val),
-            "topup": topped["per_class"]}
+            "topup": topped["per_class"], "calibration": calibration_record(bws, cfg)}
     return out
 
 

@@ -160,6 +160,11 @@ def markdown_table(summary: dict) -> str:
                          f"{fmt(m['coverage'])} ({fmt(f.get('coverage'))}), copy rate {fmt(m['copy_rate'])} "
                          f"({fmt(f.get('copy_rate'))})")
     for name, b in (summary.get("budgets") or {}).items():
+        cal = b.get("calibration")
+        if cal:
+            lines.append(f"Budget {name}: per-class thresholds calibrated on {cal['n_val_images']} validation "
+                         f"images (q{cal['quantile']:g} of each class's real validation confidences): "
+                         + "; ".join(f"{c} {v['threshold']:.3f} ({v['rule']})" for c, v in cal["per_class"].items()))
         if b.get("filter_at_chance"):
             lines.append(f"Budget {name}: the filter classifier stayed at chance on validation "
                          f"(balanced accuracy {b.get('filter_val_balanced_accuracy')}); its selection is not meaningful.")

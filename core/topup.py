@@ -38,6 +38,12 @@ def draw_synthetic(accepted: pd.DataFrame, real: pd.DataFrame, ratio: float, see
     return (pd.concat(parts)[cols] if parts else pd.DataFrame(columns=cols)), report
 
 
+def threshold_of(rows: pd.DataFrame) -> float | None:
+    """The threshold a class's selected rows were held to (None under the centroid rule)."""
+    bar = rows["threshold"].dropna() if "threshold" in rows else rows.iloc[:0]
+    return float(bar.iloc[0]) if len(bar) else None
+
+
 def accepted_images(ws: Workspace, cfg: LabConfig) -> pd.DataFrame:
     """The budget's accepted synthetic images (file, path, label, class) under the config's rule."""
     from core.selection import synthetic_path
@@ -96,5 +102,7 @@ def top_up(ws: Workspace, cfg: LabConfig, wants: dict[int, int], classes: list[s
         k = rows["seed"].astype(int) - s.seed - label * SEED_STRIDE
         report[classes[label]] = {"wanted": want, "accepted": int(rows["kept"].sum()),
                                   "generated": int(len(rows)),
-                                  "rounds": int(k.max() // s.num_per_class) if len(rows) else 0}
+                                  "rounds": int(k.max() // s.num_per_class) if len(rows) else 0,
+                                  # the bar its images were held to: calibrated per class or global
+                                  "threshold": threshold_of(rows)}
     return {"stopped": False, "added": added, "per_class": report}

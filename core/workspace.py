@@ -106,6 +106,10 @@ class Workspace:
     @property
     def synthetic_scores(self) -> Path: return self.scores_of(self.synthetic_dir)
     @property
+    def val_scores(self) -> Path: return self.synthetic_dir / "val_scores.csv"    # filter p(target), real val images
+    @property
+    def selection_thresholds(self) -> Path: return self.synthetic_dir / "thresholds.csv"  # per class (calibration)
+    @property
     def quality_csv(self) -> Path: return self.results_dir / "quality.csv"          # core.quality
     @property
     def guidance_sweep_csv(self) -> Path: return self.results_dir / "guidance_sweep.csv"  # core.tune

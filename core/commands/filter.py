@@ -30,9 +30,10 @@ def cli(argv: list[str]) -> int:
             score_synthetic(ws, cfg, progress=progress)
     kept = select(ws, cfg, args.threshold, args.strategy, args.quota)
     out = export_accepted(ws, kept, args.out)
-    per_class = kept.groupby("class")["kept"].agg(["sum", "count"])
+    per_class = kept.groupby("class").agg(sum=("kept", "sum"), count=("kept", "count"), bar=("threshold", "first"))
     for name, r in per_class.iterrows():
-        print(f"{name}: kept {int(r['sum'])} of {int(r['count'])}")
+        bar = "" if pd.isna(r["bar"]) else f" at threshold {r['bar']:.3f}"     # per class when calibrated
+        print(f"{name}: kept {int(r['sum'])} of {int(r['count'])}{bar}")
     bad = kept[kept["error"].fillna("").astype(str) != ""] if "error" in kept else kept.iloc[:0]
     for row in bad.itertuples():
         print(f"skipped {row.file}: {row.error}")

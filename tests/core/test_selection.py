@@ -109,3 +109,96 @@ def test_score_filter_export_end_to_end(tmp_path, tiny_cfg):
     top2 = apply_threshold(stored, 0.0, quota_per_class=2)
     expected = 4 - int(first_kept in set(top2.loc[top2["kept"], "file"]))   # the damaged one is left out
     assert len(pd.read_csv(tmp_path / "export" / "manifest.csv")) == expected
+
+
+# --- per-class thresholds calibrated on validation (issue 15) --------------------------------------
+
+def test_per_class_thresholds_override_the_global_one_for_their_classes():
+    out = apply_threshold(table(), 0.9, per_class={"b": 0.05})
+    assert out["kept"].tolist() == [True, False, True, True, True, False]    # a at 0.9, b at 0.05; NaN never
+    assert out["threshold"].tolist() == [0.9, 0.9, 0.9, 0.05, 0.05, 0.05]
+    assert apply_threshold(table(), 0.9)["kept"].tolist() == [True, False, True, False, False, False]
+    assert apply_threshold(table(), 0.9, strategy="centroid", per_class={"b": 0.05})["threshold"].isna().all()
+    with pytest.raises(UserError, match=r"selection.threshold \(class b\)"):
+        apply_threshold(table(), 0.9, per_class={"b": 1.5})
+
+
+def test_calibration_rule_caps_floors_and_falls_back():
+    from core.selection import FLOOR, MIN_VAL_IMAGES, thresholds_at
+    raw = pd.DataFrame({"class": ["mid", "easy", "hard", "few"], "val_quantile": [0.7, 0.97, 0.2, 0.3],
+                        "n_val_images": [20, 20, 20, MIN_VAL_IMAGES - 1], "quantile": 0.1})
+    out = thresholds_at(raw, 0.9).set_index("class")
+    assert out["threshold"].to_dict() == {"mid": 0.7, "easy": 0.9, "hard": FLOOR, "few": 0.9}
+    assert out.loc["mid", "rule"] == "q0.1 of 20 val images = 0.700"
+    assert out.loc["easy", "rule"].startswith("global (") and out.loc["hard", "rule"].startswith("floor 0.5")
+    assert out.loc["few", "rule"] == f"global (fallback: {MIN_VAL_IMAGES - 1} val images, fewer than {MIN_VAL_IMAGES})"
+    assert thresholds_at(raw, 0.6).set_index("class")["threshold"].to_dict() == \
+        {"mid": 0.6, "easy": 0.6, "hard": FLOOR, "few": 0.6}              # the global bar is the cap
+    low = thresholds_at(raw, 0.4).set_index("class")                     # ... even under the floor
+    assert low["threshold"].tolist() == [0.4] * 4 and "so is the floor" in low.loc["hard", "rule"]
+
+
+def test_calibration_config_fields_keep_existing_keys_and_are_checked(tiny_cfg):
+    from core.config import ConfigError, SelectionConfig, identity
+    assert set(identity(SelectionConfig())) == {"strategy", "threshold", "quota_per_class"}   # bundle stays done
+    on = apply_overrides(tiny_cfg, ["selection.calibration=validation"])
+    assert identity(on.selection)["calibration"] == "validation"
+    with pytest.raises(ConfigError, match="selection.calibration must be none|validation"):
+        apply_overrides(tiny_cfg, ["selection.calibration=test"])
+    with pytest.raises(ConfigError, match="selection.calibration_quantile must be in"):
+        apply_overrides(tiny_cfg, ["selection.calibration_quantile=1.5"])
+    with pytest.raises(ConfigError, match="centroid"):
+        apply_overrides(tiny_cfg, ["selection.calibration=validation", "selection.strategy=centroid"])
+
+
+def test_calibration_reads_the_budgets_validation_images_only(tmp_path, tiny_cfg):
+    """Thresholds come from the filter classifier's p(target) on the budget's real validation
+    images: relabelling and redrawing every test image changes nothing; relabelling one
+    validation image does; a budget that leaves < 5 validation images per class falls back."""
+    from core.classify import train_filter_classifier
+    from core.selection import calibrate, load_thresholds, select
+    from labdata import tile
+    ws = Workspace(tmp_path / "ws").ensure()
+    cfg = apply_overrides(tiny_cfg, ["classify.steps=18", "classify.batch_size=8", "classify.lr=0.01",
+                                     "selection.threshold=0.95", "selection.calibration=validation",
+                                     "selection.calibration_quantile=0.5"])
+    splits = make_splits(ws)
+    make_synthetic(ws)
+    train_filter_classifier(ws, cfg)
+    score_synthetic(ws, cfg)                      # writes thresholds.csv beside the scores
+    first = load_thresholds(ws)
+    assert first["n_val_images"].tolist() == [6, 6] and first["class"].tolist() == ["tumor", "stroma"]
+    assert (first["threshold"] <= 0.95).all() and first["rule"].str.startswith(("q0.5 of 6", "global (q")).all()
+    val = pd.read_csv(ws.val_scores)
+    assert set(val["file"]) == set(splits.loc[splits.split == "val", "path"])
+
+    # every test image redrawn in the other class's colour and relabelled: nothing moves
+    rng, test = np.random.default_rng(5), splits.split == "test"
+    for i in splits.index[test]:
+        path = ws.labeled_dir / "test_other" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tile(rng, 1 - int(splits.at[i, "label"])).save(path)
+        splits.loc[i, ["path", "label", "class_name"]] = [str(path), 1 - splits.at[i, "label"],
+                                                          ["tumor", "stroma"][1 - splits.at[i, "label"]]]
+    splits.to_csv(ws.split_manifest, index=False)
+    ws.val_scores.unlink()
+    ws.selection_thresholds.unlink()
+    pd.testing.assert_frame_equal(calibrate(ws, cfg), first)
+
+    # the accepted set is decided with these thresholds
+    kept = select(ws, cfg)
+    bars = kept["class"].map(first.set_index("class")["threshold"])
+    assert kept["kept"].tolist() == (kept["confidence"] >= bars).tolist()
+    assert kept["threshold"].tolist() == pytest.approx(bars.tolist())
+
+    # one validation image relabelled: the calibration sees it (so the test above can fail)
+    moved = splits.index[(splits.split == "val") & (splits.class_name == "tumor")][0]
+    splits.loc[moved, ["label", "class_name"]] = [1, "stroma"]
+    splits.to_csv(ws.split_manifest, index=False)
+    assert calibrate(ws, cfg)["n_val_images"].tolist() == [5, 7]
+
+    # a budget of a third leaves 2 validation images per class: the global threshold, said so
+    third = apply_overrides(cfg, ["experiment.label_fractions=0.33"])
+    few = calibrate(ws, third)
+    assert few["threshold"].tolist() == [0.95, 0.95]
+    assert few["rule"].str.startswith("global (fallback: 2 val images").all()

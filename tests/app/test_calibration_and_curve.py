@@ -1,0 +1,159 @@
+"""Issue 15 in the app: the Selection tab shows core's per-class calibrated thresholds, and the
+results tab draws accuracy against the label budget from summary.json alone."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app import charts, tab_results, tab_selection
+from app.context import AppContext
+
+BUNDLE_SUMMARY = Path(__file__).resolve().parents[2] / "assets" / "demo_models" / "results" / "summary.json"
+
+
+def _scored_workspace(tmp_path, overrides=("selection.calibration=validation",)) -> AppContext:
+    ctx = AppContext.create(tmp_path / "ws", preset_name="tiny", overrides=list(overrides))
+    conf = {"a": [0.55, 0.65, 0.75, 0.85, 0.95, 0.97], "b": [0.6, 0.8, 0.92, 0.99]}
+    rows = [{"file": f"{c}/{c}-{i}.png", "class": c, "confidence": v, "nearest_class": c,
+             "centroid_distance": 0.1, "filter_hash": "h1", "error": ""}
+            for c, values in conf.items() for i, v in enumerate(values)]
+    ctx.workspace.synthetic_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(ctx.workspace.synthetic_scores, index=False)
+    return ctx
+
+
+def _write_thresholds(ctx: AppContext, filter_hash: str = "h1") -> None:
+    """synthetic/thresholds.csv as core.selection.calibrate writes it: class a from 10 validation
+    images (its quantile 0.6), class b from 3 (too few: the global threshold)."""
+    from core.selection import THRESHOLD_COLUMNS, thresholds_at
+    raw = pd.DataFrame({"class": ["a", "b"], "val_quantile": [0.6, 0.7], "n_val_images": [10, 3],
+                        "quantile": ctx.config.selection.calibration_quantile, "filter_hash": filter_hash})
+    thresholds_at(raw, ctx.config.selection.threshold)[THRESHOLD_COLUMNS] \
+        .to_csv(ctx.workspace.selection_thresholds, index=False)
+
+
+def _lines(plot) -> dict[str, float]:
+    return {s.get("name"): s["x0"] for s in json.loads(plot.plot)["layout"]["shapes"]}
+
+
+def test_selection_tab_applies_and_shows_each_classs_calibrated_threshold(tmp_path):
+    ctx = _scored_workspace(tmp_path)
+    summary, counts, _, hist, curve = tab_selection.refilter(ctx, 0.9, "threshold", 0)
+    assert "is not written yet" in summary and "calibrated on" not in summary     # said, not hidden
+    assert counts.set_index("class").loc["a", "accepted"] == 2                     # the global 0.9 meanwhile
+
+    _write_thresholds(ctx)
+    summary, counts, gallery, hist, curve = tab_selection.refilter(ctx, 0.9, "threshold", 0, "accepted",
+                                                                   tab_selection.ALL, 64)
+    assert "per-class thresholds calibrated on 13 validation images" in summary
+    table = counts.set_index("class")
+    assert table.loc["a", "accepted"] == 5 and table.loc["a", "threshold"] == 0.6     # >= 0.6
+    assert table.loc["b", "accepted"] == 2 and table.loc["b", "threshold"] == 0.9     # fallback: global
+    assert "fallback: 3 val images" in table.loc["b", "rule"] and table.loc["all", "accepted"] == 7
+    assert len(gallery) == 7
+    assert _lines(hist) == {"a": 0.6, "b": 0.9}                   # each class's own line
+    assert _lines(curve) == {"a": 0.6, "b": 0.9, "all": 0.9}
+
+    # the slider is the cap of every class's threshold (core.selection.thresholds_at)
+    summary, counts, _, hist, _ = tab_selection.refilter(ctx, 0.5, "threshold", 0)
+    assert counts.set_index("class").loc[["a", "b"], "threshold"].tolist() == [0.5, 0.5]
+    assert "at most the slider's 0.50" in summary
+    assert _lines(hist) == {"a": 0.5, "b": 0.5}
+
+    # thresholds of another filter classifier are not applied, and the tab says so
+    scores = pd.read_csv(ctx.workspace.synthetic_scores).assign(filter_hash="h2")
+    scores.to_csv(ctx.workspace.synthetic_scores, index=False)
+    summary, counts, *_ = tab_selection.refilter(ctx, 0.9, "threshold", 0)
+    assert "from another filter classifier" in summary and counts.set_index("class").loc["a", "accepted"] == 2
+
+
+def test_selection_tab_without_calibration_is_unchanged(tmp_path):
+    ctx = _scored_workspace(tmp_path, overrides=())
+    _write_thresholds(ctx)                      # a table on disk is not applied when the config says none
+    summary, counts, _, hist, _ = tab_selection.refilter(ctx, 0.9, "threshold", 0)
+    assert "calibrat" not in summary and list(counts.columns) == ["class", "accepted", "rejected", "total"]
+    assert counts.set_index("class").loc["a", "accepted"] == 2 and _lines(hist) == {"a": 0.9, "b": 0.9}
+
+
+def test_accuracy_curve_reads_the_bundled_summary():
+    summary = json.loads(BUNDLE_SUMMARY.read_text())
+    table = tab_results.curve_table(summary)
+    budgets = sorted(c["label_fraction"] for c in summary["grid"])
+    assert len(budgets) >= 2
+    for cell in summary["grid"]:
+        rows = table[table["label_fraction"] == cell["label_fraction"]].set_index("arm")
+        for arm in ("baseline", "augmented"):
+            assert rows.loc[arm, "mean"] == cell[arm]["accuracy"]["mean"]
+            assert rows.loc[arm, "std"] == cell[arm]["accuracy"]["std"]
+        aug = rows.loc["augmented"]
+        assert (aug["delta"], aug["delta_low"], aug["delta_high"]) == \
+            tuple(cell["delta"]["accuracy"][k] for k in ("mean", "low", "high"))
+        assert (aug["boot_low"], aug["boot_high"]) == \
+            (cell["bootstrap"]["accuracy"]["low"], cell["bootstrap"]["accuracy"]["high"])
+    fig = charts.accuracy_curve(table, tab_results.budget_axis(summary)[1])
+    traces = {t.name: t for t in fig.data}
+    base = traces["baseline (real only)"]
+    assert list(base.x) == budgets and base.xaxis == "x"                      # a line over the budgets
+    by_budget = {c["label_fraction"]: c for c in summary["grid"]}
+    assert list(base.error_y.array) == [by_budget[b]["baseline"]["accuracy"]["std"] for b in budgets]
+    seeds = traces["Δ augmented (synthetic ×1 asked): 95% CI over seeds"]
+    images = traces["Δ augmented (synthetic ×1 asked): 95% CI over test images"]
+    assert seeds.xaxis == images.xaxis == "x2"                                # the second subplot
+    low = [by_budget[b]["delta"]["accuracy"]["low"] for b in budgets]
+    assert np.allclose(np.asarray(seeds.y) - np.asarray(seeds.error_y.arrayminus), low)
+    boot_high = [by_budget[b]["bootstrap"]["accuracy"]["high"] for b in budgets]
+    assert np.allclose(np.asarray(images.y) + np.asarray(images.error_y.array), boot_high)
+    assert "95% CI" in seeds.hovertext[0] and "test images" in seeds.hovertext[0]
+    assert not any("no curve" in a.text for a in fig.layout.annotations)
+    assert fig.layout.xaxis.type == "log"
+
+
+def test_one_budget_still_renders_and_says_it_is_no_curve():
+    summary = json.loads(BUNDLE_SUMMARY.read_text())
+    one = copy.deepcopy(summary)
+    one["grid"] = [c for c in one["grid"] if c["label_fraction"] == 0.25]
+    fig = charts.accuracy_curve(tab_results.curve_table(one), tab_results.budget_axis(one)[1])
+    assert {len(t.x) for t in fig.data} == {1}
+    notes = [a.text for a in fig.layout.annotations]
+    assert any("one label budget (labels 25%) gives no curve" in n for n in notes)
+    fig.to_json()                                                            # serializable: it renders
+
+
+def test_budgets_in_images_per_class_and_a_not_ok_cell():
+    summary = json.loads(BUNDLE_SUMMARY.read_text())
+    counts = copy.deepcopy(summary)
+    for cell, n in zip(counts["grid"], (20, 50)):
+        cell["label_fraction"] = n
+    counts["grid"] = counts["grid"][:2]
+    counts["grid"][0]["status"] = "no synthetic images: the augmented arm equals the baseline, not a result"
+    x_key, title = tab_results.budget_axis(counts)
+    assert "images per class" in title
+    fig = charts.accuracy_curve(tab_results.curve_table(counts), title)
+    assert list(fig.data[0].x) == [20.0, 50.0] and list(fig.data[0].marker.symbol) == ["x", "circle"]
+    assert any("not a result" in a.text for a in fig.layout.annotations)
+
+
+def test_results_tab_shows_the_curve(lab_ctx):
+    out = tab_results.refresh(lab_ctx)
+    fig = out[3]
+    assert fig.layout.xaxis2 is not None and len(fig.data) == 4               # 2 arms + 2 intervals
+    assert any("gives no curve" in a.text for a in fig.layout.annotations)    # the fixture has one budget
+
+
+def test_empty_results_show_a_hint_curve(tmp_path):
+    ctx = AppContext.create(tmp_path / "empty", preset_name="tiny")
+    out = tab_results.refresh(ctx)
+    assert "No results" in out[2] and any("no results yet" in a.text for a in out[3].layout.annotations)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.95])
+def test_histogram_lines_move_per_class(threshold):
+    scores = pd.DataFrame({"class": ["a", "b"], "confidence": [0.4, 0.9]})
+    fig = charts.confidence_histograms(scores, threshold, ["a", "b"], {"a": 0.2})
+    moved = charts.move_threshold(fig, threshold, {"a": 0.25})
+    assert {s.name: s.x0 for s in moved.layout.shapes} == {"a": 0.25, "b": threshold}
