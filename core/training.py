@@ -30,8 +30,7 @@ from core.checkpoints import (_quarantine, _unreadable, clean_partial_checkpoint
 from core.config import save_config
 from core.errors import TrainingDiverged, UserError
 from core.io import append_jsonl, atomic_dir, atomic_write_json, naming_path
-# re-exported: sampling and the tests read the precision rule through this module
-from core.precision import autocast, autocast_dtype, cpu_has_fast_bf16, effective_precision  # noqa: F401
+from core.precision import effective_precision
 from core.workspace import LAB_CONFIG, Workspace
 
 

@@ -10,15 +10,15 @@ import core.training as training
 def test_cpu_precision_follows_native_bf16(monkeypatch, native):
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: native)
     cpu = torch.device("cpu")
-    assert training.autocast_dtype(cpu, "bf16") == (torch.bfloat16 if native else None)
-    assert training.autocast_dtype(cpu, "fp16") == (torch.bfloat16 if native else None)
-    assert training.autocast_dtype(cpu, "no") is None
+    assert precision.autocast_dtype(cpu, "bf16") == (torch.bfloat16 if native else None)
+    assert precision.autocast_dtype(cpu, "fp16") == (torch.bfloat16 if native else None)
+    assert precision.autocast_dtype(cpu, "no") is None
     assert training.make_accelerator("bf16", 1, "/tmp/acc-test", 0).mixed_precision == ("bf16" if native else "no")
-    with training.autocast(cpu, "bf16"):
+    with precision.autocast(cpu, "bf16"):
         y = torch.ones(2, 2) @ torch.ones(2, 2)
     assert y.dtype == (torch.bfloat16 if native else torch.float32)
     # a GPU keeps what the config asks, whatever the host CPU
-    assert training.effective_precision("cuda", "bf16") == "bf16"
+    assert precision.effective_precision("cuda", "bf16") == "bf16"
 
 
 def _fit(tmp_path, cfg=None, steps=4, stop_at=None, **spec):
