@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL
 from core.errors import UserError
 from core.config import LabConfig
 from core.data import ImageDataset, load_pools
+from core.latents import augment
 from core.models import PatchDiscriminator, build_autoencoder, decode, encode
 from core.training import Trainer, TrainSpec, adamw, pool_row_weights, step_generator, step_indices
 from core.workspace import Workspace
@@ -114,7 +115,9 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
     def step_fn(step: int) -> torch.Tensor:
         vae.train()
         rows = step_indices(weights, acfg.batch_size, acfg.seed, step, 0, acc.process_index, acc.num_processes)
-        x = _stack(train_set, rows).to(acc.device).contiguous(memory_format=torch.channels_last)
+        # the 8 flips/rotations per image (issue 15): tissue has no up, and a small pool goes 8x further
+        x = augment(_stack(train_set, rows), step_generator(acfg.seed, step, 1, acc.process_index))
+        x = x.to(acc.device).contiguous(memory_format=torch.channels_last)
         with acc.autocast():
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample(generator=step_generator(acfg.seed, step, 0, acc.process_index))).sample

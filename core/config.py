@@ -53,6 +53,11 @@ class AutoencoderConfig:
     seed: int = 0
     checkpoint_every: int = 250     # accelerator.save_state every N steps (resume after a kill)
     checkpoints_total_limit: int = field(default=2, metadata={"key": "never"})   # kept on disk, newest first
+    # Overlap-tile at inference (latent px of reflect padding, cropped after): zero padding at the
+    # tile edge is what paints the pale frame (issue 15, benchmarks/frame_artefact.py). Saved in
+    # the VAE's config so the model decodes as it was measured; training itself is unpadded.
+    encode_padding: int = field(default=0, metadata={"key": "if_set"})
+    decode_padding: int = field(default=0, metadata={"key": "if_set"})
 
     @property
     def downsample_factor(self) -> int:
@@ -62,6 +67,8 @@ class AutoencoderConfig:
         _positive(self, "steps", "batch_size", "lr", "latent_channels", "layers_per_block",
                   "checkpoint_every")
         _precision(self, "mixed_precision")
+        if min(self.encode_padding, self.decode_padding) < 0:
+            raise ConfigError("autoencoder.encode_padding and decode_padding must be >= 0 (latent pixels)")
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,13 @@
 Target (labeled): skin.tif (normal skin, H&E, ~1 um/px) with classes drawn in
 assets/skin_annotations.json; train/val/test come from disjoint vertical bands of the image.
 Pre-training pools (unlabeled, excluded from the target, as in the paper): the OpenSlide CMU-1
-small region (H&E skin, SVS, 0.499 um/px) and scikit-image's IHC colon image. All sources are
-resampled to cfg.data.mpp so a patch covers the same tissue area everywhere.
+small region (H&E skin, SVS, 0.499 um/px): tissue at the target scale and 1.3x coarser, and its
+glass and tissue edges, in overlapping tiles (DEMO_POOLS).
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +19,37 @@ from PIL import Image, ImageDraw
 from core.config import LabConfig, config_hash, save_config
 from core.io import atomic_dir, atomic_write_json, atomic_write_text, save_png
 from core.splits import SPLITS, write_manifest
-from core.tiling import tile_to_folder
+from core.tiling import open_source, tile_grid, tissue_fraction
 from core.workspace import Workspace
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 ANNOTATIONS = ASSETS / "skin_annotations.json"
-# Unlabeled pools: (pool name, file, weight, um/px override). ihc.png states no scale: its
-# epithelial nuclei (~5x12 um) span ~12x25 px, so ~0.5 um/px is an estimate, said as such.
-DEMO_POOLS = (("cmu_he_skin", "cmu_small_region.svs", 0.7, None),
-              ("ihc_colon", "ihc.png", 0.3, 0.5))
+
+
+@dataclass(frozen=True)
+class DemoPool:
+    """One unlabeled pre-training pool cut from a bundled image (never the labeled target)."""
+    name: str
+    file: str
+    weight: float                         # share of pre-training draws
+    source_mpp: float | None = None       # when the file states no scale (an estimate, said as such)
+    scale: float = 1.0                    # tiles cut at scale x data.mpp: a second magnification
+    stride: float = 0.5                   # x image_size: overlapping tiles
+    tissue: tuple[float, float] = (0.5, 1.01)   # tissue fraction range [lo, hi) a tile must have
+    max_tiles: int = 0                    # > 0: evenly spaced subsample
+
+
+# Issue 15: the first pools held 393 tissue-only tiles at one scale, 11% of them IHC: the models
+# never saw glass (the target's "background" class: 0 accepted samples), overfit one magnification,
+# and painted the IHC image's brown DAB into dermis and stratum corneum samples. Now: overlapping
+# H&E tiles at the target scale and 1.3x coarser (skin.tif's own scale is an estimate), plus glass
+# and tissue edges. ihc.png (assets/LICENSES.md) stays bundled for the tiling tests.
+DEMO_POOLS = (DemoPool("cmu_he_skin", "cmu_small_region.svs", 0.65),
+              DemoPool("cmu_he_skin_coarse", "cmu_small_region.svs", 0.25, scale=1.3),
+              DemoPool("cmu_glass_and_edges", "cmu_small_region.svs", 0.1, tissue=(0.0, 0.5), max_tiles=300))
 MIN_CLASS_FRACTION = 0.7    # a patch gets a class when >= 70% of it lies inside that class's region
 MAX_PER_CLASS = 120         # per split and class: keeps the demo balanced and small
-BUILD_VERSION = 1           # bump when the builder changes what it writes
+BUILD_VERSION = 2           # bump when the builder changes what it writes
 
 
 def load_annotations(path: str | Path = ANNOTATIONS) -> dict:
@@ -151,17 +171,34 @@ def _write_labeled(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, image: np
 
 def _write_pools(ws: Workspace, cfg: LabConfig, progress=None) -> dict:
     rows, sizes = [], {}
-    for name, filename, weight, mpp in DEMO_POOLS:
-        final = ws.unlabeled_dir / name
+    for pool in DEMO_POOLS:
+        final = ws.unlabeled_dir / pool.name
         with atomic_dir(final) as tmp:
-            info = tile_to_folder(ASSETS / filename, tmp, cfg.data.image_size, cfg.data.mpp,
-                                  stride=cfg.data.image_size // 2, mpp=mpp, prefix=name)
+            names = _write_pool_tiles(pool, cfg, tmp)
             save_config(cfg, tmp)
-        paths = [str(final / Path(p).name) for p in info["paths"]]
-        rows += [{"path": p, "pool": name, "weight": weight} for p in paths]
-        sizes[name] = len(paths)
+        rows += [{"path": str(final / n), "pool": pool.name, "weight": pool.weight} for n in names]
+        sizes[pool.name] = len(names)
         if progress:
-            progress({"stage": "data", "step": len(sizes), "total": len(DEMO_POOLS), "pool": name})
+            progress({"stage": "data", "step": len(sizes), "total": len(DEMO_POOLS), "pool": pool.name})
     atomic_write_text(ws.pools_file, pd.DataFrame(rows, columns=["path", "pool", "weight"])
                       .to_csv(index=False))
     return sizes
+
+
+def _write_pool_tiles(pool: DemoPool, cfg: LabConfig, out: Path) -> list[str]:
+    """The pool's tiles as PNGs (provenance in the text chunk); returns their file names."""
+    size, mpp = cfg.data.image_size, cfg.data.mpp * pool.scale
+    source = open_source(ASSETS / pool.file, pool.source_mpp)
+    lo, hi = pool.tissue
+    tiles = [(x, y, w, patch) for x, y, w, _, patch in
+             tile_grid(source, size, mpp, stride=max(1, round(size * pool.stride)), min_tissue=lo)
+             if tissue_fraction(patch) < hi]
+    if pool.max_tiles and len(tiles) > pool.max_tiles:
+        tiles = [tiles[i] for i in np.linspace(0, len(tiles) - 1, pool.max_tiles).round().astype(int)]
+    names = []
+    for x, y, w, patch in tiles:
+        names.append(f"{pool.name}_x{x}_y{y}.png")
+        save_png(Image.fromarray(patch), out / names[-1], {
+            "source": str((ASSETS / pool.file).resolve()), "box": [x, y, w, w], "mpp": mpp,
+            "source_mpp": source.mpp, "image_size": size})
+    return names

@@ -368,6 +368,8 @@ def quality_section(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> 
 def data_report(ws: Workspace) -> list[str]:
     """What the data stage skipped and why, as lines for the console (as `data prepare` prints)."""
     labeled = (read_marker(ws, "data").get("result") or {}).get("labeled") or {}
-    lines = [f"skipped {s['path']}: {s['reason']}" for s in labeled.get("skipped") or [] if isinstance(s, dict)]
+    skipped = labeled.get("skipped")     # the demo builder's is a bool: "the build was up to date"
+    lines = [f"skipped {s['path']}: {s['reason']}" for s in skipped if isinstance(s, dict)] \
+        if isinstance(skipped, list) else []
     lines += [f"empty class folder (no usable image): {c}" for c in labeled.get("empty_classes") or []]
     return lines

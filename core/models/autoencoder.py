@@ -5,33 +5,66 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from core.config import AutoencoderConfig
 
+# Private config key ("_" keys survive diffusers' save/load without an "unexpected" warning):
+# [encode, decode] latent pixels of overlap-tile padding (AutoencoderConfig.encode_padding).
+EDGE_PADDING = "_edge_padding"
+
 
 def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:
     n = len(cfg.block_out_channels)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
         norm_num_groups=math.gcd(32, *cfg.block_out_channels))
+    if cfg.encode_padding or cfg.decode_padding:
+        vae.register_to_config(**{EDGE_PADDING: [cfg.encode_padding, cfg.decode_padding]})
+    return vae
+
+
+def edge_padding(vae: AutoencoderKL) -> tuple[int, int]:
+    """(encode, decode) latent pixels of reflect padding this VAE runs with at inference."""
+    pad = vae.config.get(EDGE_PADDING) or (0, 0)
+    return int(pad[0]), int(pad[1])
+
+
+def factor(vae: AutoencoderKL) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def encode(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
-    """Pixels in [-1, 1] -> scaled latents (posterior mean x scaling_factor)."""
+    """Pixels in [-1, 1] -> scaled latents (posterior mean x scaling_factor). With encode padding
+    p the image is reflect-padded by p latent px and the latent cropped back (overlap-tile)."""
     param = next(vae.parameters())
-    z = vae.encode(x.to(param.device, param.dtype)).latent_dist.mode()
+    p = edge_padding(vae)[0]
+    x = x.to(param.device, param.dtype)
+    if p:
+        x = F.pad(x, (p * factor(vae),) * 4, mode="reflect")
+    z = vae.encode(x).latent_dist.mode()
+    if p:
+        z = z[..., p:-p, p:-p]
     z = z - _shift(vae) if _shift(vae) else z
     return z * vae.config.scaling_factor
 
 
 def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> pixels in [-1, 1] (clamped)."""
+    """Scaled latents -> pixels in [-1, 1] (clamped). With decode padding p the latent is
+    reflect-padded by p px and the image cropped back, so edge pixels see no zero padding."""
     param = next(vae.parameters())
+    p = edge_padding(vae)[1]
     z = z.to(param.device, param.dtype) / vae.config.scaling_factor
-    x = vae.decode(z + _shift(vae) if _shift(vae) else z).sample
+    z = z + _shift(vae) if _shift(vae) else z
+    if p:
+        z = F.pad(z, (p,) * 4, mode="reflect")
+    x = vae.decode(z).sample
+    if p:
+        c = p * factor(vae)
+        x = x[..., c:-c, c:-c]
     return x.clamp(-1, 1)
 
 

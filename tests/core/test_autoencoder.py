@@ -111,3 +111,26 @@ def test_checkpoint_limit_comes_from_config_and_keys_no_stage(tmp_path, tiny_cfg
     for section in ("autoencoder", "classifier"):       # disk use, not results: stage keys unchanged
         more = apply_overrides(tiny_cfg, [f"{section}.checkpoints_total_limit=5"])
         assert identity(getattr(more, section)) == identity(getattr(tiny_cfg, section))
+
+
+def test_edge_padding_is_saved_with_the_model_and_used_by_encode_and_decode(tmp_path, tiny_cfg):
+    from dataclasses import replace
+    import torch.nn.functional as F
+    plain = models.build_autoencoder(tiny_cfg.autoencoder)
+    assert models.edge_padding(plain) == (0, 0) and "_edge_padding" not in plain.config
+    vae = models.build_autoencoder(replace(tiny_cfg.autoencoder, encode_padding=2, decode_padding=1))
+    vae.register_to_config(scaling_factor=0.5)
+    vae.save_pretrained(tmp_path)
+    loaded = AutoencoderKL.from_pretrained(tmp_path).eval()
+    assert models.edge_padding(loaded) == (2, 1)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    f = models.factor(loaded)
+    with torch.no_grad():
+        z = models.encode(loaded, x)
+        assert z.shape[-2:] == (32 // f, 32 // f)
+        raw = loaded.encode(F.pad(x, (2 * f,) * 4, mode="reflect")).latent_dist.mode()[..., 2:-2, 2:-2]
+        torch.testing.assert_close(z, raw * 0.5)
+        out = models.decode(loaded, z)
+        assert out.shape == x.shape
+        ref = loaded.decode(F.pad(z / 0.5, (1,) * 4, mode="reflect")).sample[..., f:-f, f:-f].clamp(-1, 1)
+        torch.testing.assert_close(out, ref)

@@ -46,3 +46,16 @@ def test_an_unknown_budget_names_the_configs_budgets(command, tmp_path, capsys):
 def test_every_stage_has_a_cli_module():
     for name, module in STAGES.items():
         assert module.startswith("core.commands.") and callable(importlib.import_module(module).cli), name
+
+
+def test_run_reports_what_the_data_stage_skipped_whatever_builder_wrote_it(monkeypatch, tmp_path):
+    """`core run` after `core data demo`: the demo builder's marker says skipped=True (up to date),
+    the folder importer's lists the files it skipped; both must print, neither may crash."""
+    from core import experiment
+    from core.workspace import Workspace
+    ws = Workspace(tmp_path)
+    marker = {"labeled": {"skipped": True}}
+    monkeypatch.setattr(experiment, "read_marker", lambda ws, stage: {"result": marker})
+    assert experiment.data_report(ws) == []
+    marker["labeled"] = {"skipped": [{"path": "a.png", "reason": "truncated"}], "empty_classes": ["x"]}
+    assert experiment.data_report(ws) == ["skipped a.png: truncated", "empty class folder (no usable image): x"]

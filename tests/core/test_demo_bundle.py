@@ -70,6 +70,24 @@ def test_filter_classifier_beats_chance_on_demo_test_split(demo_ws):
     assert np.isfinite(metrics["accuracy"])
 
 
+def test_every_class_keeps_a_fifth_of_its_samples_at_the_bundled_threshold(demo_ws):
+    """Issue 15: at the threshold the bundle ships (per class when calibrated on validation, as
+    thresholds.csv the Selection tab shows), each class keeps >= 20% of what was sampled for it."""
+    import pandas as pd
+    from core.data import load_splits
+    from core.selection import load_thresholds
+    cfg = load_config(demo_ws.root / "config.json")
+    _, classes = load_splits(demo_ws)
+    scores = pd.read_csv(demo_ws.synthetic_scores)
+    bars = dict.fromkeys(classes, cfg.selection.threshold)
+    if cfg.selection.calibration != "none":
+        table = load_thresholds(demo_ws)
+        assert set(table["class"]) == set(classes), "calibrated bundle without synthetic/thresholds.csv"
+        bars = dict(zip(table["class"], table["threshold"]))
+    rate = {c: float((scores.loc[scores["class"] == c, "confidence"] >= bars[c]).mean()) for c in classes}
+    assert min(rate.values()) >= 0.2, rate
+
+
 def test_bundle_carries_results_and_scored_synthetic_images(demo_ws):
     import json
     import pandas as pd

@@ -81,13 +81,13 @@ def test_background_patches_are_glass_and_tissue_patches_are_not(tiny_workspace)
 
 def test_pools_exclude_the_target_and_mix_by_weight(tiny_workspace):
     pools = load_pools(tiny_workspace)
-    assert set(pools.pool) == {name for name, *_ in DEMO_POOLS}
+    assert set(pools.pool) == {pool.name for pool in DEMO_POOLS}
     sources = {read_png_params(p)["source"] for p in pools.path}
     assert sources and not any(s.endswith("skin.tif") for s in sources)   # target excluded
     assert pools.groupby("pool").size().min() >= 20
     share = pd.Series(pool_sampler_weights(pools)).groupby(pools.pool).sum()
-    for name, _, weight, _ in DEMO_POOLS:
-        assert share[name] == pytest.approx(weight / sum(w for _, _, w, _ in DEMO_POOLS))
+    for pool in DEMO_POOLS:
+        assert share[pool.name] == pytest.approx(pool.weight / sum(p.weight for p in DEMO_POOLS))
     params = read_png_params(pools.path.iloc[0])
     assert params["mpp"] == 2.0 and params["source_mpp"] in (0.499, 0.5)
 
