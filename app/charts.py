@@ -140,6 +140,9 @@ def _delta_hover(r) -> str:
             + (f"<br>status: {r['status']}" if r["status"] != "ok" else ""))
 
 
+NUDGE = 1.06     # x step (log axis) between the intervals drawn at one label budget
+
+
 def accuracy_curve(table: pd.DataFrame, x_title: str) -> go.Figure:
     """Test accuracy against the label budget, one line per arm (mean over seeds, ± std bars),
     and beside it the paired difference augmented − baseline per budget with its two 95%
@@ -161,17 +164,19 @@ def accuracy_curve(table: pd.DataFrame, x_title: str) -> go.Figure:
                                  error_y=dict(type="data", array=part["std"].fillna(0).tolist()),
                                  hovertext=hover, hoverinfo="text"), row=1, col=1)
     aug = table[table["arm"] == "augmented"]
-    for line, part in aug.groupby("line", sort=False):
+    lines = aug["line"].nunique()
+    for i, (line, part) in enumerate(aug.groupby("line", sort=False)):
         hover = [_delta_hover(r) for _, r in part.iterrows()]
         d = part["delta"].astype(float)
+        nudge = NUDGE ** (2 * i)        # each ratio's pair of intervals beside the previous one
         fig.add_trace(go.Scatter(
-            x=part["x"], y=d, mode="markers", name=f"Δ {line}: 95% CI over seeds", hovertext=hover,
+            x=part["x"] * nudge, y=d, mode="markers", name=f"Δ {line}: 95% CI over seeds", hovertext=hover,
             hoverinfo="text", marker=dict(size=9), error_y=dict(
                 type="data", array=(part["delta_high"].astype(float) - d).fillna(0).tolist(),
                 arrayminus=(d - part["delta_low"].astype(float)).fillna(0).tolist())), row=1, col=2)
         # beside the seed interval (x nudged 6% on the log axis), so neither hides the other
         fig.add_trace(go.Scatter(
-            x=part["x"] * 1.06, y=d, mode="markers", name=f"Δ {line}: 95% CI over test images",
+            x=part["x"] * nudge * NUDGE, y=d, mode="markers", name=f"Δ {line}: 95% CI over test images",
             hovertext=hover, hoverinfo="text", marker=dict(size=7, symbol="diamond"), error_y=dict(
                 type="data", array=(part["boot_high"].astype(float) - d).fillna(0).tolist(),
                 arrayminus=(d - part["boot_low"].astype(float)).fillna(0).tolist())), row=1, col=2)
@@ -179,7 +184,7 @@ def accuracy_curve(table: pd.DataFrame, x_title: str) -> go.Figure:
     budgets = table.drop_duplicates("x").sort_values("x")
     # a fixed margin around the budgets (log units): autorange would spread one budget's nudged
     # interval across the whole panel
-    span = [math.log10(budgets["x"].min()) - 0.2, math.log10(budgets["x"].max() * 1.06) + 0.2]
+    span = [math.log10(budgets["x"].min()) - 0.2, math.log10(budgets["x"].max() * NUDGE ** (2 * max(lines, 1))) + 0.2]
     fig.update_xaxes(type="log", title_text=x_title, tickvals=budgets["x"].tolist(),
                      ticktext=budgets["budget"].tolist(), range=span)
     fig.update_yaxes(title_text="test accuracy", row=1, col=1)
