@@ -187,7 +187,7 @@ def main(argv=None) -> None:
         precision = _trainer(cfg.pretrain, False).acc.mixed_precision
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         peak = matmul_peak(dtype, 8192 if device.type == "cuda" else 2048, 3, device)
-        print(f"\nUNet fwd+bwd {flops / 1e9:.1f} GFLOP per step; {precision} matmul peak "
+        print(f"\nUNet fwd+bwd {flops / 1e9:.1f} GFLOP per step; {'bf16' if precision == 'bf16' else 'fp32'} matmul peak "
               f"{peak / 1e9:.0f} GFLOP/s; eager {flops / sec['eager'] / peak:.1%} of it, "
               f"compiled {flops / sec['compiled'] / peak:.1%}")
 
