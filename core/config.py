@@ -53,7 +53,8 @@ class AutoencoderConfig:
     seed: int = 0
     checkpoint_every: int = 250     # accelerator.save_state every N steps (resume after a kill)
     checkpoints_total_limit: int = field(default=2, metadata={"key": "never"})   # kept on disk, newest first
-    # torch.compile the training step's forward + backward (eager fallback; benchmarks/train_step.py)
+    # torch.compile the training step's forward + backward (eager fallback; benchmarks/train_step.py).
+    # Off: on 2 CPU cores compiled steps ran 0.5-0.9x eager after 1-4 min of compiling (issue 15)
     compile: bool = field(default=False, metadata={"key": "never"})
 
     @property
