@@ -74,12 +74,14 @@ def train_classifier(train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list
     # Kept in memory, never checkpointed: a grid run is minutes long and restarted whole. The
     # Accelerator is what lets it use several GPUs (torchrun / accelerate launch).
     trainer = Trainer(TrainSpec(stage=stage, steps=total, seed=seed, precision=cfg.mixed_precision,
-                                batch_size=batch, schedule="cosine", warmup_steps=total // 10))
+                                batch_size=batch, schedule="cosine", warmup_steps=total // 10,
+                                compile=cfg.compile))
     acc = trainer.acc
     model = build_backbone(cfg.backbone, len(classes), cfg.pretrained_path)
     model = model.to(acc.device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = trainer.prepare(model, opt)
+    forward = trainer.compiled(model)
     gen = torch.Generator().manual_seed(seed)   # not per rank: all ranks walk one order of the data
     aug = _augmenter()
     order, cursor = torch.randperm(n, generator=gen), 0
@@ -96,7 +98,7 @@ def train_classifier(train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list
         model.train()
         x = _to_input(_augment(x_train[idx], aug), acc.device)
         with acc.autocast():
-            loss = F.cross_entropy(model(x).float(), y_train[idx].to(acc.device), label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(forward(x).float(), y_train[idx].to(acc.device), label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt.step()

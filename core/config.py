@@ -53,11 +53,17 @@ class AutoencoderConfig:
     seed: int = 0
     checkpoint_every: int = 250     # accelerator.save_state every N steps (resume after a kill)
     checkpoints_total_limit: int = field(default=2, metadata={"key": "never"})   # kept on disk, newest first
+<<<<<<< HEAD
     # Overlap-tile at inference (latent px of reflect padding, cropped after): zero padding at the
     # tile edge is what paints the pale frame (issue 15, benchmarks/frame_artefact.py). Saved in
     # the VAE's config so the model decodes as it was measured; training itself is unpadded.
     encode_padding: int = field(default=0, metadata={"key": "if_set"})
     decode_padding: int = field(default=0, metadata={"key": "if_set"})
+=======
+    # torch.compile the training step's forward + backward (eager fallback; benchmarks/train_step.py).
+    # Off: on 2 CPU cores compiled steps ran 0.5-0.9x eager after 1-4 min of compiling (issue 15)
+    compile: bool = field(default=False, metadata={"key": "never"})
+>>>>>>> compile-train
 
     @property
     def downsample_factor(self) -> int:
@@ -98,6 +104,7 @@ class PretrainConfig:
     sample_every: int = 500
     log_every: int = 10
     seed: int = 0
+    compile: bool = field(default=False, metadata={"key": "never"})   # speed only, as autoencoder.compile
 
     def validate(self) -> None:
         _positive(self, "steps", "batch_size", "grad_accum", "lr", "num_train_timesteps",
@@ -130,6 +137,7 @@ class LatentClassifierConfig:
     checkpoints_total_limit: int = field(default=1, metadata={"key": "never"})   # also the UNet fine-tune's
     t_buckets: int = 10             # validation accuracy is reported per t-interval
     finetune_lr: float = 2e-5
+    compile: bool = field(default=False, metadata={"key": "never"})   # also the UNet fine-tune's
 
     def validate(self) -> None:
         _positive(self, "steps", "batch_size", "lr", "layers_per_block", "attention_head_dim",
@@ -236,6 +244,7 @@ class ClassifyConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     mixed_precision: str = "bf16"
+    compile: bool = field(default=False, metadata={"key": "never"})   # every grid run compiles anew
 
     def validate(self) -> None:
         _positive(self, "steps", "epochs", "evals", "batch_size", "lr", "image_size")

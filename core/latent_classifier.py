@@ -95,11 +95,12 @@ def train_latent_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
         stage=STAGE, steps=c.steps, seed=c.seed, precision=c.mixed_precision, batch_size=c.batch_size,
         ckpt_dir=ws.checkpoints_dir / STAGE, checkpoint_every=c.checkpoint_every,
         total_limit=c.checkpoints_total_limit, schedule="cosine", warmup_steps=min(100, c.steps // 10),
-        metrics_file=ws.metrics_file(STAGE), log_every=c.log_every, run_key=run_key), cfg)
+        metrics_file=ws.metrics_file(STAGE), log_every=c.log_every, run_key=run_key, compile=c.compile), cfg)
     acc = trainer.acc
     model = build_classifier(cfg, classes, train_z.shape[1], scheduler.config.num_train_timesteps)
     optimizer = adamw(model.parameters(), c.lr, c.weight_decay, acc.device)
     model, optimizer = trainer.prepare(model, optimizer)
+    forward = trainer.compiled(model)
     z_all, y_all = torch.from_numpy(np.array(train_z)), torch.from_numpy(np.array(train_y))
     T = scheduler.config.num_train_timesteps
 
@@ -113,7 +114,7 @@ def train_latent_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
         else:  # the reference's way: clean latents, t = 0
             t, z = torch.zeros(len(idx), dtype=torch.long), z0
         with acc.autocast():
-            logits = model(z.to(acc.device), t.to(acc.device))
+            logits = forward(z.to(acc.device), t.to(acc.device))
         loss = F.cross_entropy(logits.float(), y)
         acc.backward(loss)
         optimizer.step()
@@ -161,11 +162,12 @@ def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=N
         stage=stage, steps=c.finetune_steps, seed=c.seed, precision=c.mixed_precision, batch_size=p.batch_size,
         ckpt_dir=ws.checkpoints_dir / stage, checkpoint_every=c.checkpoint_every,
         total_limit=c.checkpoints_total_limit, metrics_file=ws.metrics_file(stage), log_every=c.log_every,
-        run_key=config_hash(identity(c), p.loss, len(latents))), cfg)
+        run_key=config_hash(identity(c), p.loss, len(latents)), compile=c.compile), cfg)
     acc = trainer.acc
     unet = UNet2DModel.from_pretrained(ws.unet_dir)
     optimizer = adamw(unet.parameters(), c.finetune_lr, p.weight_decay, acc.device)
     unet, optimizer = trainer.prepare(unet, optimizer)
+    forward = trainer.compiled(unet)
     z_all, T = torch.from_numpy(np.array(latents)), scheduler.config.num_train_timesteps
 
     def step_fn(step: int) -> torch.Tensor:
@@ -174,7 +176,7 @@ def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=N
         noise, t = torch.randn(z0.shape, generator=gen), torch.randint(0, T, (len(z0),), generator=gen)
         zt = scheduler.add_noise(z0, noise, t).to(acc.device)
         with acc.autocast():
-            pred = unet(zt, t.to(acc.device)).sample.float()
+            pred = forward(zt, t.to(acc.device)).sample.float()
         target = noise if p.prediction_type == "epsilon" else scheduler.get_velocity(z0, noise, t)
         loss = (F.l1_loss if p.loss == "l1" else F.mse_loss)(pred, target.to(acc.device))
         acc.backward(loss)

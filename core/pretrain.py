@@ -52,9 +52,12 @@ def diffusion_loss(unet, scheduler: DDPMScheduler, z0: torch.Tensor, g: torch.Ge
 
 
 def make_step_fn(acc, unet, scheduler, optimizer, ema, latents, weights, cfg: PretrainConfig,
-                 channels_last: bool = False):
+                 channels_last: bool = False, forward=None):
     """The training step: cached latents -> flips/rotations -> noise -> UNet -> AdamW -> EMA (the
-    lr schedule is stepped by the scaffold, core.training.Trainer)."""
+    lr schedule is stepped by the scaffold, core.training.Trainer). `forward`: what runs the UNet
+    (Trainer.compiled(unet)); `unet` itself for accumulation, clipping and EMA."""
+    forward = unet if forward is None else forward
+
     def step_fn(step: int) -> torch.Tensor:
         unet.train()
         losses = []
@@ -64,7 +67,7 @@ def make_step_fn(acc, unet, scheduler, optimizer, ema, latents, weights, cfg: Pr
             g = step_generator(cfg.seed, step, micro, acc.process_index)
             z0 = augment(torch.from_numpy(np.asarray(latents[idx])), g).to(acc.device)
             with acc.accumulate(unet):
-                loss = diffusion_loss(unet, scheduler, z0, g, cfg, acc.autocast, channels_last)
+                loss = diffusion_loss(forward, scheduler, z0, g, cfg, acc.autocast, channels_last)
                 acc.backward(loss)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(unet.parameters(), 1.0)
@@ -115,7 +118,7 @@ def pretrain(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
         ckpt_dir=ws.checkpoints_dir / STAGE, checkpoint_every=pcfg.checkpoint_every,
         total_limit=pcfg.checkpoints_total_limit, grad_accum=pcfg.grad_accum, schedule="cosine",
         warmup_steps=pcfg.warmup_steps, metrics_file=ws.metrics_file(STAGE), log_every=pcfg.log_every,
-        shape=(STAGE, SHAPE_FIELDS), trackers=True), cfg)
+        shape=(STAGE, SHAPE_FIELDS), trackers=True, compile=pcfg.compile), cfg)
     acc = trainer.acc
     torch.manual_seed(pcfg.seed)       # every rank starts its EMA from the same weights
     unet = build_unet(pcfg, latents.shape[-1], latents.shape[1])
@@ -129,7 +132,8 @@ def pretrain(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
     unet, optimizer = trainer.prepare(unet, optimizer)
     ema.to(acc.device)
     _register_ema_hooks(acc, ema)
-    step_fn = make_step_fn(acc, unet, scheduler, optimizer, ema, latents, weights, pcfg, channels_last)
+    step_fn = make_step_fn(acc, unet, scheduler, optimizer, ema, latents, weights, pcfg, channels_last,
+                           trainer.compiled(unet))
 
     def on_step(step: int, loss: float) -> None:
         if (step % pcfg.sample_every == 0 or step == pcfg.steps) and acc.is_main_process:

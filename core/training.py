@@ -30,6 +30,7 @@ from core.checkpoints import (_quarantine, _unreadable, clean_partial_checkpoint
 from core.config import save_config
 from core.errors import TrainingDiverged, UserError
 from core.io import append_jsonl, atomic_dir, atomic_write_json, naming_path
+from core.models.compile import CompiledOrEager
 from core.precision import effective_precision
 from core.workspace import LAB_CONFIG, Workspace
 
@@ -278,6 +279,7 @@ class TrainSpec:
     run_key: str | None = None              # guard_resume: checkpoints of another run are dropped
     shape: tuple[str, tuple[str, ...]] = ("", ())   # guard_resume: (section, fields) a resume must match
     trackers: bool = False                  # TensorBoard through Accelerate, when installed
+    compile: bool = False                   # Trainer.compiled: torch.compile with eager fallback
 
 
 class Trainer:
@@ -314,6 +316,13 @@ class Trainer:
         self.schedulers = out[len(objects):]
         self.optimizers += [o for o in out[:len(objects)] if isinstance(o, AcceleratedOptimizer)]
         return out[0] if len(objects) == 1 else tuple(out[:len(objects)])
+
+    def compiled(self, forward):
+        """What a step function calls instead of `forward` (a prepared model or a function of one):
+        its torch.compile, forward + backward, when spec.compile, falling back to eager with a
+        warning. Only the step calls it: the prepared model itself is what save_state, unwrap_model
+        and the evaluations see, so checkpoints and saved weights keep their keys."""
+        return CompiledOrEager(forward, training=True) if self.spec.compile else forward
 
     @property
     def lr(self) -> float | None:

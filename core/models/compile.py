@@ -2,7 +2,9 @@
 attention processor that compiles best at short sequences on CPU (issue 4)."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import time
 import warnings
 
 import torch
@@ -11,23 +13,58 @@ from diffusers.models.attention_processor import Attention, AttnProcessor, AttnP
 
 class CompiledOrEager:
     """`torch.compile(module)` that falls back to the eager module, once and with a warning, when
-    compiling fails (no C++ compiler for inductor on CPU, an op it cannot trace): compiling is a
-    speed setting, never a reason to lose a sampling run. Errors of the call itself (bad shapes)
-    still raise, from the eager module."""
+    compiling fails (no C++ compiler for inductor on CPU, an op it cannot trace, a torch whose
+    `torch.compile` refuses this Python): compiling is a speed setting, never a reason to lose a
+    sampling or training run. Errors of the call itself (bad shapes) still raise, from the eager
+    module. `module` may also be a function of modules (the autoencoder's encode, decode).
 
-    def __init__(self, module: torch.nn.Module, options: dict | None = None):
-        self.module, self.failed = module, None
-        self.compiled = torch.compile(module, dynamic=False, options=options)
+    `training=True` compiles the backward with the forward (torch compiles it lazily, at the first
+    `backward()`, where a failure could no longer be answered by running the forward eagerly), so
+    the first call's `first_call_s` holds the whole compile time. The compiled callable shares
+    the module's parameters and is never saved: state dicts keep their keys (no `_orig_mod.`).
+    """
+
+    def __init__(self, module, options: dict | None = None, training: bool = False):
+        self.module, self.failed, self.training = module, None, training
+        self.first_call_s: float | None = None
+        try:
+            self.compiled = torch.compile(module, dynamic=False, options=options)
+        except Exception as err:  # noqa: BLE001 - e.g. "Dynamo is not supported on Python 3.x"
+            self._fall_back(err)
+
+    @property
+    def name(self) -> str:
+        return getattr(self.module, "__qualname__", type(self.module).__name__)
+
+    def _fall_back(self, err: Exception) -> None:
+        self.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        warnings.warn(f"torch.compile of {self.name} failed ({self.failed}); running it eagerly",
+                      RuntimeWarning, stacklevel=3)
 
     def __call__(self, *args, **kwargs):
         if self.failed is None:
+            start = time.perf_counter()
             try:
-                return self.compiled(*args, **kwargs)
+                with _backward_now(self.training):
+                    out = self.compiled(*args, **kwargs)
+                if self.first_call_s is None:
+                    self.first_call_s = time.perf_counter() - start
+                return out
             except Exception as err:  # noqa: BLE001 - any compile failure means "run eagerly"
-                self.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                warnings.warn(f"torch.compile of {type(self.module).__name__} failed ({self.failed}); "
-                              "running it eagerly", RuntimeWarning, stacklevel=2)
+                self._fall_back(err)
         return self.module(*args, **kwargs)
+
+
+def _backward_now(training: bool):
+    """AOTAutograd's switch that compiles the backward graph with the forward; a no-op context
+    where this torch lacks it (the backward then compiles lazily, as torch's default)."""
+    try:
+        from torch._functorch import config
+    except ImportError:
+        config = None
+    if not training or not hasattr(config, "force_non_lazy_backward_lowering"):
+        return contextlib.nullcontext()
+    return config.patch(force_non_lazy_backward_lowering=True)
 
 
 def compilable(module: torch.nn.Module) -> torch.nn.Module:

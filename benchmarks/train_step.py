@@ -1,0 +1,196 @@
+"""Training steps eager vs torch.compile'd (`<section>.compile`, issue 15), side by side in one run.
+
+For each trainer's step at the preset's shapes (autoencoder, UNet pre-training, latent
+classifier, downstream classifier): images/s eager and compiled, the compiled step's first call
+(compiling its forward + backward, what every run pays once), the steps a run needs before the
+compile time is paid back, and what compiling gains or costs over one run of the preset's length.
+The compiled variant is what the trainers run with `compile` on: Trainer.compiled around the same
+forward, eager fallback included. The UNet row adds its achieved FLOP/s as a fraction of a
+matmul peak measured in the same run. Random data in memory: loading and augmentation are the
+same work in both variants and left out.
+
+    python -m benchmarks.train_step [--preset demo] [--steps 3] [--only pretrain,classify]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution  # noqa: E402
+from diffusers.training_utils import EMAModel  # noqa: E402
+
+from benchmarks.common import device_name, markdown_table, matmul_peak, time_steps  # noqa: E402
+from benchmarks.pretrain_step import unet_step_flops  # noqa: E402
+from core import pretrain as pt  # noqa: E402
+from core.models import build_autoencoder, build_backbone, build_classifier  # noqa: E402
+from core.presets import preset  # noqa: E402
+from core.training import Trainer, TrainSpec, adamw  # noqa: E402
+
+CLASSES = [f"c{i}" for i in range(8)]
+
+
+def _trainer(section, compile_: bool) -> Trainer:
+    return Trainer(TrainSpec(stage="bench", steps=10, seed=0, precision=section.mixed_precision,
+                             batch_size=section.batch_size, compile=compile_))
+
+
+def autoencoder_step(cfg, compile_: bool):
+    """core.autoencoder's step: encode -> seeded latent draw -> decode -> L1 + KL -> AdamW."""
+    a = cfg.autoencoder
+    trainer = _trainer(a, compile_)
+    acc, s = trainer.acc, cfg.data.image_size
+    torch.manual_seed(0)
+    vae = build_autoencoder(a).to(memory_format=torch.channels_last)
+    vae, opt = trainer.prepare(vae, adamw(vae.parameters(), a.lr, 0.0, acc.device))
+
+    def encode_moments(x):
+        return vae.encode(x).latent_dist.parameters
+
+    def decode_sample(z):
+        return vae.decode(z).sample
+    moments, reconstruct = trainer.compiled(encode_moments), trainer.compiled(decode_sample)
+    x = (torch.rand(a.batch_size, 3, s, s) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+
+    def step():
+        vae.train()
+        with acc.autocast():
+            post = DiagonalGaussianDistribution(moments(x))
+            rec = reconstruct(post.sample(generator=g))
+            loss = ((rec.float() - x).abs().flatten(1).sum(1) + a.kl_weight * post.kl().float()).mean() / x[0].numel()
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        opt.step()
+    return step, [moments, reconstruct], a.batch_size
+
+
+def pretrain_step(cfg, compile_: bool):
+    """core.pretrain.make_step_fn itself (cached latents, EMA, fused AdamW, grad clipping)."""
+    p = cfg.pretrain
+    trainer = _trainer(p, compile_)
+    acc, c, n = trainer.acc, cfg.autoencoder.latent_channels, cfg.latent_size
+    torch.manual_seed(0)
+    unet = pt.build_unet(p, n, c)
+    channels_last = pt.prefers_channels_last(acc.device, acc.mixed_precision)
+    if channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    ema = EMAModel(unet.parameters(), decay=p.ema_decay, foreach=True)
+    unet, opt = trainer.prepare(unet, adamw(unet.parameters(), p.lr, p.weight_decay, acc.device))
+    ema.to(acc.device)
+    latents = np.random.default_rng(0).standard_normal((256, c, n, n)).astype(np.float32)
+    forward = trainer.compiled(unet)
+    fn = pt.make_step_fn(acc, unet, pt.build_scheduler(p), opt, ema, latents, np.full(256, 1 / 256), p,
+                         channels_last, forward)
+    counter = iter(range(10 ** 9))
+    return (lambda: fn(next(counter))), [forward], p.batch_size * p.grad_accum
+
+
+def classifier_step(cfg, compile_: bool):
+    """core.latent_classifier's step: noised latents at random t -> LatentClassifier -> CE -> AdamW."""
+    c = cfg.classifier
+    trainer = _trainer(c, compile_)
+    acc, ch, n = trainer.acc, cfg.autoencoder.latent_channels, cfg.latent_size
+    torch.manual_seed(0)
+    model = build_classifier(cfg, CLASSES, ch, cfg.pretrain.num_train_timesteps)
+    model, opt = trainer.prepare(model, adamw(model.parameters(), c.lr, c.weight_decay, acc.device))
+    forward = trainer.compiled(model)
+    z, y = torch.randn(c.batch_size, ch, n, n), torch.randint(0, len(CLASSES), (c.batch_size,))
+
+    def step():
+        model.train()
+        t = torch.randint(0, cfg.pretrain.num_train_timesteps, (c.batch_size,))
+        with acc.autocast():
+            logits = forward(z, t)
+        acc.backward(F.cross_entropy(logits.float(), y))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step, [forward], c.batch_size
+
+
+def classify_step(cfg, compile_: bool):
+    """core.classify.train_classifier's step (the filter and every grid run): timm backbone -> CE."""
+    c = cfg.classify
+    trainer = _trainer(c, compile_)
+    acc = trainer.acc
+    torch.manual_seed(0)
+    model = build_backbone(c.backbone, len(CLASSES), c.pretrained_path).to(memory_format=torch.channels_last)
+    model, opt = trainer.prepare(model, torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay))
+    forward = trainer.compiled(model)
+    x = (torch.rand(c.batch_size, 3, c.image_size, c.image_size) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, len(CLASSES), (c.batch_size,))
+
+    def step():
+        model.train()
+        with acc.autocast():
+            loss = F.cross_entropy(forward(x).float(), y, label_smoothing=c.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        opt.step()
+    return step, [forward], c.batch_size
+
+
+STEPS = {"autoencoder": autoencoder_step, "pretrain": pretrain_step, "classifier": classifier_step,
+         "classify": classify_step}
+
+
+def run_length(cfg, name: str) -> int:
+    """Optimizer steps of one run of this trainer at the preset (a grid run, for classify)."""
+    return {"autoencoder": cfg.autoencoder.steps, "pretrain": cfg.pretrain.steps,
+            "classifier": cfg.classifier.steps, "classify": cfg.classify.steps}[name]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--steps", type=int, default=3, help="timed rounds (median) after the first call")
+    parser.add_argument("--only", default=",".join(STEPS), help="comma-separated trainers")
+    args = parser.parse_args(argv)
+    cfg = preset(args.preset)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows, flops_row = [], None
+    for name in args.only.split(","):
+        eager, _, batch = STEPS[name](cfg, False)
+        compiled, wrappers, _ = STEPS[name](cfg, True)
+        eager()                                                   # warm-up (allocator, first kernels)
+        t = time.perf_counter()
+        compiled()                                                # compiles forward + backward
+        first = time.perf_counter() - t
+        # round-robin: the machine is shared, so both variants see the same disturbances
+        times = {"eager": [], "compiled": []}
+        for _ in range(args.steps):
+            times["eager"].append(time_steps(eager, 1, warmup=0, device=device))
+            times["compiled"].append(time_steps(compiled, 1, warmup=0, device=device))
+        sec = {k: float(np.median(v)) for k, v in times.items()}
+        compile_s = max(first - sec["compiled"], 0.0)
+        saved = sec["eager"] - sec["compiled"]
+        steps = run_length(cfg, name)
+        failed = [w.failed for w in wrappers if w.failed]
+        rows.append({"trainer": name, "batch": batch, "eager img/s": batch / sec["eager"],
+                     "compiled img/s": batch / sec["compiled"], "speed-up": sec["eager"] / sec["compiled"],
+                     "compile s (first call)": compile_s,
+                     "break-even steps": f"{compile_s / saved:.0f}" if saved > 0 else "never",
+                     f"net s over a {args.preset} run": steps * saved - compile_s, "run steps": steps,
+                     "fell back": "; ".join(failed) or "no"})
+        if name == "pretrain":
+            flops_row = (unet_step_flops(cfg, device), sec)
+        print(markdown_table(rows[-1:]), flush=True)              # each row as it is measured
+    print(f"\n{args.preset} preset shapes; {device_name(device)}; torch {torch.__version__}\n")
+    print(markdown_table(rows))
+    if flops_row is not None:
+        flops, sec = flops_row
+        precision = _trainer(cfg.pretrain, False).acc.mixed_precision
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        peak = matmul_peak(dtype, 8192 if device.type == "cuda" else 2048, 3, device)
+        print(f"\nUNet fwd+bwd {flops / 1e9:.1f} GFLOP per step; {'bf16' if precision == 'bf16' else 'fp32'} matmul peak "
+              f"{peak / 1e9:.0f} GFLOP/s; eager {flops / sec['eager'] / peak:.1%} of it, "
+              f"compiled {flops / sec['compiled'] / peak:.1%}")
+
+
+if __name__ == "__main__":
+    main()
