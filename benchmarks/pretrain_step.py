@@ -82,10 +82,15 @@ def project_step(acc, cfg, latents, bf16: bool, channels_last: bool):
         unet, acc = unet.to(acc.device), _Fp32View(acc)
     ema.to(acc.device)
     weights = np.full(len(latents), 1.0 / len(latents))
-    fn = pt.make_step_fn(acc, unet, pt.build_scheduler(pcfg), opt, lrs, ema, latents, weights, pcfg,
+    fn = pt.make_step_fn(acc, unet, pt.build_scheduler(pcfg), opt, ema, latents, weights, pcfg,
                          channels_last)
     counter = itertools.count()
-    return lambda: fn(next(counter))
+
+    def step():     # the lr schedule is stepped by the trainer scaffold in core; here by hand
+        loss = fn(next(counter))
+        lrs.step()
+        return loss
+    return step
 
 
 def unet_step_flops(cfg, device) -> int:
