@@ -53,17 +53,12 @@ class AutoencoderConfig:
     seed: int = 0
     checkpoint_every: int = 250     # accelerator.save_state every N steps (resume after a kill)
     checkpoints_total_limit: int = field(default=2, metadata={"key": "never"})   # kept on disk, newest first
-<<<<<<< HEAD
-    # Overlap-tile at inference (latent px of reflect padding, cropped after): zero padding at the
-    # tile edge is what paints the pale frame (issue 15, benchmarks/frame_artefact.py). Saved in
-    # the VAE's config so the model decodes as it was measured; training itself is unpadded.
+    # overlap-tile at inference (latent px of reflect padding, cropped after; saved in the VAE's
+    # config): zero padding at the tile edge paints the pale frame (benchmarks/frame_artefact.py)
     encode_padding: int = field(default=0, metadata={"key": "if_set"})
     decode_padding: int = field(default=0, metadata={"key": "if_set"})
-=======
-    # torch.compile the training step's forward + backward (eager fallback; benchmarks/train_step.py).
-    # Off: on 2 CPU cores compiled steps ran 0.5-0.9x eager after 1-4 min of compiling (issue 15)
+    # compiled training step (eager fallback): 0.5-0.9x eager on 2 CPU cores (benchmarks/train_step)
     compile: bool = field(default=False, metadata={"key": "never"})
->>>>>>> compile-train
 
     @property
     def downsample_factor(self) -> int:
