@@ -169,8 +169,12 @@ def main() -> None:
     root = args.workspace.expanduser().resolve()
     pipe = load_parts(root / "models")
     vae = pipe.vae
+    from core.models.autoencoder import EDGE_PADDING, edge_padding
+    saved = edge_padding(vae)
+    vae.register_to_config(**{EDGE_PADDING: [0, 0]})   # every row pads by hand; "plain" = none
     x, names = load_test(root)
-    print(f"workspace {root}: {len(x)} test tiles; {torch.get_num_threads()} threads\n")
+    print(f"workspace {root}: {len(x)} test tiles; {torch.get_num_threads()} threads; the VAE is saved "
+          f"with overlap-tile padding (encode, decode) = {saved} latent px, which the A+B rows reproduce\n")
     psnr_rows, frame_rows = reconstruction(vae, x, names, args.pads)
     print("## Reconstruction PSNR (dB), all test tiles\n")
     print(markdown_table(psnr_rows))
