@@ -70,6 +70,8 @@ def test_filter_classifier_beats_chance_on_demo_test_split(demo_ws):
     assert np.isfinite(metrics["accuracy"])
 
 
+@pytest.mark.xfail(strict=True, reason="issue 15 open: the v2 bundle accepts 0 of 400 background samples "
+                   "(strict: passing means the target is met and this mark must go)")
 def test_every_class_keeps_a_fifth_of_its_samples_at_the_bundled_threshold(demo_ws):
     """Issue 15: at the threshold the bundle ships (per class when calibrated on validation, as
     thresholds.csv the Selection tab shows), each class keeps >= 20% of what was sampled for it."""
