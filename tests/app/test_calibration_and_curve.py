@@ -83,14 +83,15 @@ def test_selection_tab_without_calibration_is_unchanged(tmp_path):
 def test_accuracy_curve_reads_the_bundled_summary():
     summary = json.loads(BUNDLE_SUMMARY.read_text())
     table = tab_results.curve_table(summary)
-    budgets = sorted(c["label_fraction"] for c in summary["grid"])
+    budgets = sorted({c["label_fraction"] for c in summary["grid"]})
     assert len(budgets) >= 2
     for cell in summary["grid"]:
-        rows = table[table["label_fraction"] == cell["label_fraction"]].set_index("arm")
-        for arm in ("baseline", "augmented"):
-            assert rows.loc[arm, "mean"] == cell[arm]["accuracy"]["mean"]
-            assert rows.loc[arm, "std"] == cell[arm]["accuracy"]["std"]
-        aug = rows.loc["augmented"]
+        at = table[table["label_fraction"] == cell["label_fraction"]]
+        base = at[at["arm"] == "baseline"].iloc[0]
+        aug = at[(at["arm"] == "augmented") & (at["synthetic_ratio"] == cell["synthetic_ratio"])].iloc[0]
+        for arm, row in (("baseline", base), ("augmented", aug)):
+            assert row["mean"] == cell[arm]["accuracy"]["mean"]
+            assert row["std"] == cell[arm]["accuracy"]["std"]
         assert (aug["delta"], aug["delta_low"], aug["delta_high"]) == \
             tuple(cell["delta"]["accuracy"][k] for k in ("mean", "low", "high"))
         assert (aug["boot_low"], aug["boot_high"]) == \
@@ -99,7 +100,7 @@ def test_accuracy_curve_reads_the_bundled_summary():
     traces = {t.name: t for t in fig.data}
     base = traces["baseline (real only)"]
     assert list(base.x) == budgets and base.xaxis == "x"                      # a line over the budgets
-    by_budget = {c["label_fraction"]: c for c in summary["grid"]}
+    by_budget = {c["label_fraction"]: c for c in summary["grid"] if c["synthetic_ratio"] == 1}
     assert list(base.error_y.array) == [by_budget[b]["baseline"]["accuracy"]["std"] for b in budgets]
     seeds = traces["Δ augmented (synthetic ×1 asked): 95% CI over seeds"]
     images = traces["Δ augmented (synthetic ×1 asked): 95% CI over test images"]
