@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import markdown_table
+from core.models.autoencoder import factor
 
 CLASSES = ("background", "stratum_corneum", "epidermis", "dermis")
 
@@ -41,10 +42,6 @@ def load_parts(models: Path):
     pipe = GuidedLatentPipeline(**parts).configure(mixed_precision="no", sampler="ddim")
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def factor(vae) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 @torch.no_grad()

@@ -112,6 +112,7 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
     else:
         vae, opt = trainer.prepare(vae, opt)
     pixels = 3 * cfg.data.image_size ** 2
+
     # two compiled regions around the latent draw: its seeded generator stays outside the graph
     def encode_moments(x):          # what vae.encode builds its latent_dist from
         return vae.encode(x).latent_dist.parameters

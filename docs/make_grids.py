@@ -54,13 +54,13 @@ def class_by_scale(ws, cfg, scales: list[float], seeds: list[int], path: Path) -
     return sheet(rows, heads, path)
 
 
-def per_class(ws, n: int, path: Path) -> Path:
+def per_class(ws, n: int, size: int, path: Path) -> Path:
     """Per class: real train tiles, the first sampled images (any score), the first accepted ones."""
     import pandas as pd
     from core.data import load_splits
     frame, classes = load_splits(ws)
     scores, kept = pd.read_csv(ws.synthetic_scores), pd.read_csv(ws.accepted_manifest)
-    blank = Image.new("RGB", (ws_size(frame),) * 2, "white")
+    blank = Image.new("RGB", (size, size), "white")
     rows = []
     for name in classes:
         real = frame[(frame.class_name == name) & (frame.split == "train")].path.head(n)
@@ -71,11 +71,6 @@ def per_class(ws, n: int, path: Path) -> Path:
                   [Image.open(ws.synthetic_dir / f) for f in sampled] or [blank]),
                  (f"  accepted ({len(accepted)})", [Image.open(ws.accepted_dir / f) for f in accepted.head(n)] or [blank])]
     return sheet(rows, [], path)
-
-
-def ws_size(frame) -> int:
-    with Image.open(frame.path.iloc[0]) as im:
-        return im.width
 
 
 def main() -> None:
@@ -92,7 +87,7 @@ def main() -> None:
     cfg = resolve(ws)
     out = Path(args.out)
     print(class_by_scale(ws, cfg, args.scales, list(range(args.seeds)), out / "demo_class_by_scale.png"))
-    print(per_class(ws, args.per_class, out / "demo_per_class.png"))
+    print(per_class(ws, args.per_class, cfg.data.image_size, out / "demo_per_class.png"))
 
 
 if __name__ == "__main__":
