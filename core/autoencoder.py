@@ -18,6 +18,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from core.errors import UserError
 from core.config import LabConfig
 from core.data import ImageDataset, load_pools
+from core.images import stain_jitter
 from core.latents import augment
 from core.models import PatchDiscriminator, build_autoencoder, decode, encode
 from core.training import Trainer, TrainSpec, adamw, pool_row_weights, step_generator, step_indices
@@ -93,9 +94,9 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
     train_rows, held_rows = split_held_out(paths)
     weights = pool_row_weights(pools.iloc[train_rows].reset_index(drop=True))
     train_set = ImageDataset([paths[i] for i in train_rows], None, cfg.data.image_size)
-    # log every 10 steps: the autoencoder section has no log_every; lr is constant (no schedule)
+    # log every 10 steps: the autoencoder section has no log_every
     trainer = Trainer(TrainSpec(
-        stage=STAGE, steps=acfg.steps, seed=acfg.seed, precision=acfg.mixed_precision,
+        stage=STAGE, steps=acfg.steps, seed=acfg.seed, precision=acfg.mixed_precision, schedule=acfg.lr_schedule,
         batch_size=acfg.batch_size, ckpt_dir=ws.checkpoints_dir / STAGE, checkpoint_every=acfg.checkpoint_every,
         total_limit=acfg.checkpoints_total_limit, metrics_file=ws.metrics_file(STAGE), log_every=10,
         shape=(STAGE, SHAPE_FIELDS), trackers=True, compile=acfg.compile), cfg)
@@ -126,6 +127,7 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
         rows = step_indices(weights, acfg.batch_size, acfg.seed, step, 0, acc.process_index, acc.num_processes)
         # the 8 flips/rotations per image (issue 15): tissue has no up, and a small pool goes 8x further
         x = augment(_stack(train_set, rows), step_generator(acfg.seed, step, 1, acc.process_index))
+        x = stain_jitter(x, step_generator(acfg.seed, step, 2, acc.process_index), acfg.stain_jitter)
         x = x.to(acc.device).contiguous(memory_format=torch.channels_last)
         with acc.autocast():
             post = DiagonalGaussianDistribution(moments(x))

@@ -53,10 +53,11 @@ class AutoencoderConfig:
     seed: int = 0
     checkpoint_every: int = 250     # accelerator.save_state every N steps (resume after a kill)
     checkpoints_total_limit: int = field(default=2, metadata={"key": "never"})   # kept on disk, newest first
-    # overlap-tile at inference (latent px of reflect padding, cropped after; saved in the VAE's
-    # config): zero padding at the tile edge paints the pale frame (benchmarks/frame_artefact.py)
+    # inference overlap-tile (latent px of reflect padding, saved in the VAE config; the frame)
     encode_padding: int = field(default=0, metadata={"key": "if_set"})
     decode_padding: int = field(default=0, metadata={"key": "if_set"})
+    stain_jitter: float = field(default=0.0, metadata={"key": "if_set"})   # core.images.stain_jitter
+    lr_schedule: str = field(default="constant", metadata={"key": "if_set"})   # a diffusers schedule
     # compiled training step (eager fallback): 0.5-0.9x eager on 2 CPU cores (benchmarks/train_step)
     compile: bool = field(default=False, metadata={"key": "never"})
 
@@ -68,8 +69,9 @@ class AutoencoderConfig:
         _positive(self, "steps", "batch_size", "lr", "latent_channels", "layers_per_block",
                   "checkpoint_every")
         _precision(self, "mixed_precision")
-        if min(self.encode_padding, self.decode_padding) < 0:
-            raise ConfigError("autoencoder.encode_padding and decode_padding must be >= 0 (latent pixels)")
+        if min(self.encode_padding, self.decode_padding) < 0 or not 0 <= self.stain_jitter < 1:
+            raise ConfigError("autoencoder.encode_padding and decode_padding must be >= 0 (latent "
+                              f"pixels), stain_jitter in [0, 1); got {self}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class PretrainConfig:
     log_every: int = 10
     seed: int = 0
     compile: bool = field(default=False, metadata={"key": "never"})   # speed only, as autoencoder.compile
+    stain_jitter: float = field(default=0.0, metadata={"key": "if_set"})   # one per pool tile, cached
 
     def validate(self) -> None:
         _positive(self, "steps", "batch_size", "grad_accum", "lr", "num_train_timesteps",
@@ -386,8 +389,7 @@ def config_hash(*parts: Any) -> str:
 
 
 def save_config(cfg: Any, folder: str | Path, name: str | None = None) -> Path:
-    """Write the config that made an output folder next to it (atomically); `name` for model
-    folders, whose config.json is the model's own (LAB_CONFIG)."""
+    """Write the config that made a folder beside it, atomically (`name`: LAB_CONFIG in model folders)."""
     from core.io import atomic_write_text
     data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
     path = Path(folder) / name if name else Workspace.config_of(folder)

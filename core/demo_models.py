@@ -3,7 +3,8 @@ its installer, so the app opens on a fresh machine with everything to look at an
 
 `python -m core export-demo --workspace DIR --to assets/demo_models` writes the bundle;
 `install_demo(bundle, ws)` lays it into a workspace. Every file is listed in bundle.json with
-its SHA-256, so a damaged or half-copied bundle is refused with the files named.
+its SHA-256, so a damaged or half-copied bundle is refused with the files named. A file whose
+bytes the bundle already holds (the arms of one seed saw the same labels) is stored once and listed under "copies"; the installer lays it out again.
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def _budget_parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[P
             if not path.exists():
                 raise UserError(f"cannot export: {path} is missing (finish `python -m core run` first)")
         files = [(path, path.relative_to(root).as_posix()) for path in paths]
+        if top == "synthetic":      # per-class calibration, which the Selection tab shows
+            files += [(p, p.name) for p in (ws.selection_thresholds, ws.val_scores) if p.exists()]
         if top == "accepted" and include_images:    # the selection stage's export, so it stays done
             files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))]
         if top == "synthetic" and include_images and not ws.scope:   # other budgets: accepted copies only
@@ -126,10 +129,28 @@ def export_demo(ws: Workspace, to: str | Path, include_images: bool = True) -> d
                 listing[dest_rel] = file_sha256(tmp / dest_rel)
         for path in _pipeline_files(ws, tmp / ws.relative(ws.models_dir)):
             listing[path.relative_to(tmp).as_posix()] = file_sha256(path)
+        copies = _store_once(tmp, listing)
         info = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "source_workspace": str(ws.root),
-                "files": listing, "bytes": sum((tmp / r).stat().st_size for r in listing)}
+                "files": listing, "copies": copies,
+                "bytes": sum((tmp / r).stat().st_size for r in listing if r not in copies)}
         atomic_write_json(tmp / MANIFEST, info)
     return info
+
+
+def _store_once(bundle: Path, listing: dict[str, str]) -> dict[str, str]:
+    """Delete each repeat of a file's bytes outside model folders (each stays loadable as it
+    stands) and the root; returns {repeat: the stored file with the same bytes}."""
+    first: dict[str, str] = {}
+    copies: dict[str, str] = {}
+    for rel, sha in sorted(listing.items(), key=lambda kv: (kv[0].startswith(("accepted/", "budgets/")), kv[0])):
+        if "/" not in rel or rel.startswith("models/") or "/models/" in rel:
+            first.setdefault(sha, rel)
+        elif sha in first:
+            copies[rel] = first[sha]
+            (bundle / rel).unlink()
+        else:
+            first[sha] = rel
+    return copies
 
 
 def _pipeline_files(ws: Workspace, models: Path) -> list[Path]:
@@ -149,8 +170,9 @@ def verify_bundle(bundle: str | Path) -> dict:
         info = json.loads(manifest.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{manifest} is damaged: {e}") from None
+    copies = info.get("copies", {})
     bad = [rel for rel, sha in info["files"].items()
-           if not (bundle / rel).is_file() or file_sha256(bundle / rel) != sha]
+           if not (bundle / copies.get(rel, rel)).is_file() or file_sha256(bundle / copies.get(rel, rel)) != sha]
     if bad:
         raise UserError(f"demo bundle {bundle} is damaged or incomplete: {', '.join(bad[:10])}"
                         + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
@@ -177,6 +199,11 @@ def install_demo(bundle: str | Path, ws: Workspace, overwrite: bool = False, bui
             continue
         with atomic_dir(ws.root / top) as tmp:
             shutil.copytree(bundle / top, tmp, dirs_exist_ok=True)
+            for rel, stored in info.get("copies", {}).items():
+                if rel.startswith(top + "/"):
+                    dest = tmp / rel.split("/", 1)[1]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(bundle / stored, dest)
     migrate_layout(ws.root)     # a bundle exported before issue 13 brings the old folder names
     source = Workspace(bundle)      # the bundle has a workspace's layout
     for path in (source.config_file, source.labels_file):

@@ -176,3 +176,18 @@ class ImageDataset(Dataset):
                 continue
             return x if self.labels is None else (x, self.labels[j])
         raise BadImage("no readable image left in the dataset")
+
+
+def stain_jitter(x: torch.Tensor, generator: torch.Generator, strength: float) -> torch.Tensor:
+    """Mild stain/scanner jitter on images in [-1, 1]: per image, one brightness gain in
+    [1 - s, 1 + s/4] and one gain per channel in [1 - s/3, 1 + s/3] on transmitted light.
+    Gains, not offsets: a dimmer lamp or another white balance scales light, so glass and stain
+    move together (issue 15: the target's glass is 15% darker than the pools' and a model that
+    never saw it painted it with a frame and a blue cast)."""
+    if strength <= 0:
+        return x
+    n = x.shape[0]
+    bright = 1 - strength + torch.rand(n, 1, 1, 1, generator=generator) * strength * 1.25
+    channel = 1 + (torch.rand(n, 3, 1, 1, generator=generator) * 2 - 1) * strength / 3
+    light = (x + 1) / 2 * (bright * channel).to(x)
+    return (light.clamp(0, 1) * 2 - 1).to(x.dtype)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.images import BadImage, load_rgb, to_tensor
+from core.images import BadImage, load_rgb, stain_jitter, to_tensor
 from core.io import atomic_write_json
 from core.models import encode
 from core.workspace import Workspace
@@ -48,17 +48,19 @@ class LatentCache(np.memmap):
 
 
 def latent_cache(ws: Workspace, vae, paths, image_size: int, batch_size: int = 64,
-                 progress=None, stop=None) -> LatentCache | None:
+                 progress=None, stop=None, jitter: float = 0.0) -> LatentCache | None:
     """Scaled latents of `paths` as a read-only memmap, encoding only when no cache matches.
+    `jitter` > 0: each image is encoded under its own stain jitter (core.images.stain_jitter),
+    drawn from a hash of its path, so the cache is the same on every rerun and rank.
 
     Returns None only when `stop` was set mid-encoding (nothing half-written is kept).
     """
     paths = [str(p) for p in paths]
-    key = f"{data_fingerprint(paths, image_size)}-{model_fingerprint(vae)}"
+    key = f"{data_fingerprint(paths, image_size)}-{model_fingerprint(vae)}" + (f"-j{jitter:g}" if jitter else "")
     target = ws.cache_dir / f"latents-{key}.npy"
     index = target.with_suffix(".json")
     if not (target.exists() and index.exists()):
-        if not _encode_to(target, index, vae, paths, image_size, batch_size, progress, stop):
+        if not _encode_to(target, index, vae, paths, image_size, batch_size, progress, stop, jitter):
             return None
     meta = json.loads(index.read_text())
     arr = np.load(target, mmap_mode="r")
@@ -69,7 +71,7 @@ def latent_cache(ws: Workspace, vae, paths, image_size: int, batch_size: int = 6
 
 
 @torch.no_grad()
-def _encode_to(target: Path, index: Path, vae, paths, image_size, batch_size, progress, stop) -> bool:
+def _encode_to(target: Path, index: Path, vae, paths, image_size, batch_size, progress, stop, jitter) -> bool:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     vae.eval()
@@ -84,7 +86,8 @@ def _encode_to(target: Path, index: Path, vae, paths, image_size, batch_size, pr
             images, rows = [], []
             for i in range(start, min(start + batch_size, len(paths))):
                 try:
-                    images.append(to_tensor(load_rgb(paths[i]), image_size))
+                    x = to_tensor(load_rgb(paths[i]), image_size)
+                    images.append(stain_jitter(x[None], _path_generator(paths[i]), jitter)[0])
                     rows.append(i)
                 except (BadImage, OSError) as e:
                     skipped[paths[i]] = str(e)
@@ -117,6 +120,10 @@ def _encode_to(target: Path, index: Path, vae, paths, image_size, batch_size, pr
         tmp.with_suffix(".trim").unlink(missing_ok=True)
         raise
     return True
+
+
+def _path_generator(path: str) -> torch.Generator:
+    return torch.Generator().manual_seed(int(hashlib.sha1(path.encode()).hexdigest()[:12], 16))
 
 
 def augment(z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

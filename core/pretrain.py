@@ -109,7 +109,8 @@ def pretrain(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
     pools = load_pools(ws)
     if pools.empty:
         raise UserError(f"{ws.pools_file} lists no images")
-    latents = latent_cache(ws, vae, pools["path"].tolist(), cfg.data.image_size, progress=progress, stop=stop)
+    latents = latent_cache(ws, vae, pools["path"].tolist(), cfg.data.image_size, progress=progress, stop=stop,
+                           jitter=pcfg.stain_jitter)
     if latents is None:
         return {"step": 0, "stopped": True, "reason": "stopped"}
     weights = pool_row_weights(pools.iloc[latents.kept].reset_index(drop=True))

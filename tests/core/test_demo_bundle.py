@@ -23,8 +23,9 @@ def demo_ws(tmp_path_factory):
 def test_bundle_is_small_and_verified():
     from core.demo_models import verify_bundle
     info = verify_bundle(BUNDLE)
-    # three label budgets (issue 11) took it from 38 to 64 MB; issue 15 aims at <= 60 MB
-    assert info["bytes"] <= 70e6, f"bundle is {info['bytes'] / 1e6:.1f} MB"
+    # three label budgets (issue 11) took it from 38 to 64 MB; v2 67.5, v3 64.3 (repeated bytes
+    # stored once); issue 15 aims at <= 60 MB
+    assert info["bytes"] <= 65e6, f"bundle is {info['bytes'] / 1e6:.1f} MB"
 
 
 def test_diffusion_models_load_with_plain_diffusers_and_give_finite_outputs(demo_ws):
@@ -70,23 +71,40 @@ def test_filter_classifier_beats_chance_on_demo_test_split(demo_ws):
     assert np.isfinite(metrics["accuracy"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 open: the v2 bundle accepts 0 of 400 background samples "
-                   "(strict: passing means the target is met and this mark must go)")
-def test_every_class_keeps_a_fifth_of_its_samples_at_the_bundled_threshold(demo_ws):
-    """Issue 15: at the threshold the bundle ships (per class when calibrated on validation, as
-    thresholds.csv the Selection tab shows), each class keeps >= 20% of what was sampled for it."""
+def _acceptance(ws: Workspace) -> dict[str, float]:
+    """Per class, the share of the budget's scored samples at or over the threshold the bundle
+    ships: each class's own when calibrated on validation (thresholds.csv, which the Selection
+    tab shows and names), else the global one."""
     import pandas as pd
     from core.data import load_splits
     from core.selection import load_thresholds
-    cfg = load_config(demo_ws.root / "config.json")
-    _, classes = load_splits(demo_ws)
-    scores = pd.read_csv(demo_ws.synthetic_scores)
+    cfg = load_config(ws.root / "config.json")
+    _, classes = load_splits(ws)
+    scores = pd.read_csv(ws.synthetic_scores)
     bars = dict.fromkeys(classes, cfg.selection.threshold)
     if cfg.selection.calibration != "none":
-        table = load_thresholds(demo_ws)
+        table = load_thresholds(ws)
         assert set(table["class"]) == set(classes), "calibrated bundle without synthetic/thresholds.csv"
         bars = dict(zip(table["class"], table["threshold"]))
-    rate = {c: float((scores.loc[scores["class"] == c, "confidence"] >= bars[c]).mean()) for c in classes}
+    return {c: float((scores.loc[scores["class"] == c, "confidence"] >= bars[c]).mean()) for c in classes}
+
+
+def test_every_class_is_accepted_at_the_bundled_threshold_in_every_budget(demo_ws):
+    """Issue 15 (done-when): every class keeps some of its samples at the bundled (per-class,
+    validation-calibrated) threshold, at every label budget, so no augmented arm lacks a class."""
+    from core.budget import budget_views
+    cfg = load_config(demo_ws.root / "config.json")
+    assert cfg.selection.calibration == "validation"
+    for name, view in budget_views(demo_ws, cfg):
+        rate = _acceptance(view)
+        assert min(rate.values()) > 0, (name, rate)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15's stronger target, not met: at all labels the bundle "
+                   "keeps 5% of background and 1% of stratum corneum samples (strict: passing means "
+                   "the target is met and this mark must go)")
+def test_every_class_keeps_a_fifth_of_its_samples_at_the_bundled_threshold(demo_ws):
+    rate = _acceptance(demo_ws)
     assert min(rate.values()) >= 0.2, rate
 
 

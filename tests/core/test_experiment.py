@@ -227,6 +227,11 @@ def test_real_pipeline_on_demo_data_in_process(tmp_path, tiny_cfg):
     other = Workspace(tmp_path / "installed")
     install_demo(bundle, other)
     assert (other.filter_classifier_dir / "model.safetensors").exists()
+    # bytes stored once (each seed's arms saw the same labels), every copy laid out again on install
+    assert any(rel.startswith("results/runs/") for rel in info["copies"])
+    assert not any((bundle / rel).exists() for rel in info["copies"])
+    for rel in info["copies"]:
+        assert (other.root / rel).read_bytes() == (ws.root / rel).read_bytes()
     assert (other.results_dir / "summary.json").exists() and other.split_manifest.exists()
     again = experiment.run_all(other, cfg)
     redone = {k for k, v in again["stage_seconds"].items() if v != "skipped"}

@@ -92,3 +92,16 @@ def test_tensor_roundtrip_and_dataset_skips_broken(tmp_path):
     ds = ImageDataset([tmp_path / "empty.png", tmp_path / "good.PNG"], [0, 1], image_size=8)
     x0, y0 = ds[0]                       # broken file replaced by the next good one and recorded
     assert x0.shape == (3, 8, 8) and y0 == 1 and "empty file" in ds.failed[str(tmp_path / "empty.png")]
+
+
+def test_stain_jitter_scales_light_within_its_range():
+    from core.images import stain_jitter
+    glass = torch.full((64, 3, 8, 8), 0.9)                     # [-1, 1]: 95% transmitted light
+    g = torch.Generator().manual_seed(0)
+    out = stain_jitter(glass, g, 0.2)
+    light = (out + 1) / 2 / 0.95
+    assert out.shape == glass.shape and out.dtype == glass.dtype
+    assert light.min() >= 0.8 * (1 - 0.2 / 3) - 1e-5 and light.max() <= 1.05 * (1 + 0.2 / 3) + 1e-5
+    assert light.amin((1, 2, 3)).min() < 0.85                  # darker glass is drawn, as the target has
+    assert float(light.std(dim=(2, 3)).max()) < 1e-5           # one gain per image and channel: flat stays flat
+    assert torch.equal(stain_jitter(glass, g, 0.0), glass)

@@ -84,3 +84,14 @@ def test_augment_uses_all_eight_symmetries_and_keeps_values():
             pytest.fail("output is not a flip/rotation of the input")
     assert seen == set(range(8))
     torch.testing.assert_close(out, lat.augment(z, torch.Generator().manual_seed(0)))
+
+
+def test_jittered_cache_is_keyed_apart_and_stable_per_tile(ws_vae):
+    ws, vae, paths = ws_vae
+    plain = np.asarray(lat.latent_cache(ws, vae, paths, 32))
+    jittered = np.asarray(lat.latent_cache(ws, vae, paths, 32, jitter=0.2))
+    assert len(list(ws.cache_dir.glob("latents-*.npy"))) == 2          # never served for each other
+    assert not np.allclose(plain, jittered)
+    # each tile keeps its own colour draw, whatever list or batch it comes in (reruns, ranks)
+    again = np.asarray(lat.latent_cache(ws, vae, paths[::-1], 32, batch_size=3, jitter=0.2))
+    np.testing.assert_allclose(again[::-1], jittered, rtol=1e-4, atol=1e-5)
