@@ -161,11 +161,11 @@ class SamplingConfig:
     # the classifier's forward + backward for the guidance gradient; guided-diffusion runs it in
     # fp16 (--classifier_use_fp16). fp32 by default: its gradient is exact to ~1e-6 (bf16: ~2%).
     classifier_precision: str = field(default="no", metadata={"key": "if_set"})
-    # torch.compile the UNet (weights frozen in) and the classifier: ~10-40 s of compiling per
-    # batch shape, then 1.3-1.6x the eager images/s at the demo's shapes on CPU
-    # (benchmarks/guided_sampling.py, issue 4). For datasets (`python -m core sample`, `run`),
-    # never for the app's few-image previews.
+    # torch.compile the UNet (weights frozen in) and the classifier: ~10-40 s of compiling per batch
+    # shape, then 1.3-1.6x eager at demo shapes on CPU (benchmarks/guided_sampling.py, issue 4).
+    # For datasets (`python -m core sample`, `run`), never for the app's few-image previews.
     compile: bool = field(default=False, metadata={"key": "never"})
+    latent_margin: int = field(default=0, metadata={"key": "if_set"})   # GuidedLatentPipeline margin
     # "class=scale" entries (written by `python -m core tune-guidance`) that override
     # guidance_scale for their class; "if_set" so workspaces made before it keep their keys
     class_guidance_scales: tuple[str, ...] = field(default=(), metadata={"key": "if_set"})

@@ -42,7 +42,7 @@ from core.workspace import Workspace
 
 # How the pipeline runs, not what it is: set once (`configure`, or `from_pretrained(..., KEY=...)`)
 # and never saved with the models. The defaults run as the weights were saved (fp32, eager).
-SETTINGS = {"mixed_precision": "no", "classifier_precision": "no", "compile": False, "sampler": "ddim"}
+SETTINGS = {"mixed_precision": "no", "classifier_precision": "no", "compile": False, "sampler": "ddim", "margin": 0}
 SAMPLERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
 PRECISIONS = ("no", "bf16", "fp16")
 OUTPUT_TYPES = ("pil", "latent", "pt", "np")
@@ -83,19 +83,25 @@ class GuidedLatentPipeline(DiffusionPipeline):
         return pipe.configure(**settings)
 
     def configure(self, mixed_precision: str | None = None, classifier_precision: str | None = None,
-                  compile: bool | None = None, sampler: str | None = None) -> "GuidedLatentPipeline":
+                  compile: bool | None = None, sampler: str | None = None,
+                  margin: int | None = None) -> "GuidedLatentPipeline":
         """Set how the pipeline runs (None leaves a setting as it is); returns the pipeline.
 
         mixed_precision: the UNet's autocast ("no" | "bf16" | "fp16"); classifier_precision: the
         guidance gradient's; compile: `torch.compile` the UNet and classifier (~10-40 s per batch
-        shape, then faster: for datasets, not a 4-image preview); sampler: "ddim" | "ddpm"."""
+        shape, then faster: for datasets, not a 4-image preview); sampler: "ddim" | "ddpm";
+        margin: latent px sampled around each tile and cropped off after decoding (overlap-tile on
+        the UNet's side: its zero padding paints an inset square on flat tiles; issue 15)."""
+        if margin is not None and (int(margin) != margin or margin < 0):
+            raise UserError(f"margin must be a whole number of latent pixels >= 0, got {margin!r}")
         for name, value, allowed in (("mixed_precision", mixed_precision, PRECISIONS),
                                      ("classifier_precision", classifier_precision, PRECISIONS),
                                      ("sampler", sampler, tuple(SAMPLERS))):
             if value is not None and value not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         for name, value in (("mixed_precision", mixed_precision), ("classifier_precision", classifier_precision),
-                            ("compile", None if compile is None else bool(compile)), ("sampler", sampler)):
+                            ("compile", None if compile is None else bool(compile)), ("sampler", sampler),
+                            ("margin", None if margin is None else int(margin))):
             if value is not None:
                 setattr(self, name, value)
         return self
@@ -141,9 +147,14 @@ class GuidedLatentPipeline(DiffusionPipeline):
         return cache[name]
 
     def decode(self, latents: torch.Tensor, output_type: str = "pil"):
-        """Scaled latents -> PIL images, or [0, 1] images as "pt" tensors / "np" arrays."""
+        """Scaled latents -> PIL images, or [0, 1] images as "pt" tensors / "np" arrays. A latent
+        wider than the UNet's tiles is a sampling canvas: decoded whole, its centre tile is kept."""
         with torch.no_grad(), autocast(latents.device, self.mixed_precision):
             images = decode(self.vae, latents).float()
+        extra = (latents.shape[-1] - self.unet.config.sample_size) // 2
+        if extra > 0:
+            crop = extra * self.image_processor.config.vae_scale_factor
+            images = images[..., crop:-crop, crop:-crop]
         if output_type == "pil":
             return to_pil(images)        # the rounding every saved PNG was made with
         return self.image_processor.postprocess(images, output_type=output_type)
@@ -198,7 +209,8 @@ class GuidedLatentPipeline(DiffusionPipeline):
         channels_last = prefers_channels_last(device, self.mixed_precision)
         unet, classifier = (self.compiled("unet"), self.compiled("classifier")) if self.compile \
             else (self.unet, self.classifier)
-        shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        side = self.unet.config.sample_size + 2 * self.margin     # the canvas; decode keeps its centre
+        shape = (self.unet.config.in_channels, side, side)
         y = torch.tensor(ids, device=device)
         latents = randn_tensor((len(seeds), *shape), generator=gens, device=device, dtype=torch.float32)
         latents = latents * sched.init_noise_sigma
@@ -314,7 +326,7 @@ def load_pipeline(ws: Workspace, cfg: LabConfig, device: str | torch.device | No
         s = cfg.sampling
         return _CACHE[key].configure(**{"mixed_precision": s.mixed_precision, "sampler": s.scheduler,
                                         "classifier_precision": s.classifier_precision, "compile": s.compile,
-                                        **settings})
+                                        "margin": s.latent_margin, **settings})
 
 
 def _workspace_of(folder):

@@ -29,6 +29,9 @@ def preset(name: str) -> LabConfig:
             pretrain=PretrainConfig(steps=2500, stain_jitter=0.2),
             classifier=LatentClassifierConfig(block_out_channels=(32, 64, 64), pooling="mean"),
             # the demo sweep (issue 4 note): mean p(target) peaks near s = 3 and falls by s = 10
+            # sampling.latent_margin=2 (20 x 20 latents, the centre 64 px kept) removes the inset
+            # square flat samples show (it comes from the UNet's edges, not the data), but then the
+            # filter accepted no background at all labels (0 of 400; 21 without): left off here
             sampling=SamplingConfig(num_per_class=200, guidance_scale=3.0, batch_size=128),
             # The filter classifier ships in the demo bundle (<= 40 MB in all): a 1.5M-parameter
             # MobileNetV3 keeps it at 6 MB where resnet18 would take 45 MB.

@@ -57,12 +57,12 @@ def seen_images(ws: Workspace, cfg: LabConfig | None = None) -> pd.DataFrame:
 
 def synthetic_groups(ws: Workspace, cfg: LabConfig, synthetic: str | Path | None = None) -> pd.DataFrame:
     """The images to measure: (path, file, class, guidance_scale, set). The workspace's manifest
-    (set "all") plus the rows the config's selection rule keeps (set "accepted", when scored), or
+    (set "all") plus the config's own images its selection rule keeps (set "accepted"), or
     a class-per-folder image set (set "external", guidance_scale NaN)."""
     classes = sorted(real_reference(ws, cfg)["class_name"].astype(str).unique())
     if synthetic is not None:
         return _external(Path(synthetic).expanduser(), classes)
-    from core.selection import load_manifest, select, synthetic_path
+    from core.selection import load_manifest, synthetic_path
     manifest = load_manifest(ws)
     manifest = manifest.assign(path=[str(synthetic_path(ws, f)) for f in manifest["file"]], set="all")
     unknown = sorted(set(manifest["class"].astype(str)) - set(classes))
@@ -71,7 +71,8 @@ def synthetic_groups(ws: Workspace, cfg: LabConfig, synthetic: str | Path | None
                         f"(known: {', '.join(classes)})")
     frames = [manifest]
     if ws.synthetic_scores.exists():
-        kept = select(ws, cfg)
+        from core.stages import current_selection   # the images this config made (not other canvases)
+        kept = current_selection(ws, cfg)
         kept = kept[kept["kept"].astype(bool)]
         frames.append(kept.assign(path=[str(synthetic_path(ws, f)) for f in kept["file"]], set="accepted"))
     out = pd.concat(frames, ignore_index=True)

@@ -67,9 +67,12 @@ def generate(ws: Workspace, cfg: LabConfig, class_name: str, num: int, seed: int
     seeds = list(seeds) if seeds is not None else [seed + k for k in range(num)]
     params = {"class": class_name, "label": label, "guidance_scale": scale, "steps": steps, "scheduler": kind,
               "eta": eta, **pipe.model_hashes}
+    margin = f"-m{pipe.margin}" if pipe.margin else ""      # another canvas: other pixels, another file
+    if pipe.margin:
+        params["latent_margin"] = pipe.margin                # in the PNG text; the name says it too
 
     def name(sd: int) -> str:
-        return f"{class_name}/{class_name}-seed{sd}-s{scale:g}.png"
+        return f"{class_name}/{class_name}-seed{sd}-s{scale:g}{margin}.png"
     if state.is_main_process:
         _ensure_header(manifest)
     state.wait_for_everyone()

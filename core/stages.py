@@ -153,7 +153,7 @@ def _jsonable(result):
 
 def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, topup: bool = True) -> pd.Series:
     """Which rows of a synthetic manifest / scores table are images that `cfg` made for this budget:
-    its guidance scale, steps, scheduler, eta, the budget's current models, its seeds — the
+    its guidance scale, steps, scheduler, eta, canvas margin, the budget's current models, its seeds — the
     sampling stage's num_per_class per class and, with `topup`, the experiment's top-up rounds."""
     from core.models.load import sampling_unet_dir
     from core.sampling import SEED_STRIDE
@@ -170,6 +170,9 @@ def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, topup: bo
         if col in frame:
             mask &= (pd.to_numeric(frame[col], errors="coerce") - value).abs() < 1e-9 if isinstance(value, float) \
                 else frame[col].astype(str) == str(value)
+    if "file" in frame:     # the sampling canvas is in the name only (core.sampling.generate)
+        margin = frame["file"].astype(str).str.extract(r"-m(\d+)\.png$", expand=False).fillna("0").astype(int)
+        mask &= margin == s.latent_margin
     if {"seed", "label"} <= set(frame.columns):
         k = pd.to_numeric(frame["seed"], errors="coerce") - pd.to_numeric(frame["label"], errors="coerce") \
             * SEED_STRIDE - s.seed

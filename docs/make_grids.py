@@ -54,12 +54,16 @@ def class_by_scale(ws, cfg, scales: list[float], seeds: list[int], path: Path) -
     return sheet(rows, heads, path)
 
 
-def per_class(ws, n: int, size: int, path: Path) -> Path:
-    """Per class: real train tiles, the first sampled images (any score), the first accepted ones."""
+def per_class(ws, cfg, n: int, path: Path) -> Path:
+    """Per class: real train tiles, the first sampled images (any score), the first accepted ones;
+    only images the workspace's config made (the folder may hold other scales or canvases)."""
     import pandas as pd
     from core.data import load_splits
+    from core.stages import made_by_config
     frame, classes = load_splits(ws)
     scores, kept = pd.read_csv(ws.synthetic_scores), pd.read_csv(ws.accepted_manifest)
+    scores = scores[made_by_config(ws, cfg, scores)]
+    size = cfg.data.image_size
     blank = Image.new("RGB", (size, size), "white")
     rows = []
     for name in classes:
@@ -87,7 +91,7 @@ def main() -> None:
     cfg = resolve(ws)
     out = Path(args.out)
     print(class_by_scale(ws, cfg, args.scales, list(range(args.seeds)), out / "demo_class_by_scale.png"))
-    print(per_class(ws, args.per_class, cfg.data.image_size, out / "demo_per_class.png"))
+    print(per_class(ws, cfg, args.per_class, out / "demo_per_class.png"))
 
 
 if __name__ == "__main__":

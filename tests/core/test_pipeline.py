@@ -166,3 +166,26 @@ def test_a_workspace_with_the_old_folder_names_is_migrated_on_open(ws, tiny_cfg,
         == weights
     assert load_pipeline(moved, tiny_cfg, "cpu").model_hashes["classifier_hash"] == \
         folder_hash(moved.latent_classifier_dir)
+
+
+def test_margin_samples_a_wider_canvas_and_keeps_its_centre_tile(pipe):
+    """configure(margin=m): the UNet denoises (tile + 2m) latent px, the decoder sees the whole
+    canvas and the tile-sized centre is returned, so the UNet's edges fall outside the image."""
+    from core.models import decode
+    tile = pipe.unet.config.sample_size
+    pipe.configure(margin=2)
+    try:
+        canvas = pipe(0, seeds=[3], output_type="latent", **KW).images
+        image = pipe(0, seeds=[3], output_type="pt", **KW).images
+    finally:
+        pipe.configure(margin=0)
+    assert canvas.shape[-1] == tile + 4
+    crop = 2 * pipe.image_processor.config.vae_scale_factor
+    with torch.no_grad():
+        whole = (decode(pipe.vae, canvas).float() + 1) / 2
+    assert image.shape[-1] == whole.shape[-1] - 2 * crop == tile * pipe.image_processor.config.vae_scale_factor
+    torch.testing.assert_close(image, whole[..., crop:-crop, crop:-crop], atol=1e-5, rtol=1e-5)
+    plain = pipe(0, seeds=[3], output_type="pt", **KW).images
+    assert plain.shape == image.shape and not torch.allclose(plain, image)
+    with pytest.raises(UserError, match="margin"):
+        pipe.configure(margin=-1)

@@ -196,6 +196,20 @@ def test_generate_writes_params_manifest_and_resumes(ws, tiny_cfg):
     import numpy as np
     diff = np.abs(np.asarray(again, np.int16) - np.asarray(Image.open(first), np.int16)).max()
     assert diff <= 1
+    # another sampling canvas (sampling.latent_margin) is another image: a new file, never a resume
+    wide = replace(cfg, sampling=replace(cfg.sampling, latent_margin=2))
+    rows = generate(ws, wide, "stroma", 2, seed=10, guidance_scale=2.5, steps=3, eta=0.5)
+    assert [r["file"] for r in rows] == ["stroma/stroma-seed10-s2.5-m2.png", "stroma/stroma-seed11-s2.5-m2.png"]
+    assert read_png_params(ws.synthetic_dir / rows[0]["file"])["latent_margin"] == 2
+    assert Image.open(ws.synthetic_dir / rows[0]["file"]).size == Image.open(first).size
+    assert first.stat().st_mtime_ns == mtime and len(pd.read_csv(ws.synthetic_dir / "manifest.csv")) == 8
+    # and the experiment never mixes the canvases: each config owns only its own images
+    from core.experiment import made_by_config
+    manifest = pd.read_csv(ws.synthetic_dir / "manifest.csv").drop(columns="seed")   # (these seeds are ad hoc)
+    flat = replace(cfg, sampling=replace(cfg.sampling, guidance_scale=2.5, steps=3, eta=0.5))
+    wide = replace(flat, sampling=replace(flat.sampling, latent_margin=2))
+    assert made_by_config(ws, flat, manifest).tolist() == [True] * 6 + [False] * 2
+    assert made_by_config(ws, wide, manifest).tolist() == [False] * 6 + [True] * 2
 
 
 def test_generate_dataset_per_class_and_preview(ws, tiny_cfg):
