@@ -70,8 +70,8 @@ class AutoencoderConfig:
                   "checkpoint_every")
         _precision(self, "mixed_precision")
         if min(self.encode_padding, self.decode_padding) < 0 or not 0 <= self.stain_jitter < 1:
-            raise ConfigError("autoencoder.encode_padding and decode_padding must be >= 0 (latent "
-                              f"pixels), stain_jitter in [0, 1); got {self}")
+            raise ConfigError(f"autoencoder: encode_padding {self.encode_padding} and decode_padding "
+                              f"{self.decode_padding} must be >= 0, stain_jitter {self.stain_jitter} in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ its installer, so the app opens on a fresh machine with everything to look at an
 `python -m core export-demo --workspace DIR --to assets/demo_models` writes the bundle;
 `install_demo(bundle, ws)` lays it into a workspace. Every file is listed in bundle.json with
 its SHA-256, so a damaged or half-copied bundle is refused with the files named. A file whose
-bytes the bundle already holds (the arms of one seed saw the same labels) is stored once and listed under "copies"; the installer lays it out again.
+bytes the bundle already holds (the arms of one seed saw the same labels) is stored once and
+listed under "copies"; the installer lays it out again.
 """
 from __future__ import annotations
 
