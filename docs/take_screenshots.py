@@ -30,9 +30,12 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
+    import runpy
     from app import create_app, launch_kwargs
     from app.context import AppContext
     ctx = AppContext.create(args.workspace)
+    # as `make run` does: the bundled demo goes into an empty workspace (app.py's own function)
+    print(*runpy.run_path(str(ROOT / "app.py"))["prepare_workspace"](ctx), sep="\n")
     demo = create_app(ctx)
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
