@@ -67,7 +67,7 @@ def generate(ws: Workspace, cfg: LabConfig, class_name: str, num: int, seed: int
     seeds = list(seeds) if seeds is not None else [seed + k for k in range(num)]
     params = {"class": class_name, "label": label, "guidance_scale": scale, "steps": steps, "scheduler": kind,
               "eta": eta, **pipe.model_hashes}
-    margin = f"-m{pipe.margin}" if pipe.margin else ""      # another canvas: other pixels, another file
+    margin = canvas_suffix(pipe.margin)      # another canvas: other pixels, another file
     if pipe.margin:
         params["latent_margin"] = pipe.margin                # in the PNG text; the name says it too
 
@@ -97,6 +97,16 @@ def generate(ws: Workspace, cfg: LabConfig, class_name: str, num: int, seed: int
     wanted = {name(sd) for sd in seeds}
     frame = read_manifest(manifest)
     return frame[frame["file"].isin(wanted)].to_dict("records")
+
+
+def canvas_suffix(margin: int) -> str:
+    """What a sampling canvas margin (pipeline `margin`) adds to an image's file name."""
+    return f"-m{margin}" if margin else ""
+
+
+def canvas_margin(files: pd.Series) -> pd.Series:
+    """The canvas margin each file name says (canvas_suffix read back; 0 without one)."""
+    return files.astype(str).str.extract(r"-m(\d+)\.png$", expand=False).fillna("0").astype(int)
 
 
 def _done_files(manifest: Path, root: Path, params: dict) -> set[str]:

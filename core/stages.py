@@ -153,10 +153,11 @@ def _jsonable(result):
 
 def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, topup: bool = True) -> pd.Series:
     """Which rows of a synthetic manifest / scores table are images that `cfg` made for this budget:
-    its guidance scale, steps, scheduler, eta, canvas margin, the budget's current models, its seeds — the
-    sampling stage's num_per_class per class and, with `topup`, the experiment's top-up rounds."""
+    its guidance scale, steps, scheduler, eta, canvas margin, the budget's current models, its
+    seeds — the sampling stage's num_per_class per class and, with `topup`, the experiment's top-up
+    rounds."""
     from core.models.load import sampling_unet_dir
-    from core.sampling import SEED_STRIDE
+    from core.sampling import SEED_STRIDE, canvas_margin
     s = cfg.sampling
     wanted = {"guidance_scale": s.guidance_scale, "steps": s.steps, "scheduler": s.scheduler, "eta": s.eta,
               "unet_hash": folder_hash(sampling_unet_dir(ws, cfg)), "vae_hash": folder_hash(ws.autoencoder_dir),
@@ -171,8 +172,7 @@ def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, topup: bo
             mask &= (pd.to_numeric(frame[col], errors="coerce") - value).abs() < 1e-9 if isinstance(value, float) \
                 else frame[col].astype(str) == str(value)
     if "file" in frame:     # the sampling canvas is in the name only (core.sampling.generate)
-        margin = frame["file"].astype(str).str.extract(r"-m(\d+)\.png$", expand=False).fillna("0").astype(int)
-        mask &= margin == s.latent_margin
+        mask &= canvas_margin(frame["file"]) == s.latent_margin
     if {"seed", "label"} <= set(frame.columns):
         k = pd.to_numeric(frame["seed"], errors="coerce") - pd.to_numeric(frame["label"], errors="coerce") \
             * SEED_STRIDE - s.seed
