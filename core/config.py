@@ -103,13 +103,16 @@ class PretrainConfig:
     seed: int = 0
     compile: bool = field(default=False, metadata={"key": "never"})   # speed only, as autoencoder.compile
     stain_jitter: float = field(default=0.0, metadata={"key": "if_set"})   # one per pool tile, cached
+    # "fp16": the saved EMA UNet rounded to fp16 (half the bytes); every later stage loads just that
+    save_dtype: str = field(default="fp32", metadata={"key": "if_set"})
 
     def validate(self) -> None:
         _positive(self, "steps", "batch_size", "grad_accum", "lr", "num_train_timesteps",
                   "checkpoint_every", "sample_every", "log_every", "checkpoints_total_limit")
         _precision(self, "mixed_precision")
-        if self.loss not in ("l1", "l2"):
-            raise ConfigError(f"pretrain.loss must be 'l1' or 'l2', got {self.loss!r}")
+        if self.loss not in ("l1", "l2") or self.save_dtype not in ("fp32", "fp16"):
+            raise ConfigError(f"pretrain.loss must be 'l1' or 'l2' (got {self.loss!r}) and "
+                              f"pretrain.save_dtype 'fp32' or 'fp16' (got {self.save_dtype!r})")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(f"pretrain.prediction_type must be epsilon|v_prediction, got {self.prediction_type!r}")
 
@@ -161,9 +164,8 @@ class SamplingConfig:
     # the classifier's forward + backward for the guidance gradient; guided-diffusion runs it in
     # fp16 (--classifier_use_fp16). fp32 by default: its gradient is exact to ~1e-6 (bf16: ~2%).
     classifier_precision: str = field(default="no", metadata={"key": "if_set"})
-    # torch.compile the UNet (weights frozen in) and the classifier: ~10-40 s of compiling per batch
-    # shape, then 1.3-1.6x eager at demo shapes on CPU (benchmarks/guided_sampling.py, issue 4).
-    # For datasets (`python -m core sample`, `run`), never for the app's few-image previews.
+    # torch.compile the UNet and classifier: ~10-40 s per batch shape, then 1.3-1.6x eager on CPU
+    # (benchmarks/guided_sampling.py); for datasets (`core sample`, `run`), not the app's previews.
     compile: bool = field(default=False, metadata={"key": "never"})
     latent_margin: int = field(default=0, metadata={"key": "if_set"})   # GuidedLatentPipeline margin
     # "class=scale" entries (written by `python -m core tune-guidance`) that override
@@ -206,10 +208,9 @@ class SelectionConfig:
     strategy: str = "threshold"     # "threshold" (p(target) >= t) | "centroid" (paper's nearest centroid)
     threshold: float = 0.9
     quota_per_class: int = 0        # 0 = no quota
-    # "validation": each class's threshold comes from the filter classifier's confidence on the
-    # budget's real validation images of that class (core.selection.calibrate; the rule is there),
-    # never above `threshold`; "none": `threshold` for every class. "if_set": a workspace made
-    # before these fields (the demo bundle) keeps its stage markers and run keys.
+    # "validation": each class's threshold from the filter's confidence on the budget's real
+    # validation images of that class (core.selection.calibrate), never above `threshold`; "none":
+    # `threshold` for every class. "if_set": older workspaces keep their stage markers and run keys.
     calibration: str = field(default="none", metadata={"key": "if_set"})
     calibration_quantile: float = field(default=0.1, metadata={"key": "if_set"})
 
@@ -259,8 +260,7 @@ class ExperimentConfig:
     label_fractions: tuple[float, ...] = (1.0,)
     synthetic_ratios: tuple[float, ...] = (1.0,)
     seeds: tuple[int, ...] = (0, 1, 2)
-    # rounds of extra sampling for a class with too few accepted images for the largest ratio
-    topup_rounds: int = 2
+    topup_rounds: int = 2           # extra sampling rounds for a class short for the largest ratio
     bootstrap: int = 2000           # resamples of the test images for the paired bootstrap interval
 
     def validate(self) -> None:

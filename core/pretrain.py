@@ -143,7 +143,7 @@ def pretrain(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
     result = trainer.run(step_fn, progress=progress, stop=stop, on_step=on_step)
     result["skipped_images"] = latents.skipped
     if not result["stopped"]:
-        final = _ema_unet(acc.unwrap_model(unet), ema) if acc.is_main_process else None
+        final = _ema_unet(acc.unwrap_model(unet), ema, pcfg.save_dtype) if acc.is_main_process else None
         trainer.save(ws.unet_dir, lambda tmp: final.save_pretrained(tmp, safe_serialization=True))
         trainer.save(ws.scheduler_dir, scheduler.save_pretrained)
         if acc.is_main_process:
@@ -185,7 +185,11 @@ def _ema_grid(unet: UNet2DModel, ema: EMAModel, scheduler, vae, ws: Workspace, s
                       "eta": 0.0, "weights": "ema"})
 
 
-def _ema_unet(unet: UNet2DModel, ema: EMAModel) -> UNet2DModel:
-    final = UNet2DModel.from_config(unet.config)     # a clean config (no EMA bookkeeping keys)
+def _ema_unet(unet: UNet2DModel, ema: EMAModel, save_dtype: str = "fp32") -> UNet2DModel:
+    """The EMA weights in a clean model (no EMA bookkeeping keys in its config), as saved: in
+    fp16 when `save_dtype` says so (diffusers loads them back as fp32, the rounded values)."""
+    final = UNet2DModel.from_config(unet.config)
     ema.copy_to(final.parameters())
+    if save_dtype == "fp16":
+        final = final.half()
     return final.to(memory_format=torch.contiguous_format)

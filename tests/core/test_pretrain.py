@@ -72,6 +72,17 @@ def test_pretrain_end_to_end(ws, tiny_cfg):
         torch.testing.assert_close(v, ema[k])
 
 
+def test_fp16_save_stores_the_rounded_ema_weights_that_later_stages_load(ws, tiny_cfg):
+    pt.pretrain(ws, tiny(tiny_cfg, steps=4, checkpoint_every=4, sample_every=100, save_dtype="fp16"))
+    stored = unet_weights(ws)
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    ema = load_file(ws.checkpoints_dir / "pretrain" / "checkpoint-4" / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    loaded = dict(models.load_unet(ws).named_parameters())
+    for k, v in stored.items():
+        torch.testing.assert_close(v, ema[k].half(), rtol=0, atol=0)      # the EMA, rounded once
+        assert loaded[k].dtype == torch.float32 and torch.equal(loaded[k], v.float())
+
+
 def test_resume_after_stop_equals_uninterrupted(ws, tmp_path, tiny_cfg):
     cfg = tiny(tiny_cfg, steps=6, checkpoint_every=2, sample_every=100, log_every=1, grad_accum=2)
     other = Workspace(shutil.copytree(ws.root, tmp_path / "other"))
@@ -153,6 +164,7 @@ def test_ctrl_c_writes_checkpoint_and_exits_cleanly(ws, tiny_cfg, monkeypatch, c
     ("pretrain.steps=-5", "pretrain.steps"),
     ("pretrain.block_out_channels=8,16,16,16,16", "pretrain.block_out_channels"),
     ("pretrain.mixed_precision=fp8", "pretrain.mixed_precision"),
+    ("pretrain.save_dtype=bf16", "pretrain.save_dtype"),
     ("pretrain.stepz=3", "pretrain.stepz"),
 ])
 def test_invalid_config_fails_at_once_naming_field(ws, override, field, capsys):
