@@ -24,8 +24,8 @@ def test_bundle_is_small_and_verified():
     from core.demo_models import verify_bundle
     info = verify_bundle(BUNDLE)
     # three label budgets (issue 11) took it from 38 to 64 MB; v2 67.5, v3 64.3 (repeated bytes
-    # stored once); issue 15 aims at <= 60 MB
-    assert info["bytes"] <= 65e6, f"bundle is {info['bytes'] / 1e6:.1f} MB"
+    # stored once), v5 55.9 (the UNet stored in fp16); issue 15's budget is 60 MB
+    assert info["bytes"] <= 60e6, f"bundle is {info['bytes'] / 1e6:.1f} MB"
 
 
 def test_diffusion_models_load_with_plain_diffusers_and_give_finite_outputs(demo_ws):
@@ -101,7 +101,7 @@ def test_every_class_is_accepted_at_the_bundled_threshold_in_every_budget(demo_w
 
 
 @pytest.mark.xfail(strict=True, reason="issue 15's stronger target, not met: at all labels the bundle "
-                   "keeps 5% of background and 1% of stratum corneum samples (strict: passing means "
+                   "keeps 9% of background and 0.5% of stratum corneum samples (strict: passing means "
                    "the target is met and this mark must go)")
 def test_every_class_keeps_a_fifth_of_its_samples_at_the_bundled_threshold(demo_ws):
     rate = _acceptance(demo_ws)
