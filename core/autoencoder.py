@@ -157,11 +157,14 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
         held = _stack(ImageDataset([paths[i] for i in held_rows], None, cfg.data.image_size), range(len(held_rows)))
         fit = _stack(train_set, np.linspace(0, len(train_set) - 1, min(256, len(train_set))).astype(int))
         model = model.float().to(memory_format=torch.contiguous_format)
+        if acfg.save_dtype == "fp16":   # scale and metrics from the rounded weights every later stage loads
+            model = model.half().float()
         model.register_to_config(scaling_factor=1.0 / max(latent_std(model, fit), 1e-6))
         out.update(evaluate_reconstruction(model, held) if held_rows else {})
         out["scaling_factor"] = float(model.config.scaling_factor)
         trainer.metrics.log({"step": result["step"], **{k: v for k, v in out.items() if k != "stopped"}})
-    trainer.save(ws.autoencoder_dir, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+    trainer.save(ws.autoencoder_dir, lambda tmp: (model.half() if acfg.save_dtype == "fp16" else model)
+                 .save_pretrained(tmp, safe_serialization=True))
     trainer.end()
     return out
 

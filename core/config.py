@@ -9,8 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-# apply_overrides is public here, where callers have always found it
-from core.config_check import ConfigError, apply_overrides, check_fields, migrate  # noqa: F401
+from core.config_check import ConfigError, apply_overrides, check_fields, migrate  # noqa: F401 (public here)
 from core.workspace import Workspace
 
 PRESETS = ("tiny", "demo", "paper")
@@ -60,6 +59,7 @@ class AutoencoderConfig:
     lr_schedule: str = field(default="constant", metadata={"key": "if_set"})   # a diffusers schedule
     # compiled training step (eager fallback); 2 CPU cores, demo shapes: 2.3x eager (benchmarks/train_step)
     compile: bool = field(default=False, metadata={"key": "never"})
+    save_dtype: str = field(default="fp32", metadata={"key": "if_set"})   # as pretrain.save_dtype
 
     @property
     def downsample_factor(self) -> int:
@@ -69,9 +69,11 @@ class AutoencoderConfig:
         _positive(self, "steps", "batch_size", "lr", "latent_channels", "layers_per_block",
                   "checkpoint_every")
         _precision(self, "mixed_precision")
-        if min(self.encode_padding, self.decode_padding) < 0 or not 0 <= self.stain_jitter < 1:
+        if (min(self.encode_padding, self.decode_padding) < 0 or not 0 <= self.stain_jitter < 1
+                or self.save_dtype not in ("fp32", "fp16")):
             raise ConfigError(f"autoencoder: encode_padding {self.encode_padding} and decode_padding "
-                              f"{self.decode_padding} must be >= 0, stain_jitter {self.stain_jitter} in [0, 1)")
+                              f"{self.decode_padding} must be >= 0, stain_jitter {self.stain_jitter} in [0, 1), "
+                              f"save_dtype 'fp32' or 'fp16' (got {self.save_dtype!r})")
 
 
 @dataclass(frozen=True)
@@ -164,12 +166,10 @@ class SamplingConfig:
     # the classifier's forward + backward for the guidance gradient; guided-diffusion runs it in
     # fp16 (--classifier_use_fp16). fp32 by default: its gradient is exact to ~1e-6 (bf16: ~2%).
     classifier_precision: str = field(default="no", metadata={"key": "if_set"})
-    # torch.compile the UNet and classifier: ~10-40 s per batch shape, then 1.3-1.6x eager on CPU
-    # (benchmarks/guided_sampling.py); for datasets (`core sample`, `run`), not the app's previews.
+    # torch.compile UNet + classifier for datasets, not previews: 1.3-1.6x eager (benchmarks/guided_sampling)
     compile: bool = field(default=False, metadata={"key": "never"})
     latent_margin: int = field(default=0, metadata={"key": "if_set"})   # GuidedLatentPipeline margin
-    # "class=scale" entries (written by `python -m core tune-guidance`) that override
-    # guidance_scale for their class; "if_set" so workspaces made before it keep their keys
+    # "class=scale" entries (`python -m core tune-guidance`) overriding guidance_scale for their class
     class_guidance_scales: tuple[str, ...] = field(default=(), metadata={"key": "if_set"})
 
     def scale_for(self, class_name: str) -> float:

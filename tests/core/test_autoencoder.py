@@ -59,6 +59,24 @@ def test_train_saves_diffusers_model_with_scale_and_metrics(tmp_path, tiny_cfg):
     assert again["step"] == tiny_cfg.autoencoder.steps
 
 
+def test_fp16_save_stores_rounded_weights_and_measures_what_it_stores(tmp_path, tiny_cfg):
+    from dataclasses import replace
+    from safetensors.torch import load_file
+    from core.data import ImageDataset, load_pools
+    ws = make_pool_workspace(tmp_path, n_per_pool=(10, 10))
+    cfg = replace(tiny_cfg, autoencoder=replace(tiny_cfg.autoencoder, steps=4, save_dtype="fp16"))
+    out = ae.train_autoencoder(ws, cfg)
+    stored = load_file(ws.autoencoder_dir / "diffusion_pytorch_model.safetensors")
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    vae = models.load_autoencoder(ws)
+    assert all(p.dtype == torch.float32 for p in vae.parameters())
+    # the saved PSNR and scaling factor are those of the stored (rounded) weights
+    paths = list(load_pools(ws)["path"])
+    held = ae.split_held_out([str(p) for p in paths])[1]
+    x = torch.stack([ImageDataset([paths[i] for i in held], None, 32)[k] for k in range(len(held))])
+    assert ae.evaluate_reconstruction(vae, x)["psnr"] == pytest.approx(out["psnr"], abs=1e-4)
+
+
 def test_discriminator_branch_trains(tmp_path, tiny_cfg):
     from dataclasses import replace
     ws = make_pool_workspace(tmp_path, n_per_pool=(6, 4))
