@@ -70,7 +70,7 @@ def test_fp16_save_stores_rounded_weights_and_measures_what_it_stores(tmp_path, 
     assert {v.dtype for v in stored.values()} == {torch.float16}
     vae = models.load_autoencoder(ws)
     assert all(p.dtype == torch.float32 for p in vae.parameters())
-    # the saved PSNR and scaling factor are those of the stored (rounded) weights
+    # the logged PSNR is that of the stored (rounded) weights, not of the fp32 ones before saving
     paths = list(load_pools(ws)["path"])
     held = ae.split_held_out([str(p) for p in paths])[1]
     x = torch.stack([ImageDataset([paths[i] for i in held], None, 32)[k] for k in range(len(held))])
