@@ -69,11 +69,11 @@ class AutoencoderConfig:
         _positive(self, "steps", "batch_size", "lr", "latent_channels", "layers_per_block",
                   "checkpoint_every")
         _precision(self, "mixed_precision")
-        if (min(self.encode_padding, self.decode_padding) < 0 or not 0 <= self.stain_jitter < 1
-                or self.save_dtype not in ("fp32", "fp16")):
+        if min(self.encode_padding, self.decode_padding) < 0 or not 0 <= self.stain_jitter < 1:
             raise ConfigError(f"autoencoder: encode_padding {self.encode_padding} and decode_padding "
-                              f"{self.decode_padding} must be >= 0, stain_jitter {self.stain_jitter} in [0, 1), "
-                              f"save_dtype 'fp32' or 'fp16' (got {self.save_dtype!r})")
+                              f"{self.decode_padding} must be >= 0, stain_jitter {self.stain_jitter} in [0, 1)")
+        if self.save_dtype not in ("fp32", "fp16"):
+            raise ConfigError(f"autoencoder.save_dtype must be 'fp32' or 'fp16', got {self.save_dtype!r}")
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ def test_sampling_speed_fields_parse_and_validate():
     ("experiment.seeds=1.5", "experiment.seeds expects a list of integers"),
     ("pretrain.warmup_steps=-10", r"pretrain.warmup_steps must be >= 0"),
     ("autoencoder.kl_weight=-1", r"autoencoder.kl_weight must be >= 0"),
+    ("autoencoder.save_dtype=bf16", "autoencoder.save_dtype must be 'fp32' or 'fp16'"),
     ("data.num_workers=-3", r"data.num_workers must be >= 0"),
     ("pretrain.ema_decay=5", r"pretrain.ema_decay must be in \[0, 1\]"),
     ("sampling.eta=5", r"sampling.eta must be in \[0, 1\]"),
