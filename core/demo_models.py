@@ -29,7 +29,9 @@ def _shared_models(ws: Workspace) -> list[Path]:
 
 
 def _label_models(ws: Workspace) -> list[Path]:
-    return [ws.latent_classifier_dir, ws.filter_classifier_dir]
+    # the fine-tuned UNet whenever it is there: the latent classifier stage's marker hashes it then
+    tuned = [ws.finetuned_unet_dir] if Workspace.config_of(ws.finetuned_unet_dir).exists() else []
+    return [ws.latent_classifier_dir, ws.filter_classifier_dir] + tuned
 
 
 def _model_files(folder: Path) -> list[tuple[Path, str]]:

@@ -84,6 +84,7 @@ def train_latent_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
     if len(val_z) == 0:  # val_fraction = 0: report on train rather than touching the test split
         val_z, val_y, eval_split = train_z, train_y, "train"
     if c.finetune_unet:
+        from core.finetune import finetune_unet
         finetune_unet(ws, cfg, train_z, progress=progress, stop=stop)
         if stop is not None and stop.is_set():
             return _stopped_frame()
@@ -143,52 +144,3 @@ def _stopped_frame() -> pd.DataFrame:
     frame = pd.DataFrame(columns=["bucket", "t_min", "t_max", "accuracy", "loss", "n"])
     frame.attrs["stopped"] = True
     return frame
-
-
-def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=None, stop=None) -> dict:
-    """Continue the pre-trained unconditional UNet on the target set's latents (classifier.finetune_unet).
-
-    A short loop here rather than core.pretrain's trainer, which draws from the unlabeled pools;
-    the result goes to ws.finetuned_unet_dir and the sampler prefers it when the switch is on.
-    """
-    from diffusers import UNet2DModel
-    c, p = cfg.classifier, cfg.pretrain
-    if not Workspace.config_of(ws.unet_dir).exists():
-        raise UserError(f"no pre-trained UNet in {ws.unet_dir} to fine-tune (run: python -m core pretrain)")
-    scheduler = load_scheduler(ws)
-    stage = f"{STAGE}-finetune"
-    # the classifier stage's precision, seed and checkpoint settings; a constant lr
-    trainer = Trainer(TrainSpec(
-        stage=stage, steps=c.finetune_steps, seed=c.seed, precision=c.mixed_precision, batch_size=p.batch_size,
-        ckpt_dir=ws.checkpoints_dir / stage, checkpoint_every=c.checkpoint_every,
-        total_limit=c.checkpoints_total_limit, metrics_file=ws.metrics_file(stage), log_every=c.log_every,
-        run_key=config_hash(identity(c), p.loss, len(latents)), compile=c.compile), cfg)
-    acc = trainer.acc
-    unet = UNet2DModel.from_pretrained(ws.unet_dir)
-    optimizer = adamw(unet.parameters(), c.finetune_lr, p.weight_decay, acc.device)
-    unet, optimizer = trainer.prepare(unet, optimizer)
-    forward = trainer.compiled(unet)
-    z_all, T = torch.from_numpy(np.array(latents)), scheduler.config.num_train_timesteps
-
-    def step_fn(step: int) -> torch.Tensor:
-        gen = step_generator(c.seed + 1, step, 0, acc.process_index)
-        z0 = augment(z_all[torch.randint(0, len(z_all), (p.batch_size,), generator=gen)], gen)
-        noise, t = torch.randn(z0.shape, generator=gen), torch.randint(0, T, (len(z0),), generator=gen)
-        zt = scheduler.add_noise(z0, noise, t).to(acc.device)
-        with acc.autocast():
-            pred = forward(zt, t.to(acc.device)).sample.float()
-        target = noise if p.prediction_type == "epsilon" else scheduler.get_velocity(z0, noise, t)
-        loss = (F.l1_loss if p.loss == "l1" else F.mse_loss)(pred, target.to(acc.device))
-        acc.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    result = trainer.run(step_fn, progress=progress, stop=stop)
-    if not result["stopped"]:
-        def write(tmp):
-            acc.unwrap_model(unet).save_pretrained(tmp)
-            write_labels(tmp, budget_labels(ws, cfg)[0])     # the budget images it trained on
-        trainer.save(ws.finetuned_unet_dir, write)
-    trainer.end()
-    return result

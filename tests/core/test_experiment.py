@@ -196,9 +196,11 @@ def test_tiny_end_to_end_on_demo_data(tmp_path):
 
 
 def test_real_pipeline_on_demo_data_in_process(tmp_path, tiny_cfg):
-    """Every real stage on the bundled demo with the tiny preset (fewer steps), then a rerun
-    that skips every stage and every grid run."""
+    """Every real stage on the bundled demo with the tiny preset (fewer steps, the UNet
+    fine-tuned on the budget), then a rerun that skips every stage and every grid run; the same
+    of the run bundled and installed elsewhere."""
     cfg = apply_overrides(tiny_cfg, ["autoencoder.steps=6", "pretrain.steps=6", "classifier.steps=6",
+                                     "classifier.finetune_unet=true", "classifier.finetune_steps=2",
                                      "classify.steps=4", "sampling.num_per_class=6",
                                      "experiment.label_fractions=0.25", "experiment.topup_rounds=1"])
     ws = Workspace(tmp_path / "ws")
@@ -224,6 +226,7 @@ def test_real_pipeline_on_demo_data_in_process(tmp_path, tiny_cfg):
     assert (ws.models_dir / "model_index.json").exists()         # the model stages' markers wrote it
     assert {"models/model_index.json", "models/README.md", "models/vae/config.json",
             "models/classifier/config.json"} <= set(info["files"])   # models/ is a pipeline folder
+    assert "models/unet_finetuned/config.json" in info["files"]     # what the sampler used
     other = Workspace(tmp_path / "installed")
     install_demo(bundle, other)
     assert (other.filter_classifier_dir / "model.safetensors").exists()

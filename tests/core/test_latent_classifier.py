@@ -123,7 +123,9 @@ def test_missing_models_and_data_are_clear_errors(tmp_path, tiny_cfg):
 
 
 def test_finetune_switch_writes_a_finetuned_unet(tmp_path, tiny_cfg):
+    """Stored as pre-training stores its UNet (here fp16), with the budget's images named beside it."""
     cfg = quick(tiny_cfg, steps=5, finetune_unet=True, finetune_steps=4)
+    cfg = replace(cfg, pretrain=replace(cfg.pretrain, save_dtype="fp16"))
     ws = make_model_workspace(tmp_path / "ws", cfg)
     train_latent_classifier(ws, cfg)
     from diffusers import UNet2DModel
@@ -131,3 +133,7 @@ def test_finetune_switch_writes_a_finetuned_unet(tmp_path, tiny_cfg):
     diffs = [float((a - b).abs().max()) for a, b in zip(before.parameters(), after.parameters())]
     assert max(diffs) > 0
     assert [r["step"] for r in read_jsonl(ws.metrics_file("classifier-finetune")) if "loss" in r][-1] == 4
+    from safetensors import safe_open
+    with safe_open(str(ws.finetuned_unet_dir / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+    assert (ws.finetuned_unet_dir / "labels.csv").exists()
