@@ -19,7 +19,7 @@ from core.budget import budget_labels, write_labels
 from core.config import LabConfig, config_hash, identity
 from core.errors import UserError
 from core.models import load_scheduler, prefers_channels_last
-from core.pretrain import _ema_unet, _register_ema_hooks, make_step_fn
+from core.pretrain import ema_unet, register_ema_hooks, make_step_fn
 from core.training import Trainer, TrainSpec, adamw
 from core.workspace import Workspace
 
@@ -50,13 +50,13 @@ def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=N
     optimizer = adamw(unet.parameters(), c.finetune_lr, p.weight_decay, acc.device)
     unet, optimizer = trainer.prepare(unet, optimizer)
     ema.to(acc.device)
-    _register_ema_hooks(acc, ema)
+    register_ema_hooks(acc, ema)
     uniform = np.full(len(latents), 1.0 / len(latents))
     step_fn = make_step_fn(acc, unet, load_scheduler(ws), optimizer, ema, latents, uniform, step_cfg,
                            channels_last, trainer.compiled(unet))
     result = trainer.run(step_fn, progress=progress, stop=stop)
     if not result["stopped"]:
-        final = _ema_unet(acc.unwrap_model(unet), ema, p.save_dtype) if acc.is_main_process else None
+        final = ema_unet(acc.unwrap_model(unet), ema, p.save_dtype) if acc.is_main_process else None
 
         def write(tmp):
             final.save_pretrained(tmp, safe_serialization=True)

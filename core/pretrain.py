@@ -132,7 +132,7 @@ def pretrain(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
     optimizer = adamw(unet.parameters(), pcfg.lr, pcfg.weight_decay, acc.device)
     unet, optimizer = trainer.prepare(unet, optimizer)
     ema.to(acc.device)
-    _register_ema_hooks(acc, ema)
+    register_ema_hooks(acc, ema)
     step_fn = make_step_fn(acc, unet, scheduler, optimizer, ema, latents, weights, pcfg, channels_last,
                            trainer.compiled(unet))
 
@@ -143,7 +143,7 @@ def pretrain(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
     result = trainer.run(step_fn, progress=progress, stop=stop, on_step=on_step)
     result["skipped_images"] = latents.skipped
     if not result["stopped"]:
-        final = _ema_unet(acc.unwrap_model(unet), ema, pcfg.save_dtype) if acc.is_main_process else None
+        final = ema_unet(acc.unwrap_model(unet), ema, pcfg.save_dtype) if acc.is_main_process else None
         trainer.save(ws.unet_dir, lambda tmp: final.save_pretrained(tmp, safe_serialization=True))
         trainer.save(ws.scheduler_dir, scheduler.save_pretrained)
         if acc.is_main_process:
@@ -153,7 +153,7 @@ def pretrain(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
     return result
 
 
-def _register_ema_hooks(acc, ema: EMAModel) -> None:
+def register_ema_hooks(acc, ema: EMAModel) -> None:
     """EMA weights travel inside each checkpoint as a diffusers safetensors folder (`unet_ema/`),
     as in diffusers' train_unconditional — accelerate's own custom-object path would pickle it."""
     def save_hook(models, weights, output_dir):
@@ -185,7 +185,7 @@ def _ema_grid(unet: UNet2DModel, ema: EMAModel, scheduler, vae, ws: Workspace, s
                       "eta": 0.0, "weights": "ema"})
 
 
-def _ema_unet(unet: UNet2DModel, ema: EMAModel, save_dtype: str = "fp32") -> UNet2DModel:
+def ema_unet(unet: UNet2DModel, ema: EMAModel, save_dtype: str = "fp32") -> UNet2DModel:
     """The EMA weights in a clean model (no EMA bookkeeping keys in its config), as saved: in
     fp16 when `save_dtype` says so (diffusers loads them back as fp32, the rounded values)."""
     final = UNet2DModel.from_config(unet.config)
