@@ -62,12 +62,12 @@ def exposure_check(args: argparse.Namespace) -> str | None:
 def prepare_workspace(ctx, bundle: Path = DEMO_BUNDLE, preset_name: str | None = None) -> list[str]:
     """Fill an empty workspace: the bundled demo models (with their data, results and config)
     when it has no models, else demo data when it has no labeled data. Returns what was done."""
-    from core.presets import resolve
+    from core.config.presets import config_for
     from core.errors import UserError
     done = []
     ws = ctx.workspace
     if not ws.models_dir.exists() and bundle.exists():
-        from core.demo_models import install_demo
+        from core.protocol.demo_models import install_demo
         t = time.time()
         try:
             install_demo(bundle, ws)
@@ -75,11 +75,11 @@ def prepare_workspace(ctx, bundle: Path = DEMO_BUNDLE, preset_name: str | None =
         except UserError as e:                   # e.g. a damaged bundle: the lab still opens
             done.append(f"demo models not installed: {e}")
     if not ws.split_manifest.exists():
-        from core.data import build_demo
+        from core.data.demo import build_demo
         t = time.time()
         build_demo(ws, ctx.config)
         done.append(f"built demo data in {time.time() - t:.1f} s")
-    ctx.config = resolve(ws, preset_name)     # install_demo brings its config
+    ctx.config = config_for(ws, preset_name)     # install_demo brings its config
     return done
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from app import create_app, fresh_upload_cache, launch_kwargs
     from app.context import AppContext
     from core.errors import UserError
-    from core.config import ConfigError
+    from core.errors import ConfigError
     try:
         ctx = AppContext.create(args.workspace, args.data_roots, preset_name=args.preset)
         if not args.no_setup:

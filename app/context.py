@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.config import LabConfig, apply_overrides
-from core.presets import resolve
-from core.jobs import JobRunner
+from core.config.lab_config import LabConfig
+from core.config.checks import apply_overrides
+from core.config.presets import config_for
+from core.protocol.jobs import JobRunner
 from core.workspace import Workspace
 
 COMPUTE = "compute"      # the one Gradio concurrency id shared by every compute event
@@ -34,7 +35,7 @@ class AppContext:
             if not path.is_dir():
                 raise UserError(f"--data-root {root} is not a folder")
             roots.append(path)
-        return cls(workspace=ws, config=resolve(ws, preset_name, overrides),
+        return cls(workspace=ws, config=config_for(ws, preset_name, overrides),
                    data_roots=tuple(roots), runner=runner or JobRunner())
 
     @property

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 def preview_image(payload: Any) -> Image.Image | None:
     """Turn what the sampler's callback hands over into a preview strip.
 
-    core.sampling hands decoded x0 predictions (PIL images) every few steps; a bare latent
+    core.generate.sampling hands decoded x0 predictions (PIL images) every few steps; a bare latent
     tensor is shown by mapping its first three channels to RGB (A1111's cheap "approximate"
     preview), because a VAE decode every step would cost as much as the step itself.
     """

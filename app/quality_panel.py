@@ -1,7 +1,7 @@
 """Quality panels: tab 2's quality-vs-guidance chart with its Evaluate / Auto-tune jobs, and tab 3's
 nearest real neighbour of a selected synthetic image plus the likely-copy flags in its gallery.
 
-The numbers come from core.quality (results/quality.csv, results/quality_images.csv) and core.tune
+The numbers come from core.evaluate.quality (results/quality.csv, results/quality_images.csv) and core.protocol.tune
 (results/guidance_sweep.csv); both run as jobs in the shared slot, with progress and stop.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from PIL import Image
 
 from app import charts
 from app.context import COMPUTE, AppContext, cached_entry, job_markdown, stop_job
-from core.presets import resolve
+from core.config.presets import config_for
 from core.errors import UserError
-from core.jobs import JobBusy
+from core.protocol.jobs import JobBusy
 
 EVAL_JOB, TUNE_JOB = "quality", "tune-guidance"
 _cache: dict[str, tuple] = {}
@@ -52,7 +52,7 @@ def sweep_table(ctx: AppContext) -> pd.DataFrame:
     rows = rows.merge(floors.rename(columns={"fd": "floor_fd", "coverage": "floor_coverage"}),
                       on=["class", "n_eval"], how="left")
     if ws.synthetic_scores.exists():
-        from core.selection import select
+        from core.evaluate.selection import select
         kept = select(ws, ctx.config)
         rate = kept.groupby([kept["class"].astype(str), pd.to_numeric(kept["guidance_scale"])])["kept"].mean()
         rows["acceptance"] = [rate.get((str(c), float(s))) for c, s in zip(rows["class"], rows["guidance_scale"])]
@@ -60,24 +60,24 @@ def sweep_table(ctx: AppContext) -> pd.DataFrame:
 
 
 def start_evaluate(ctx: AppContext) -> str:
-    from core.quality import evaluate
+    from core.evaluate.quality import measure_quality
     try:
-        ctx.runner.start(EVAL_JOB, evaluate, ws=ctx.workspace, cfg=ctx.config)
+        ctx.runner.start(EVAL_JOB, measure_quality, ws=ctx.workspace, cfg=ctx.config)
     except JobBusy as e:
         raise UserError(str(e)) from e
     return "evaluation started: features of new images are embedded, then every class x scale is measured"
 
 
 def tune_job(ctx: AppContext, progress=None, stop=None) -> dict:
-    from core.tune import tune_guidance
+    from core.protocol.tune import tune_guidance
     out = tune_guidance(ctx.workspace, ctx.config, progress=progress, stop=stop)
     if not out.get("stopped"):
-        ctx.config = resolve(ctx.workspace)   # the per-class scales it wrote
+        ctx.config = config_for(ctx.workspace)   # the per-class scales it wrote
     return out
 
 
 def start_tune(ctx: AppContext) -> str:
-    from core.tune import GRID, NUM
+    from core.protocol.tune import GRID, NUM
     try:
         ctx.runner.start(TUNE_JOB, tune_job, ctx=ctx)
     except JobBusy as e:
@@ -96,7 +96,7 @@ def tuned_scales(ctx: AppContext) -> str:
 
 def images_table(ctx: AppContext) -> pd.DataFrame:
     """results/quality_images.csv with absolute image paths (one row per synthetic image)."""
-    from core.selection import synthetic_path
+    from core.evaluate.selection import synthetic_path
     frame = _read(ctx.workspace.quality_images_csv)
     if frame.empty or "image_path" in frame:
         return frame

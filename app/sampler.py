@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from core.config import LabConfig
-from core.pipeline import load_pipeline
-from core.pipeline import interrupt_when
+from core.config.lab_config import LabConfig
+from core.generate.pipeline import load_pipeline
+from core.generate.pipeline import interrupt_when
 from core.workspace import Workspace
 
 
@@ -18,7 +18,7 @@ def sample_images(ws: Workspace, cfg: LabConfig, class_name: str, seeds: list[in
     `preview_every` steps (None otherwise) and may return False to interrupt. An interrupted
     call returns the images of the batches that finished."""
     # never compiled: a preview of a few images would wait ~30 s for it (SamplingConfig.compile)
-    pipe = load_pipeline(ws, cfg, compile=False, sampler=scheduler or cfg.sampling.scheduler)
+    pipe = load_pipeline(ws, cfg, compile=False, sampler=scheduler or cfg.sampling.sampler)
     label = pipe.get_label_ids(class_name)[0]
     # in sampling.batch_size chunks, as `generate` batches: batched kernels round differently,
     # so the same chunks give the dataset's pixels

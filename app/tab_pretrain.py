@@ -15,10 +15,11 @@ import pandas as pd
 from app import charts
 from app.context import COMPUTE, AppContext, job_markdown, progress_html, stop_job
 from core.errors import UserError
-from core.config import PRESETS, ConfigError
-from core.presets import preset
+from core.config.lab_config import PRESETS
+from core.errors import ConfigError
+from core.config.presets import preset
 from core.io import read_jsonl
-from core.jobs import JobBusy
+from core.protocol.jobs import JobBusy
 
 STAGE = "pretrain"
 # UI fields of the pretrain section that a user may change before starting, by config name
@@ -37,7 +38,7 @@ def pretrain_config(ctx: AppContext, preset_name: str, fields: dict):
 
 def start_pretrain(ctx: AppContext, preset_name: str, fields: dict, fresh: bool) -> str:
     """Start (or resume from the latest checkpoint) a pre-training run in the shared slot."""
-    from core import pretrain as pretrain_mod  # heavy (torch/diffusers): imported on first use
+    from core.train import pretrain as pretrain_mod  # heavy (torch/diffusers): imported on first use
     cfg = pretrain_config(ctx, preset_name, fields)
     archived: list[Path | None] = []
     # archiving moves the checkpoints a running job writes: it happens only once the slot is ours
@@ -55,7 +56,7 @@ def start_pretrain(ctx: AppContext, preset_name: str, fields: dict, fresh: bool)
 
 
 def latest_checkpoint(ctx: AppContext) -> Path | None:
-    from core.training import latest_checkpoint as newest    # skips temp and quarantined folders
+    from core.train.checkpoints import latest_checkpoint as newest  # skips temp and quarantined folders
     found = newest(ctx.workspace.checkpoint_dir(STAGE))
     return found[1] if found else None
 

@@ -1,5 +1,5 @@
 """Tab 4 — augmentation vs baseline: one-click augmented run (progress, stop) and its results as
-core writes them (core.experiment.write_summary): results/summary.md as the headline, the cells of
+core writes them (core.protocol.experiment.write_summary): results/summary.md as the headline, the cells of
 results/summary.json as the accuracy-vs-label-budget curve (with the paired difference and both
 its intervals beside it), the accuracy chart, per-class recall and table, and results/runs.csv
 (downloadable) for the confusion matrices of the main cell's runs. Nothing is recomputed here, so
@@ -15,7 +15,7 @@ import pandas as pd
 from app import charts
 from app.context import COMPUTE, AppContext, job_markdown, progress_html, stop_job
 from core.errors import UserError
-from core.jobs import JobBusy
+from core.protocol.jobs import JobBusy
 
 JOB = "experiment"
 TABLE_COLUMNS = ["label_fraction", "synthetic_ratio", "arm", "setting", "mean", "std", "n", "mean ± std"]
@@ -148,8 +148,8 @@ def hint(ctx: AppContext) -> str:
 
 
 def start_experiment(ctx: AppContext, seeds: int | None = None) -> str:
-    """One click: baseline and augmented arms through core.experiment.run_all in the shared slot."""
-    from core.experiment import run_all
+    """One click: baseline and augmented arms through core.protocol.experiment.run_all in the shared slot."""
+    from core.protocol.experiment import run_all
     cfg = ctx.config
     if seeds:
         cfg = ctx.with_overrides("experiment", {"seeds": tuple(range(int(seeds)))})

@@ -20,7 +20,7 @@ from app.previews import class_scale_grid, preview_image
 from app.context import COMPUTE, AppContext, job_markdown, stop_job
 from core.errors import UserError
 from core.io import read_png_params, save_png
-from core.jobs import JobBusy, JobStopped
+from core.protocol.jobs import JobBusy, JobStopped
 
 JOB = "sampling"
 # Gradio frees a cancelled or disconnected event's queue slot when it closes the handler, which
@@ -45,7 +45,7 @@ class Request:
 
 def class_names(ctx: AppContext) -> list[str]:
     """Class names of the labeled set (the latent classifier was trained on them)."""
-    from core.data import load_splits
+    from core.data.tables import load_splits
     try:
         return list(load_splits(ctx.workspace)[1])
     except UserError:
@@ -55,7 +55,7 @@ def class_names(ctx: AppContext) -> list[str]:
 def missing_models(ctx: AppContext) -> list[str]:
     from core.models import missing_models
     # pre-training saves the scheduler with the UNet: the tab names both "unet"
-    names = {"vae": "autoencoder", "unet": "unet", "scheduler": "unet", "classifier": "latent classifier"}
+    names = {"vae": "autoencoder", "unet": "unet", "scheduler": "unet", "latent_classifier": "latent classifier"}
     return list(dict.fromkeys(names[part] for part in missing_models(ctx.workspace, ctx.config)))
 
 
@@ -77,10 +77,10 @@ def image_params(ctx: AppContext, req: Request, seed: int, batch: list[int] | No
     """What made the image: request, scheduler, the hashes of the models (cached pipeline) and
     the seeds sampled in the same batch (batched kernels round differently: a seed alone can
     differ from the same seed in a batch by a few 1/255, so regenerating re-runs the batch)."""
-    from core.pipeline import load_pipeline
+    from core.generate.pipeline import load_pipeline
     hashes = getattr(load_pipeline(ctx.workspace, ctx.config), "model_hashes", {})
     return {"class": req.class_name, "seed": seed, "guidance_scale": req.guidance_scale,
-            "steps": req.steps, "eta": req.eta, "scheduler": ctx.config.sampling.scheduler,
+            "steps": req.steps, "eta": req.eta, "scheduler": ctx.config.sampling.sampler,
             "preset": ctx.config.preset, "batch_seeds": list(batch or [seed]), **hashes}
 
 
@@ -229,7 +229,7 @@ def grid(ctx: AppContext, classes: list[str], scales_text: str, seed: int, steps
                 raise UserError(f"grid failed: {payload['error']}")
             if canvas is not None and payload["state"] == "done":
                 params = {"grid": {"classes": classes, "guidance_scales": scales}, "seed": int(seed),
-                          "steps": int(steps), "eta": float(eta), "scheduler": ctx.config.sampling.scheduler}
+                          "steps": int(steps), "eta": float(eta), "scheduler": ctx.config.sampling.sampler}
                 save_png(canvas, ctx.workspace.samples_dir / "lab" / f"grid_seed{int(seed)}.png", params)
             yield canvas, job_markdown(payload)
 

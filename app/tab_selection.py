@@ -1,9 +1,9 @@
 """Tab 3 — confidence-threshold browsing over STORED scores (synthetic/scores.csv).
 
 Moving the slider never recomputes a classifier: the scores table is read once (cached by the
-file's mtime and size) and re-filtered with core.selection.apply_threshold. Under
+file's mtime and size) and re-filtered with core.evaluate.selection.apply_threshold. Under
 `selection.calibration` the per-class thresholds are core's (synthetic/thresholds.csv, written
-when the scores are), with the slider as their cap (core.selection.thresholds_at).
+when the scores are), with the slider as their cap (core.evaluate.selection.thresholds_at).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pandas as pd
 from app import charts, quality_panel
 from app.context import COMPUTE, AppContext, cached_entry, job_markdown
 from core.errors import UserError
-from core.jobs import JobBusy
+from core.protocol.jobs import JobBusy
 
 ALL = "all classes"
 CURVE_POINTS = np.round(np.linspace(0, 1, 51), 3)
@@ -38,7 +38,7 @@ def load_scores(ctx: AppContext) -> pd.DataFrame:
     key, hit = cached_entry(_cache, _cache_lock, path)
     if hit:
         return hit[1]
-    from core.selection import load_scores as read_scores, synthetic_path
+    from core.evaluate.selection import load_scores as read_scores, synthetic_path
     frame = read_scores(ctx.workspace)
     missing = {"file", "class", "confidence"} - set(frame.columns)
     if missing:
@@ -53,7 +53,7 @@ def load_scores(ctx: AppContext) -> pd.DataFrame:
 
 def curve(ctx: AppContext, scores: pd.DataFrame) -> pd.DataFrame:
     """Acceptance fraction against the threshold (cached with the scores; it does not move)."""
-    from core.selection import acceptance_curve
+    from core.evaluate.selection import acceptance_curve
     path = str(scores_file(ctx))
     with _cache_lock:
         hit = _cache.get(path)
@@ -68,8 +68,8 @@ def curve(ctx: AppContext, scores: pd.DataFrame) -> pd.DataFrame:
 
 def accepted_mask(scores: pd.DataFrame, threshold: float, strategy: str, quota: int,
                   per_class: dict[str, float] | None = None) -> pd.Series:
-    """Boolean mask over `scores` of what core.selection.apply_threshold keeps."""
-    from core.selection import apply_threshold
+    """Boolean mask over `scores` of what core.evaluate.selection.apply_threshold keeps."""
+    from core.evaluate.selection import apply_threshold
     kept = apply_threshold(scores, float(threshold), strategy, int(quota or 0), per_class)
     return kept["kept"].astype(bool)
 
@@ -84,7 +84,7 @@ def calibration(ctx: AppContext, threshold: float, strategy: str,
     sel = ctx.config.selection
     if sel.calibration == "none":
         return None, ""
-    from core.selection import FLOOR, MIN_VAL_IMAGES, load_thresholds, thresholds_at
+    from core.evaluate.selection import FLOOR, MIN_VAL_IMAGES, load_thresholds, thresholds_at
     stored = load_thresholds(ctx.workspace)
     if strategy != "threshold":
         return None, " · per-class thresholds are not used by the centroid rule"
@@ -179,8 +179,8 @@ def figures(ctx: AppContext, scores: pd.DataFrame, classes: list[str], threshold
 
 
 def export(ctx: AppContext, threshold: float, strategy: str, quota: int) -> str:
-    """Write the accepted set (accepted/CLASS/*.png + manifest) through core.selection."""
-    from core.selection import apply_threshold, export_accepted
+    """Write the accepted set (accepted/CLASS/*.png + manifest) through core.evaluate.selection."""
+    from core.evaluate.selection import apply_threshold, export_accepted
     scores = load_scores(ctx)
     if scores.empty:
         raise UserError(hint(ctx))
@@ -195,7 +195,7 @@ def export(ctx: AppContext, threshold: float, strategy: str, quota: int) -> str:
 
 
 def start_scoring(ctx: AppContext) -> str:
-    from core.selection import score_synthetic
+    from core.evaluate.selection import score_synthetic
     if not ctx.workspace.synthetic_manifest.exists():
         raise UserError("no synthetic images to score yet: run `python -m core sample` "
                         "(or the full `python -m core run`) first")
@@ -216,7 +216,7 @@ def hint(ctx: AppContext) -> str:
         return "Synthetic images found but not scored yet: press **Score synthetic images**."
     return (f"No stored scores in {scores_file(ctx)}. Generate a synthetic set and score it: "
             f"`python -m core run --workspace {ctx.workspace.root}` (or `python -m core sample` "
-            "then `python -m core filter`).")
+            "then `python -m core select`).")
 
 
 def build(ctx: AppContext) -> dict:

@@ -71,17 +71,17 @@ def page_ready(workspace: Path) -> dict:
 def preview_workspace(root: Path):
     """A demo-preset workspace with models (bundled if present, else untrained of the same shape)."""
     from app.context import AppContext
-    from core.config import save_config
-    from core.presets import preset
-    from core.data import load_splits
+    from core.config.store import save_config
+    from core.config.presets import preset
+    from core.data.tables import load_splits
     bundle = ROOT / "assets" / "demo_models"
     if bundle.exists():
-        from core.demo_models import install_demo
+        from core.protocol.demo_models import install_demo
         from core.workspace import Workspace
         install_demo(bundle, Workspace(root).ensure())
         return AppContext.create(root), "bundled demo models"
     from conftest import lay_tiny_models
-    from core.demo_data import build_demo
+    from core.data.demo import build_demo
     ctx = AppContext.create(root, preset_name="demo")
     build_demo(ctx.workspace, ctx.config)
     save_config(ctx.config, ctx.workspace.root)

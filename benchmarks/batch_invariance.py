@@ -24,15 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timing-steps", type=int, default=None, help="steps for the timing (default --steps)")
     p.add_argument("--skip-diff", action="store_true", help="only the timing")
     args = p.parse_args(argv)
-    from core.config import load_config
-    from core.demo_models import install_demo
-    from core.pipeline import load_pipeline
+    from core.config.store import load_config
+    from core.protocol.demo_models import install_demo
+    from core.generate.pipeline import load_pipeline
     from core.workspace import Workspace
     ws = Workspace(Path(tempfile.mkdtemp()) / "ws")
     install_demo(ROOT / "assets" / "demo_models", ws)
     cfg = load_config(ws.root / "config.json")
     pipe = load_pipeline(ws, cfg, sampler="ddim", compile=False)
-    label = pipe.get_label_ids(pipe.classifier.config.class_names[0])[0]
+    label = pipe.get_label_ids(pipe.latent_classifier.config.class_names[0])[0]
 
     def run(seeds, batch, precision, steps=None):
         pipe.configure(mixed_precision=precision)

@@ -30,7 +30,7 @@ def best_of(fn, repeat: int = 5) -> float:
 
 
 def main() -> None:
-    from core.selection import acceptance_curve, apply_threshold
+    from core.evaluate.selection import acceptance_curve, apply_threshold
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[1000, 100_000])
     parser.add_argument("--backbone", default="resnet18")

@@ -32,12 +32,12 @@ def model_dir(models: Path, new: str, old: str) -> Path:
 def load_parts(models: Path):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
     from core.models.latent_classifier import LatentClassifier
-    from core.pipeline import GuidedLatentPipeline
+    from core.generate.pipeline import GuidedLatentPipeline
     parts = dict(vae=AutoencoderKL.from_pretrained(model_dir(models, "vae", "autoencoder")),
                  unet=UNet2DModel.from_pretrained(models / "unet"),
                  scheduler=DDPMScheduler.from_pretrained(models / "scheduler"),
-                 classifier=LatentClassifier.from_pretrained(model_dir(models, "classifier", "latent_classifier")))
-    for m in (parts["vae"], parts["unet"], parts["classifier"]):
+                 latent_classifier=LatentClassifier.from_pretrained(model_dir(models, "latent_classifier", "classifier")))
+    for m in (parts["vae"], parts["unet"], parts["latent_classifier"]):
         m.eval().requires_grad_(False)
     pipe = GuidedLatentPipeline(**parts).configure(mixed_precision="no", sampler="ddim")
     pipe.set_progress_bar_config(disable=True)
@@ -98,7 +98,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> 
 
 
 def load_test(root: Path, split: str = "test") -> tuple[torch.Tensor, list[str]]:
-    from core.images import load_rgb, to_tensor
+    from core.data.images import load_rgb, to_tensor
     df = pd.read_csv(root / "data" / "splits.csv")
     df = df[df.split == split]
     paths = [p if p.startswith("/") else str(root / p) for p in df.path]
@@ -121,7 +121,7 @@ def reconstruction(vae, x, names, pads, batch: int = 64) -> tuple[list[dict], li
 
 
 def samples(pipe, n: int, scale: float, steps: int) -> tuple[torch.Tensor, list[str]]:
-    names = list(pipe.classifier.config.class_names)
+    names = list(pipe.latent_classifier.config.class_names)
     ids = [k % len(names) for k in range(n)]
     z = pipe(class_ids=ids, seeds=list(range(n)), guidance_scale=scale, num_inference_steps=steps,
              output_type="latent").images
@@ -144,7 +144,7 @@ def sample_rows(vae, z, names, pads, scale) -> tuple[list[dict], torch.Tensor]:
 
 def grid(columns: list[torch.Tensor], path: Path, up: int = 4) -> None:
     """Rows = images, columns = variants, upscaled `up` x with nearest."""
-    from core.images import to_pil
+    from core.data.images import to_pil
     tiles = torch.stack(columns, 1)                                  # (N, V, 3, H, W)
     n, v, c, h, w = tiles.shape
     pad = F.pad(tiles, (1, 1, 1, 1), value=1.0)                     # white 1 px gutters

@@ -18,12 +18,12 @@ import pandas as pd
 
 from benchmarks.common import markdown_table
 from core.errors import UserError
-from core.config import load_config
-from core.presets import preset
-from core.latent_classifier import train_latent_classifier
-from core.pipeline import load_pipeline
-from core.sampling import generate
-from core.selection import score_synthetic
+from core.config.store import load_config
+from core.config.presets import preset
+from core.train.latent_classifier import train_latent_classifier
+from core.generate.pipeline import load_pipeline
+from core.generate.sampling import generate_images
+from core.evaluate.selection import score_synthetic
 from core.workspace import Workspace
 
 
@@ -37,10 +37,10 @@ def scratch_copy(ws: Workspace, into: Path) -> Workspace:
 
 
 def sweep(ws: Workspace, cfg, scales, num: int, threshold: float) -> pd.DataFrame:
-    classes = list(load_pipeline(ws, cfg).classifier.config.class_names)
+    classes = list(load_pipeline(ws, cfg.latent_classifier.config).latent_classifier.config.class_names)
     for s in scales:
         for label, name in enumerate(classes):
-            generate(ws, cfg, name, num, seed=cfg.sampling.seed + label * 1_000_000, guidance_scale=s)
+            generate_images(ws, cfg, name, num, seed=cfg.sampling.seed + label * 1_000_000, guidance_scale=s)
     scores = score_synthetic(ws, cfg)
     scores["accepted"] = scores["confidence"] >= threshold
     return (scores.groupby(["guidance_scale", "class"])
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     ws = Workspace(args.workspace)
     cfg = preset(args.preset) if args.preset else load_config(ws.root / "config.json")
     if not (ws.filter_classifier_dir / "config.json").exists():
-        raise UserError(f"no filter classifier in {ws.filter_classifier_dir} (python -m core classify)")
+        raise UserError(f"no filter classifier in {ws.filter_classifier_dir} (python -m core filter-classifier)")
     threshold = cfg.selection.threshold if args.threshold is None else args.threshold
     scales = [float(s) for s in args.scales.split(",")]
     with tempfile.TemporaryDirectory(dir=ws.root.parent) as tmp:
@@ -73,7 +73,7 @@ def main(argv=None) -> None:
         rows, curves = [], []
         for noise_aware in (True, False):
             variant = scratch_copy(ws, Path(tmp) / f"na-{noise_aware}")
-            vcfg = replace(cfg, classifier=replace(cfg.classifier, noise_aware=noise_aware))
+            vcfg = replace(cfg, latent_classifier=replace(cfg.latent_classifier, noise_aware=noise_aware))
             acc = train_latent_classifier(variant, vcfg)
             curves.append(acc[["t_min", "t_max", "accuracy"]].rename(
                 columns={"accuracy": "noise-aware acc" if noise_aware else "t=0-only acc"}))

@@ -24,10 +24,10 @@ from diffusers import DDIMScheduler
 
 from benchmarks.common import count_flops, device_name, markdown_table, matmul_peak, sync
 from core.models import build_autoencoder
-from core.presets import preset
+from core.config.presets import preset
 from core.models import build_classifier
 from core.models import build_scheduler, build_unet, prefers_channels_last
-from core.pipeline import GuidedLatentPipeline
+from core.generate.pipeline import GuidedLatentPipeline
 
 
 def reference_loop(unet, classifier, scheduler, ids, seeds, scale, steps, eta, batch=10, unet_graph=False):
@@ -105,9 +105,9 @@ def main(argv=None) -> None:
     cfg = preset(args.preset)
     if args.classifier_widths:
         widths = tuple(int(w) for w in args.classifier_widths.split(","))
-        cfg = replace(cfg, classifier=replace(cfg.classifier, block_out_channels=widths))
+        cfg = replace(cfg, latent_classifier=replace(cfg.latent_classifier, block_out_channels=widths))
     if args.classifier_pooling:
-        cfg = replace(cfg, classifier=replace(cfg.classifier, pooling=args.classifier_pooling))
+        cfg = replace(cfg, latent_classifier=replace(cfg.latent_classifier, pooling=args.classifier_pooling))
     batch = args.batch or cfg.sampling.batch_size
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     unet, clf = build_models(cfg, device)
@@ -117,12 +117,12 @@ def main(argv=None) -> None:
     print(f"device: {device_name(device)}; bf16 matmul 2048^3 peak (this run): {peak / 1e9:.0f} GFLOP/s")
     print(f"preset {args.preset}: latents {cfg.autoencoder.latent_channels}x{cfg.latent_size}^2, UNet "
           f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, classifier "
-          f"{tuple(cfg.classifier.block_out_channels)} {cfg.classifier.pooling}-pooled {sum(p.numel() for p in clf.parameters()) / 1e6:.2f}M "
+          f"{tuple(cfg.latent_classifier.block_out_channels)} {cfg.latent_classifier.pooling}-pooled {sum(p.numel() for p in clf.parameters()) / 1e6:.2f}M "
           f"params; {args.num} images x {args.steps} DDIM steps per arm, {args.rounds} interleaved rounds")
 
     layout = torch.channels_last if prefers_channels_last(device, "bf16") else torch.contiguous_format
     pipe = GuidedLatentPipeline(unet=unet.to(memory_format=layout), vae=vae,
-                                scheduler=build_scheduler(cfg.pretrain), classifier=clf)
+                                scheduler=build_scheduler(cfg.pretrain), latent_classifier=clf)
     pipe.set_progress_bar_config(disable=True)
 
     def ours(scale, compile=False, classifier_precision="no"):

@@ -4,7 +4,7 @@ Same UNet, same images, same batch. The reference does what diffusers' train_unc
 example does when pointed at latents: pixels through the VAE encoder every step, fp32, plain
 AdamW (its images are given from memory here, so its data loading is free — a conservative
 comparison). Ours: latents from the cache, flips/rotations on latents, bf16 autocast through
-Accelerate, the memory format core.pretrain picks, fused AdamW, EMA. Also reports the UNet
+Accelerate, the memory format core.train.pretrain picks, fused AdamW, EMA. Also reports the UNet
 step's achieved FLOP/s as a fraction of a bf16 matmul measured in the same run.
 
     python -m benchmarks.pretrain_step [--preset demo] [--steps 5] [--batch N]
@@ -26,10 +26,10 @@ from diffusers.optimization import get_scheduler  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
 
 from benchmarks.common import count_flops, device_name, markdown_table, matmul_peak, time_steps  # noqa: E402
-from core import pretrain as pt  # noqa: E402
+from core.train import pretrain as pt  # noqa: E402
 from core.models import build_autoencoder, encode
-from core.presets import preset  # noqa: E402
-from core.training import adamw, make_accelerator  # noqa: E402
+from core.config.presets import preset  # noqa: E402
+from core.train.trainer import adamw, make_accelerator  # noqa: E402
 
 
 def reference_step(cfg, vae, pixels, device):
@@ -68,7 +68,7 @@ class _Fp32View:
 
 
 def project_step(acc, cfg, latents, bf16: bool, channels_last: bool):
-    """The step `core.pretrain` runs (make_step_fn) in a given precision and memory format."""
+    """The step `core.train.pretrain` runs (make_step_fn) in a given precision and memory format."""
     pcfg = cfg.pretrain
     unet = pt.build_unet(pcfg, cfg.latent_size, cfg.autoencoder.latent_channels)
     if channels_last:

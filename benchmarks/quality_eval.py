@@ -20,21 +20,21 @@ BUNDLE = Path(__file__).resolve().parents[1] / "assets" / "demo_models"
 
 
 def run(ws, cfg, features) -> dict:
-    from core.quality import evaluate
+    from core.evaluate.quality import measure_quality
     embedded = []
 
     def progress(p: dict) -> None:
         if p["stage"] == "features":
             embedded.append(p["step"])
     t0 = time.perf_counter()
-    out = evaluate(ws, cfg, features=features, progress=progress)
+    out = measure_quality(ws, cfg, features=features, progress=progress)
     return {"images embedded": max(embedded, default=0), "evaluate s": time.perf_counter() - t0,
             "groups": len(out["rows"]), "synthetic images": sum(r["n"] for r in out["rows"] if r["set"] == "all")}
 
 
 def main() -> None:
-    from core.config import load_config
-    from core.demo_models import install_demo
+    from core.config.store import load_config
+    from core.protocol.demo_models import install_demo
     from core.workspace import Workspace
     parser = argparse.ArgumentParser()
     parser.add_argument("--workspace", type=Path, default=None, help="default: a fresh copy of the demo bundle")

@@ -9,7 +9,7 @@ forward, eager fallback included. The UNet row adds its achieved FLOP/s as a fra
 matmul peak measured in the same run. Random data in memory: loading and augmentation are the
 same work in both variants and left out.
 
-    python -m benchmarks.train_step [--preset demo] [--steps 3] [--only pretrain,classify]
+    python -m benchmarks.train_step [--preset demo] [--steps 3] [--only pretrain,downstream]
 """
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ from diffusers.training_utils import EMAModel  # noqa: E402
 
 from benchmarks.common import device_name, markdown_table, matmul_peak, time_steps  # noqa: E402
 from benchmarks.pretrain_step import unet_step_flops  # noqa: E402
-from core import pretrain as pt  # noqa: E402
+from core.train import pretrain as pt  # noqa: E402
 from core.models import build_autoencoder, build_backbone, build_classifier  # noqa: E402
-from core.presets import preset  # noqa: E402
-from core.training import Trainer, TrainSpec, adamw  # noqa: E402
+from core.config.presets import preset  # noqa: E402
+from core.train.trainer import Trainer, TrainSpec, adamw  # noqa: E402
 
 CLASSES = [f"c{i}" for i in range(8)]
 
@@ -41,7 +41,7 @@ def _trainer(section, compile_: bool) -> Trainer:
 
 
 def autoencoder_step(cfg, compile_: bool):
-    """core.autoencoder's step: encode -> seeded latent draw -> decode -> L1 + KL -> AdamW."""
+    """core.train.autoencoder's step: encode -> seeded latent draw -> decode -> L1 + KL -> AdamW."""
     a = cfg.autoencoder
     trainer = _trainer(a, compile_)
     acc, s = trainer.acc, cfg.data.image_size
@@ -71,7 +71,7 @@ def autoencoder_step(cfg, compile_: bool):
 
 
 def pretrain_step(cfg, compile_: bool):
-    """core.pretrain.make_step_fn itself (cached latents, EMA, fused AdamW, grad clipping)."""
+    """core.train.pretrain.make_step_fn itself (cached latents, EMA, fused AdamW, grad clipping)."""
     p = cfg.pretrain
     trainer = _trainer(p, compile_)
     acc, c, n = trainer.acc, cfg.autoencoder.latent_channels, cfg.latent_size
@@ -91,9 +91,9 @@ def pretrain_step(cfg, compile_: bool):
     return (lambda: fn(next(counter))), [forward], p.batch_size * p.grad_accum
 
 
-def classifier_step(cfg, compile_: bool):
-    """core.latent_classifier's step: noised latents at random t -> LatentClassifier -> CE -> AdamW."""
-    c = cfg.classifier
+def latent_classifier_step(cfg, compile_: bool):
+    """core.train.latent_classifier's step: noised latents at random t -> LatentClassifier -> CE -> AdamW."""
+    c = cfg.latent_classifier
     trainer = _trainer(c, compile_)
     acc, ch, n = trainer.acc, cfg.autoencoder.latent_channels, cfg.latent_size
     torch.manual_seed(0)
@@ -113,9 +113,9 @@ def classifier_step(cfg, compile_: bool):
     return step, [forward], c.batch_size
 
 
-def classify_step(cfg, compile_: bool):
-    """core.classify.train_classifier's step (the filter and every grid run): timm backbone -> CE."""
-    c = cfg.classify
+def downstream_step(cfg, compile_: bool):
+    """core.train.image_classifier.train_image_classifier's step (the filter and every grid run): timm backbone -> CE."""
+    c = cfg.downstream
     trainer = _trainer(c, compile_)
     acc = trainer.acc
     torch.manual_seed(0)
@@ -135,14 +135,14 @@ def classify_step(cfg, compile_: bool):
     return step, [forward], c.batch_size
 
 
-STEPS = {"autoencoder": autoencoder_step, "pretrain": pretrain_step, "classifier": classifier_step,
-         "classify": classify_step}
+STEPS = {"autoencoder": autoencoder_step, "pretrain": pretrain_step, "latent_classifier": latent_classifier_step,
+         "downstream": downstream_step}
 
 
 def run_length(cfg, name: str) -> int:
     """Optimizer steps of one run of this trainer at the preset (a grid run, for classify)."""
     return {"autoencoder": cfg.autoencoder.steps, "pretrain": cfg.pretrain.steps,
-            "classifier": cfg.classifier.steps, "classify": cfg.classify.steps}[name]
+            "latent_classifier": cfg.latent_classifier.steps, "downstream": cfg.downstream.steps}[name]
 
 
 def main(argv=None) -> None:

@@ -6,6 +6,6 @@ def __getattr__(name: str):
     # `from core import GuidedLatentPipeline` without making `import core` (every CLI, the app's
     # start) pay for torch and diffusers
     if name == "GuidedLatentPipeline":
-        from core.pipeline import GuidedLatentPipeline
+        from core.generate import GuidedLatentPipeline
         return GuidedLatentPipeline
     raise AttributeError(f"module 'core' has no attribute {name!r}")

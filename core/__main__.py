@@ -9,10 +9,10 @@ STAGES = {
     "data": "core.commands.data",
     "autoencoder": "core.commands.autoencoder",
     "pretrain": "core.commands.pretrain",
-    "classifier": "core.commands.classifier",
+    "latent-classifier": "core.commands.latent_classifier",
+    "filter-classifier": "core.commands.filter_classifier",
     "sample": "core.commands.sample",
-    "filter": "core.commands.filter",
-    "classify": "core.commands.classify",
+    "select": "core.commands.select",
     "run": "core.commands.run",
     "evaluate": "core.commands.evaluate",
     "tune-guidance": "core.commands.tune_guidance",
@@ -20,8 +20,15 @@ STAGES = {
 }
 
 
+# names before one term per concept (docs/architecture.md, glossary): still run, with one line
+RENAMED = {"classifier": "latent-classifier", "classify": "filter-classifier", "filter": "select"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in RENAMED:
+        print(f"`python -m core {argv[0]}` is now `python -m core {RENAMED[argv[0]]}`", file=sys.stderr)
+        argv[0] = RENAMED[argv[0]]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
         names = ", ".join(STAGES)
         print(f"usage: python -m core <stage> [options]\nstages: {names}", file=sys.stderr)

@@ -12,9 +12,9 @@ from typing import Callable, TextIO
 
 from tqdm import tqdm
 
-from core.config import LabConfig
-from core.presets import resolve
-from core.errors import ConfigError, UserError  # noqa: F401  (UserError: the name CLI code has always used)
+from core.config.lab_config import LabConfig
+from core.config.presets import config_for
+from core.errors import ConfigError, UserError
 from core.io import describe_write_error
 from core.workspace import Workspace
 
@@ -30,7 +30,7 @@ def add_common(parser: argparse.ArgumentParser, workspace_required: bool = True)
 
 def resolve_config(args: argparse.Namespace) -> LabConfig:
     """--preset given -> that preset; else the workspace's saved config.json; else demo. Then --set."""
-    return resolve(getattr(args, "workspace", None), args.preset, args.overrides)
+    return config_for(getattr(args, "workspace", None), args.preset, args.overrides)
 
 
 def workspace(args: argparse.Namespace) -> Workspace:

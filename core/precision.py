@@ -1,5 +1,5 @@
 """What a config precision ("no" | "bf16" | "fp16") runs as on a device, and autocast for loops
-outside an Accelerator (sampling, inference). Apart from core.training so that inference code
+outside an Accelerator (sampling, inference). Apart from core.train.trainer so that inference code
 reads it without the trainer scaffold."""
 from __future__ import annotations
 

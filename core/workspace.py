@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LAB_CONFIG = "lab_config.json"   # the LabConfig beside a model; diffusers owns config.json in model folders
-# Model folders before issue 13, and their names now: the root `models/` is a diffusers pipeline
-# folder, whose component folders must carry the names in its model_index.json.
-LEGACY_MODEL_DIRS = {"autoencoder": "vae", "latent_classifier": "classifier"}
+# Model folders of older layouts, and their names now: the root `models/` is a diffusers pipeline
+# folder, whose component folders must carry the names in its model_index.json (`classifier` was
+# the latent classifier's component name before one term per concept).
+LEGACY_MODEL_DIRS = {"autoencoder": "vae", "classifier": "latent_classifier"}
+# trainers' metrics and checkpoint names before one term per concept
+LEGACY_STAGE_NAMES = {"classifier": "latent_classifier", "classifier-finetune": "unet_finetune"}
 _CHECKED: set[Path] = set()      # roots whose layout this process has already migrated
 
 
@@ -27,10 +30,12 @@ class Workspace:
     root: Path
     scope: str = ""      # "" = the root holds this view's label budget; else budgets/<scope>/
 
-    def __init__(self, root: str | Path, scope: str = ""):
+    def __init__(self, root: str | Path, scope: str = "", migrate: bool = True):
+        """`migrate=False` reads a folder in a workspace's layout without renaming older folder
+        names in it (a bundle, someone else's models folder): opening must not write there."""
         object.__setattr__(self, "root", Path(root).expanduser().resolve())
         object.__setattr__(self, "scope", scope)
-        if self.root not in _CHECKED and self.root.is_dir():
+        if migrate and self.root not in _CHECKED and self.root.is_dir():
             migrate_layout(self.root)
             _CHECKED.add(self.root)
 
@@ -42,7 +47,7 @@ class Workspace:
     def label_root(self) -> Path:
         return self.root / "budgets" / self.scope if self.scope else self.root
 
-    # data built or indexed by core.data
+    # data built or indexed by core.data.tables
     @property
     def data_dir(self) -> Path: return self.root / "data"
     @property
@@ -70,7 +75,7 @@ class Workspace:
     @property
     def scheduler_dir(self) -> Path: return self.models_dir / "scheduler"
     @property
-    def latent_classifier_dir(self) -> Path: return self.label_root / "models" / "classifier"
+    def latent_classifier_dir(self) -> Path: return self.label_root / "models" / "latent_classifier"
     @property
     def finetuned_unet_dir(self) -> Path: return self.label_root / "models" / "unet_finetuned"
     @property
@@ -98,7 +103,7 @@ class Workspace:
     @property
     def stages_dir(self) -> Path: return self.label_root / "stages"       # STAGE.json markers (config hash)
 
-    def feature_cache(self, key: str) -> Path:   # core.features: image features by content hash
+    def feature_cache(self, key: str) -> Path:   # core.evaluate.features: image features by content hash
         return self.cache_dir / f"features-{key}.safetensors"
 
     @property
@@ -110,9 +115,9 @@ class Workspace:
     @property
     def selection_thresholds(self) -> Path: return self.synthetic_dir / "thresholds.csv"  # per class (calibration)
     @property
-    def quality_csv(self) -> Path: return self.results_dir / "quality.csv"          # core.quality
+    def quality_csv(self) -> Path: return self.results_dir / "quality.csv"          # core.evaluate.quality
     @property
-    def guidance_sweep_csv(self) -> Path: return self.results_dir / "guidance_sweep.csv"  # core.tune
+    def guidance_sweep_csv(self) -> Path: return self.results_dir / "guidance_sweep.csv"  # core.protocol.tune
     @property
     def quality_images_csv(self) -> Path: return self.results_dir / "quality_images.csv"  # nearest real per image
 
@@ -128,7 +133,7 @@ class Workspace:
     @property
     def split_protocol_file(self) -> Path: return self.data_dir / "split_protocol.json"
     @property
-    def demo_data_marker(self) -> Path: return self.data_dir / "demo.json"   # core.demo_data's build key
+    def demo_data_marker(self) -> Path: return self.data_dir / "demo.json"   # core.data.demo's build key
     @property
     def accepted_manifest(self) -> Path: return self.manifest_of(self.accepted_dir)
     @property
@@ -136,9 +141,9 @@ class Workspace:
     @property
     def runs_archive_csv(self) -> Path: return self.results_dir / "runs_other_configs.csv"
     @property
-    def summary_json(self) -> Path: return self.results_dir / "summary.json"  # core.summary.summarize
+    def summary_json(self) -> Path: return self.results_dir / "summary.json"  # core.evaluate.summary.summarize
     @property
-    def summary_md(self) -> Path: return self.results_dir / "summary.md"      # core.summary.markdown_table
+    def summary_md(self) -> Path: return self.results_dir / "summary.md"      # core.evaluate.summary.markdown_table
 
     def run_dir(self, key: str) -> Path: return self.runs_dir / key
     def run_predictions(self, key: str) -> Path: return self.run_dir(key) / "predictions.csv"
@@ -201,28 +206,32 @@ class Workspace:
 
 
 def migrate_layout(root: str | Path) -> list[Path]:
-    """Rename the model folders of a workspace made before issue 13 (models/autoencoder,
-    [budgets/NAME/]models/latent_classifier) to their pipeline component names, and the folder
-    paths the results tables recorded for each run; returns the renamed folders.
+    """Rename the model folders of older layouts ([budgets/NAME/]models/autoencoder, .../classifier)
+    to their pipeline component names, the trainers' metrics and checkpoints to their stage names,
+    and the folder paths the results tables recorded for each run; returns what was renamed.
 
     Each rename is one os.rename: a reader sees the old folder or the new one, never a half.
     The weights' file names do not change, so model hashes and stage markers stay valid."""
     root = Path(root)
     moved = []
-    for models in [root / "models", *sorted((root / "budgets").glob("*/models"))]:
-        for old, new in LEGACY_MODEL_DIRS.items():
-            src, dst = models / old, models / new
-            if not src.is_dir():
-                continue
-            if dst.exists():
-                warnings.warn(f"{src} and {dst} both exist; using {dst} and leaving {src} alone",
-                              RuntimeWarning, stacklevel=3)
-                continue
-            try:
-                os.rename(src, dst)
-                moved.append(dst)
-            except FileNotFoundError:    # another process opening the workspace renamed it first
-                pass
+    scopes = [root, *sorted((root / "budgets").glob("*"))]
+    pairs = [(scope / "models" / old, scope / "models" / new) for scope in scopes
+             for old, new in LEGACY_MODEL_DIRS.items()]
+    pairs += [(scope / folder / f"{old}{suffix}", scope / folder / f"{new}{suffix}") for scope in scopes
+              for old, new in LEGACY_STAGE_NAMES.items()
+              for folder, suffix in (("metrics", ".jsonl"), ("checkpoints", ""))]
+    for src, dst in pairs:
+        if not src.exists():
+            continue
+        if dst.exists():
+            warnings.warn(f"{src} and {dst} both exist; using {dst} and leaving {src} alone",
+                          RuntimeWarning, stacklevel=3)
+            continue
+        try:
+            os.rename(src, dst)
+            moved.append(dst)
+        except FileNotFoundError:    # another process opening the workspace renamed it first
+            pass
     for table in (root / "results").glob("runs*.csv"):   # also after a rename a crash cut short
         _rename_recorded_paths(table)
     return moved

@@ -42,7 +42,7 @@ def sheet(rows: list[tuple[str, list[Image.Image]]], heads: list[str], path: Pat
 
 def class_by_scale(ws, cfg, scales: list[float], seeds: list[int], path: Path) -> Path:
     from app.sampler import sample_images
-    from core.data import load_splits
+    from core.data.tables import load_splits
     _, classes = load_splits(ws)
     rows = []
     for name in classes:
@@ -58,8 +58,8 @@ def per_class(ws, cfg, n: int, path: Path) -> Path:
     """Per class: real train tiles, the first sampled images (any score), the first accepted ones;
     only images the workspace's config made (the folder may hold other scales or canvases)."""
     import pandas as pd
-    from core.data import load_splits
-    from core.stages import made_by_config
+    from core.data.tables import load_splits
+    from core.generate.sampling import made_by_config
     frame, classes = load_splits(ws)
     scores, kept = pd.read_csv(ws.synthetic_scores), pd.read_csv(ws.accepted_manifest)
     scores = scores[made_by_config(ws, cfg, scores)]
@@ -78,7 +78,7 @@ def per_class(ws, cfg, n: int, path: Path) -> Path:
 
 
 def main() -> None:
-    from core.presets import resolve
+    from core.config.presets import config_for
     from core.workspace import Workspace
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workspace", required=True)
@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=8)
     args = ap.parse_args()
     ws = Workspace(args.workspace)
-    cfg = resolve(ws)
+    cfg = config_for(ws)
     out = Path(args.out)
     print(class_by_scale(ws, cfg, args.scales, list(range(args.seeds)), out / "demo_class_by_scale.png"))
     print(per_class(ws, cfg, args.per_class, out / "demo_per_class.png"))

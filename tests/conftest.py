@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture
 def tiny_cfg():
-    from core.presets import preset
+    from core.config.presets import preset
     return preset("tiny")
 
 
@@ -23,9 +23,9 @@ def tiny_workspace(tmp_path_factory):
     data/splits.csv + classes.json (skin: 4 classes, train/val/test) and data/pools.csv (two
     unlabeled pools); its config.json is the tiny preset. Built once per session (~1.5 s).
     Shared by every test in the session: write models/results into it, never change data/."""
-    from core.config import save_config
-    from core.presets import preset
-    from core.demo_data import build_demo
+    from core.config.store import save_config
+    from core.config.presets import preset
+    from core.data.demo import build_demo
     from core.workspace import Workspace
     ws = Workspace(tmp_path_factory.mktemp("tiny_ws")).ensure()
     cfg = preset("tiny")

@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # glob such as "*.json" names no file and is left to the code that owns the folder
 FILE_NAME = re.compile(r"^\S*[\w}\-]\.(csv|json|jsonl|md)$")
 ALLOWED = {   # (module, literal): why it stays where it is
-    ("core/demo_data.py", "skin_annotations.json"):
+    ("core/data/demo.py", "skin_annotations.json"):
         "an asset shipped in assets/ and read from the repository, not a file of any workspace",
-    ("core/demo_models.py", "bundle.json"):
+    ("core/protocol/demo_models.py", "bundle.json"):
         "the demo bundle's own listing of its files, which no workspace holds",
 }
 

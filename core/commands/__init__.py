@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from core.budget import budget_name, budget_views
+from core.data.budget import budget_name, budget_views
 from core.cli import add_common, resolve_config, workspace
-from core.config import LabConfig
+from core.config.lab_config import LabConfig
 from core.errors import UserError
 from core.workspace import Workspace
 

@@ -1,9 +1,9 @@
-"""`python -m core autoencoder`: train the KL autoencoder (core.autoencoder) from the shell."""
+"""`python -m core autoencoder`: train the KL autoencoder (core.train.autoencoder) from the shell."""
 from __future__ import annotations
 
 import argparse
 
-from core.autoencoder import train_autoencoder
+from core.train.autoencoder import train_autoencoder
 from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 
 

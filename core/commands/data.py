@@ -5,7 +5,7 @@ import argparse
 import json
 
 from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
-from core.config import save_config
+from core.config.store import save_config
 
 MAX_LISTED = 50     # skipped files printed in the human report (all of them are in --json)
 
@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     add_common(p)
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p = sub.add_parser("download", help="fetch a public data set (resumable, md5-verified)")
-    from core.download import DATASETS
+    from core.data.download import DATASETS
     p.add_argument("name", choices=sorted(DATASETS))
     p.add_argument("--to", required=True, help="folder to download and extract into")
     p = sub.add_parser("prepare", help="index your labeled data (+ pools) into a workspace")
@@ -65,12 +65,12 @@ def _print_check(report: dict) -> None:
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
-        from core.data import check
+        from core.data.tables import check
         report = check(args.path)
         print(json.dumps(report, indent=2, default=str)) if args.json else _print_check(report)
         return 0
     if args.command == "download":
-        from core.download import download
+        from core.data.download import download
         with ProgressReporter() as progress:
             result = download(args.name, args.to, progress=progress)
         print(json.dumps(result, indent=2))
@@ -79,7 +79,7 @@ def cli(argv: list[str]) -> int:
     ws = workspace(args)
     save_config(cfg, ws.root)
     if args.command == "demo":
-        from core.demo_data import build_demo
+        from core.data.demo import build_demo
         with ProgressReporter() as progress:
             result = build_demo(ws, cfg, force=args.force, progress=progress)
         state = "up to date" if result["skipped"] else f"built in {result['seconds']} s"
@@ -87,8 +87,8 @@ def cli(argv: list[str]) -> int:
               f"at {cfg.data.mpp} um/px)")
         print(json.dumps({"counts": result["counts"], "pools": result["pools"]}, indent=2))
         return 0
-    from core.labeled import prepare_labeled
-    from core.pools import prepare_pools
+    from core.data.labeled import prepare_labeled
+    from core.data.pools import prepare_pools
     result = prepare_labeled(ws, cfg, args.labeled, args.test)
     for note in result["notes"]:
         print(f"note: {note}")

@@ -1,5 +1,5 @@
 """`python -m core evaluate`: fidelity, diversity and memorisation of a label budget's synthetic
-images (or any class-per-folder set) beside real-vs-real floors (core.quality)."""
+images (or any class-per-folder set) beside real-vs-real floors (core.evaluate.quality)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from core.cli import ProgressReporter, guarded
 from core.commands import budget_parser, parse_budget
-from core.quality import evaluate, format_table, json_report
+from core.evaluate.quality import measure_quality, format_table, json_report
 
 
 @guarded
@@ -21,7 +21,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args, cfg, ws = parse_budget(parser, argv)
     with ProgressReporter() as progress:
-        result = evaluate(ws, cfg, synthetic=args.synthetic, features=args.features, progress=progress)
+        result = measure_quality(ws, cfg, synthetic=args.synthetic, features=args.features, progress=progress)
     if args.json:
         print(json.dumps(json_report(result)))
     else:

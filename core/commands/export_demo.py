@@ -1,11 +1,11 @@
-"""`python -m core export-demo`: bundle a finished demo run (core.demo_models), or install one."""
+"""`python -m core export-demo`: bundle a finished demo run (core.protocol.demo_models), or install one."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from core.cli import add_common, guarded, workspace
-from core.demo_models import export_demo, install_demo
+from core.protocol.demo_models import export_demo, install_demo
 from core.errors import UserError
 
 

@@ -1,4 +1,4 @@
-"""`python -m core pretrain`: pre-train the latent diffusion UNet (core.pretrain) from the shell;
+"""`python -m core pretrain`: pre-train the latent diffusion UNet (core.train.pretrain) from the shell;
 under torchrun / accelerate launch every rank runs it and rank 0 reports."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import shutil
 
 from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
-from core.pretrain import STAGE, pretrain
+from core.train.pretrain import STAGE, pretrain
 
 
 @guarded

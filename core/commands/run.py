@@ -1,4 +1,4 @@
-"""`python -m core run`: every stage, top-up and the protocol grid (core.experiment), with a
+"""`python -m core run`: every stage, top-up and the protocol grid (core.protocol.experiment), with a
 progress bar (or sparse lines in a log) and the summary table at the end."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 from core.errors import UserError
-from core.experiment import run_all
-from core.summary import markdown_table
+from core.protocol.experiment import run_all
+from core.evaluate.summary import markdown_table
 
 
 @guarded

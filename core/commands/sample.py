@@ -1,4 +1,4 @@
-"""`python -m core sample`: class-guided sampling (core.sampling) into a label budget's synthetic
+"""`python -m core sample`: class-guided sampling (core.generate.sampling) into a label budget's synthetic
 set, or one class into any folder."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from core.cli import ProgressReporter, guarded
 from core.commands import budget_parser, parse_budget
-from core.sampling import generate, generate_dataset
+from core.generate.sampling import generate_images, generate_dataset
 
 
 @guarded
@@ -18,7 +18,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--guidance-scale", type=float, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eta", type=float, default=None)
-    parser.add_argument("--scheduler", choices=("ddim", "ddpm"), default=None)
+    parser.add_argument("--sampler", "--scheduler", dest="sampler", choices=("ddim", "ddpm"), default=None,
+                        help="default: sampling.sampler")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--num", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None,
@@ -35,8 +36,8 @@ def cli(argv: list[str]) -> int:
         print(f"{len(frame)} images in {ws.synthetic_dir}")
         return 0
     with ProgressReporter() as progress:
-        rows = generate(ws, cfg, args.class_name, args.num or cfg.sampling.num_per_class,
+        rows = generate_images(ws, cfg, args.class_name, args.num or cfg.sampling.num_per_class,
                         cfg.sampling.seed if args.seed is None else args.seed, args.guidance_scale, args.steps,
-                        args.eta, args.out, progress=progress, scheduler=args.scheduler)
+                        args.eta, args.out, progress=progress, sampler=args.sampler)
     print(f"{len(rows)} images of {args.class_name} in {args.out or ws.synthetic_dir}")
     return 0

@@ -1,13 +1,13 @@
 """`python -m core tune-guidance`: sweep guidance scales per class and write each class's pick
-into the workspace config (core.tune)."""
+into the workspace config (core.protocol.tune)."""
 from __future__ import annotations
 
 import argparse
 
 from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
-from core.config import load_config
+from core.config.store import load_config
 from core.errors import UserError
-from core.tune import COPY_CEILING, GRID, NUM, tune_guidance
+from core.protocol.tune import COPY_CEILING, GRID, NUM, tune_guidance
 
 
 @guarded

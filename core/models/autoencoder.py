@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from core.config import AutoencoderConfig
+from core.config.lab_config import AutoencoderConfig
 
 # Private config key ("_" keys survive diffusers' save/load without an "unexpected" warning):
 # [encode, decode] latent pixels of overlap-tile padding (AutoencoderConfig.encode_padding).

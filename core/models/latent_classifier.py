@@ -15,7 +15,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block
 from torch import nn
 
-from core.config import LabConfig
+from core.config.lab_config import LabConfig
 
 
 class LatentClassifier(ModelMixin, ConfigMixin):
@@ -69,7 +69,7 @@ class LatentClassifier(ModelMixin, ConfigMixin):
 
 def build_classifier(cfg: LabConfig, class_names: list[str], latent_channels: int, num_train_timesteps: int
                      ) -> LatentClassifier:
-    c = cfg.classifier
+    c = cfg.latent_classifier
     return LatentClassifier(sample_size=cfg.latent_size, in_channels=latent_channels,
                             class_names=tuple(class_names), block_out_channels=tuple(c.block_out_channels),
                             layers_per_block=c.layers_per_block,

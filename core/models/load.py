@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
-from core.config import LabConfig
+from core.config.lab_config import LabConfig
 from core.errors import UserError
 from core.models.backbone import build_backbone
 from core.models.latent_classifier import LatentClassifier
@@ -20,13 +20,13 @@ PARTS = {
     "vae": ("autoencoder", Workspace.config_of, "python -m core autoencoder"),
     "unet": ("diffusion UNet", Workspace.config_of, "python -m core pretrain"),
     "scheduler": ("scheduler", Workspace.scheduler_config_of, "python -m core pretrain"),
-    "classifier": ("latent classifier", Workspace.config_of, "python -m core classifier"),
+    "latent_classifier": ("latent classifier", Workspace.config_of, "python -m core latent-classifier"),
 }
 
 
 def sampling_unet_dir(ws: Workspace, cfg: LabConfig) -> Path:
     """The fine-tuned UNet when classifier.finetune_unet is on and it exists, else the pre-trained one."""
-    if cfg.classifier.finetune_unet and Workspace.config_of(ws.finetuned_unet_dir).exists():
+    if cfg.latent_classifier.finetune_unet and Workspace.config_of(ws.finetuned_unet_dir).exists():
         return ws.finetuned_unet_dir
     return ws.unet_dir
 
@@ -34,7 +34,7 @@ def sampling_unet_dir(ws: Workspace, cfg: LabConfig) -> Path:
 def model_folders(ws: Workspace, cfg: LabConfig | None = None) -> dict[str, Path]:
     """Each pipeline component's folder for this budget view (the UNet sampling uses, with `cfg`)."""
     return {"vae": ws.autoencoder_dir, "unet": ws.unet_dir if cfg is None else sampling_unet_dir(ws, cfg),
-            "scheduler": ws.scheduler_dir, "classifier": ws.latent_classifier_dir}
+            "scheduler": ws.scheduler_dir, "latent_classifier": ws.latent_classifier_dir}
 
 
 def missing_models(ws: Workspace, cfg: LabConfig | None = None, parts=tuple(PARTS)) -> list[str]:
@@ -66,7 +66,7 @@ def load_scheduler(ws: Workspace) -> DDPMScheduler:
 
 
 def load_latent_classifier(ws: Workspace) -> LatentClassifier:
-    return LatentClassifier.from_pretrained(check_models(ws, parts=("classifier",))["classifier"]).eval()
+    return LatentClassifier.from_pretrained(check_models(ws, parts=("latent_classifier",))["latent_classifier"]).eval()
 
 
 def load_filter_classifier(ws: Workspace) -> tuple[torch.nn.Module, dict, torch.Tensor]:
@@ -77,7 +77,7 @@ def load_filter_classifier(ws: Workspace) -> tuple[torch.nn.Module, dict, torch.
     for path in (config, weights, centroids):
         if not path.exists():
             raise UserError(f"filter classifier missing {path} "
-                            "(run `python -m core classify --workspace ...` first)")
+                            "(run `python -m core filter-classifier --workspace ...` first)")
     info = json.loads(config.read_text())
     model = build_backbone(info["backbone"], len(info["classes"]))
     model.load_state_dict(load_file(str(weights)))

@@ -6,7 +6,7 @@ import math
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from core.config import PretrainConfig
+from core.config.lab_config import PretrainConfig
 
 
 def build_unet(cfg: PretrainConfig, latent_size: int, latent_channels: int) -> UNet2DModel:

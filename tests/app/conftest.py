@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.config import save_config
-from core.presets import preset
+from core.config.store import save_config
+from core.config.presets import preset
 
 
 def lay_tiny_models(ws, cfg, classes):
@@ -39,8 +39,8 @@ def write_scores(ws, seed: int = 0) -> pd.DataFrame:
 
 
 def write_runs(ws, cfg, classes) -> pd.DataFrame:
-    """runs.csv with the columns core.experiment writes, and the summary core writes from it."""
-    from core.experiment import write_summary
+    """runs.csv with the columns core.protocol.experiment writes, and the summary core writes from it."""
+    from core.protocol.experiment import write_summary
     rows = []
     for seed in (0, 1):
         for arm, ratio, acc in (("baseline", 0.0, 0.6), ("augmented", 1.0, 0.7)):
@@ -68,9 +68,9 @@ def lab_cfg():
 
 @pytest.fixture(scope="session")
 def lab_workspace(tmp_path_factory, lab_cfg):
-    from core.data import load_splits
-    from core.demo_data import build_demo
-    from core.sampling import generate
+    from core.data.tables import load_splits
+    from core.data.demo import build_demo
+    from core.generate.sampling import generate_images
     from core.workspace import Workspace
     ws = Workspace(tmp_path_factory.mktemp("lab_ws")).ensure()
     build_demo(ws, lab_cfg)
@@ -78,7 +78,7 @@ def lab_workspace(tmp_path_factory, lab_cfg):
     classes = load_splits(ws)[1]
     lay_tiny_models(ws, lab_cfg, classes)
     for i, name in enumerate(classes):
-        generate(ws, lab_cfg, name, num=3, seed=100 * i, guidance_scale=1.0, steps=2)
+        generate_images(ws, lab_cfg, name, num=3, seed=100 * i, guidance_scale=1.0, steps=2)
     write_scores(ws)
     write_runs(ws, lab_cfg, classes)
     return ws

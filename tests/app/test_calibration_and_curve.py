@@ -28,9 +28,9 @@ def _scored_workspace(tmp_path, overrides=("selection.calibration=validation",))
 
 
 def _write_thresholds(ctx: AppContext, filter_hash: str = "h1") -> None:
-    """synthetic/thresholds.csv as core.selection.calibrate writes it: class a from 10 validation
+    """synthetic/thresholds.csv as core.evaluate.selection.calibrate writes it: class a from 10 validation
     images (its quantile 0.6), class b from 3 (too few: the global threshold)."""
-    from core.selection import THRESHOLD_COLUMNS, thresholds_at
+    from core.evaluate.selection import THRESHOLD_COLUMNS, thresholds_at
     raw = pd.DataFrame({"class": ["a", "b"], "val_quantile": [0.6, 0.7], "n_val_images": [10, 3],
                         "quantile": ctx.config.selection.calibration_quantile, "filter_hash": filter_hash})
     thresholds_at(raw, ctx.config.selection.threshold)[THRESHOLD_COLUMNS] \
@@ -59,7 +59,7 @@ def test_selection_tab_applies_and_shows_each_classs_calibrated_threshold(tmp_pa
     assert _lines(hist) == {"a": 0.6, "b": 0.9}                   # each class's own line
     assert _lines(curve) == {"a": 0.6, "b": 0.9, "all": 0.9}
 
-    # the slider is the cap of every class's threshold (core.selection.thresholds_at)
+    # the slider is the cap of every class's threshold (core.evaluate.selection.thresholds_at)
     summary, counts, _, hist, _ = tab_selection.refilter(ctx, 0.5, "threshold", 0)
     assert counts.set_index("class").loc[["a", "b"], "threshold"].tolist() == [0.5, 0.5]
     assert "at most the slider's 0.50" in summary

@@ -12,7 +12,7 @@ from PIL import Image
 from app import tab_results, tab_sampling, tab_selection
 from app.previews import LABEL_H, LABEL_W
 from app.tab_sampling import Request
-from core.cli import UserError
+from core.errors import UserError
 from core.io import read_png_params
 
 
@@ -175,12 +175,12 @@ def test_results_tab_shows_the_summary_core_wrote(lab_ctx, tmp_path):
 
 
 def test_one_click_experiment_starts_and_stops(tmp_path):
-    """The results tab's button runs core.experiment.run_all in the shared slot; Stop ends it."""
+    """The results tab's button runs core.protocol.experiment.run_all in the shared slot; Stop ends it."""
     import time
 
     from app.context import AppContext, stop_job
-    from core.config import save_config
-    from core.demo_data import build_demo
+    from core.config.store import save_config
+    from core.data.demo import build_demo
     ctx = AppContext.create(tmp_path / "ws", preset_name="tiny")
     build_demo(ctx.workspace, ctx.config)
     save_config(ctx.config, ctx.workspace.root)

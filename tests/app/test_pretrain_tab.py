@@ -8,15 +8,15 @@ import pytest
 
 from app import tab_pretrain
 from app.context import AppContext
-from core.cli import UserError
+from core.errors import UserError
 
 
 @pytest.fixture
 def pretrain_ctx(tmp_path, lab_cfg):
     import torch
     from core.models import build_autoencoder
-    from core.config import save_config
-    from core.demo_data import build_demo
+    from core.config.store import save_config
+    from core.data.demo import build_demo
     ctx = AppContext.create(tmp_path / "ws", preset_name="tiny")
     build_demo(ctx.workspace, ctx.config)
     save_config(ctx.config, ctx.workspace.root)

@@ -1,5 +1,5 @@
 """Tab 2's quality-vs-scale chart and tab 3's nearest-neighbour panel, on result tables written here
-(core.quality and core.tune have their own tests)."""
+(core.evaluate.quality and core.protocol.tune have their own tests)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -72,7 +72,7 @@ def test_evaluate_button_runs_a_stoppable_job(tmp_path, monkeypatch):
         progress({"stage": "features", "step": 1, "total": 2})
         seen["stop"] = stop.wait(5)                      # the Stop button sets this event
         return {"stopped": True}
-    monkeypatch.setattr("core.quality.evaluate", fake_evaluate)
+    monkeypatch.setattr("core.evaluate.quality.measure_quality", fake_evaluate)
     assert "evaluation started" in quality_panel.start_evaluate(ctx)
     assert "stop requested" in quality_panel.stop_job(ctx, (quality_panel.EVAL_JOB,))
     ctx.runner.wait(5)

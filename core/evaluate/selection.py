@@ -1,0 +1,341 @@
+"""Selective filtering of synthetic images: score once with the filter classifier, re-filter free.
+
+`score_synthetic` is the only costly step (one forward pass per image) and stores everything a
+rule needs in synthetic/scores.csv; `apply_threshold` and `acceptance_curve` then work on that
+table alone (vectorised pandas / numpy), so the UI can move a slider without recomputing.
+With `selection.calibration = "validation"` each class gets its own threshold (`calibrate`), set
+from the filter classifier's confidence on the budget's real validation images and stored in
+synthetic/thresholds.csv beside the scores.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from core.errors import UserError
+from core.config.lab_config import LabConfig
+from core.generate.sampling import made_by_config
+from core.io import atomic_dir, atomic_write_text, folder_hash, read_png_params, save_png
+from core.workspace import Workspace
+
+STRATEGIES = ("threshold", "centroid")
+SCORE_COLUMNS = ["confidence", "predicted", "predicted_class", "nearest_class", "nearest_distance",
+                 "centroid_distance", "error"]
+EXPORT_COLUMNS = ["file", "class", "label", "seed", "guidance_scale", "steps", "scheduler", "eta",
+                  "unet_hash", "vae_hash", "classifier_hash", "filter_hash", "confidence",
+                  "centroid_distance", "nearest_class", "kept"]
+MIN_VAL_IMAGES = 5      # fewer real validation images of a class: its quantile is noise, the global threshold stays
+FLOOR = 0.5             # p(target) >= 0.5 is the lowest bar at which the target is still the argmax
+THRESHOLD_COLUMNS = ["class", "threshold", "rule", "n_val_images", "val_quantile", "quantile",
+                     "global_threshold", "filter_hash"]
+
+
+def synthetic_path(ws: Workspace, file: str) -> Path:
+    """Manifest `file` entries are relative to synthetic/ (absolute paths are accepted too)."""
+    p = Path(str(file))
+    return p if p.is_absolute() else ws.synthetic_dir / p
+
+
+def load_manifest(ws: Workspace) -> pd.DataFrame:
+    path = ws.synthetic_manifest
+    if not path.exists():
+        raise UserError(f"no synthetic set: {path} is missing (run `python -m core sample` first)")
+    manifest = pd.read_csv(path, dtype={"class": str})
+    missing = {"file", "class"} - set(manifest.columns)
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    return manifest
+
+
+def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
+                    batch_size: int = 64, reuse: bool = False) -> pd.DataFrame:
+    """Score every manifest image: p(target), predicted class, nearest centroid + distances.
+
+    Unreadable images get NaN scores and an `error` reason (never kept); the table is written
+    to synthetic/scores.csv atomically once all rows are scored. `reuse` keeps the stored scores
+    of images already scored by the same filter classifier and scores only the new ones.
+    """
+    from core.models import load_filter_classifier
+    manifest = load_manifest(ws)
+    kept = None
+    if reuse and ws.synthetic_scores.exists():
+        # as text: the kept rows are written back byte for byte, so stage hashes over them hold
+        old = pd.read_csv(ws.synthetic_scores, dtype=str, keep_default_na=False)
+        same = old["filter_hash"] == folder_hash(ws.filter_classifier_dir)
+        kept = old[same & old["file"].isin(manifest["file"])].drop_duplicates("file", keep="last")
+        manifest = manifest[~manifest["file"].isin(kept["file"])].reset_index(drop=True)
+    model, info, centroids = load_filter_classifier(ws)
+    scores = _score(ws, manifest, model, info, centroids, progress, stop, batch_size)
+    if scores.attrs.get("stopped"):
+        return scores
+    text = scores.to_csv(index=False)
+    if kept is not None:
+        new = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        text = pd.concat([kept, new], ignore_index=True).fillna("").to_csv(index=False)
+    atomic_write_text(ws.synthetic_scores, text)
+    if cfg.selection.calibration != "none":
+        calibrate(ws, cfg)      # the per-class thresholds beside the scores, where the app reads them
+    return load_scores(ws) if kept is not None else scores
+
+
+def _score(ws: Workspace, manifest: pd.DataFrame, model, info: dict, centroids, progress, stop,
+           batch_size: int) -> pd.DataFrame:
+    from core.evaluate.inference import load_images, predict
+    classes = info["classes"]
+    unknown = sorted(set(manifest["class"].astype(str)) - set(classes))
+    if unknown:
+        raise UserError(f"synthetic/manifest.csv: class(es) {unknown} unknown to the filter "
+                        f"classifier (trained on {classes}); retrain it on the same data")
+    target = manifest["class"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+    n = len(manifest)
+    conf = np.full(n, np.nan)
+    pred = np.full(n, -1)
+    near = np.full(n, -1)
+    near_d, target_d = np.full(n, np.nan), np.full(n, np.nan)
+    errors = np.full(n, "", dtype=object)
+    paths = [synthetic_path(ws, f) for f in manifest["file"]]
+    for start in range(0, n, batch_size):
+        if stop is not None and stop.is_set():
+            partial = manifest.iloc[:0].copy()
+            partial.attrs["stopped"] = True
+            return partial
+        rows = np.arange(start, min(start + batch_size, n))
+        batch_paths = [str(paths[i]) for i in rows]
+        images, keep, skipped = load_images(batch_paths, info["image_size"])
+        for i, p in zip(rows, batch_paths):
+            errors[i] = skipped.get(p, "")
+        if len(keep):
+            probs, feats = predict(model, images)
+            idx = rows[keep]
+            conf[idx] = probs[torch.arange(len(idx)), torch.as_tensor(target[idx])].numpy()
+            pred[idx] = probs.argmax(1).numpy()
+            # cosine distance to each class centroid (features and centroids L2-normalised)
+            dist = 1.0 - F.normalize(feats, dim=1) @ centroids.T
+            near[idx] = dist.argmin(1).numpy()
+            near_d[idx] = dist.min(1).values.numpy()
+            target_d[idx] = dist[torch.arange(len(idx)), torch.as_tensor(target[idx])].numpy()
+        if progress is not None:
+            progress({"stage": "scoring", "step": int(rows[-1]) + 1, "total": n})
+    name = np.array(classes + [""], dtype=object)
+    scores = manifest.assign(label=target, confidence=conf, predicted=pred, predicted_class=name[pred],
+                             nearest_class=name[near], nearest_distance=near_d,
+                             centroid_distance=target_d, error=errors,
+                             filter_hash=folder_hash(ws.filter_classifier_dir))
+    return scores
+
+
+def load_scores(ws: Workspace) -> pd.DataFrame:
+    path = ws.synthetic_scores
+    if not path.exists():
+        raise UserError(f"no scores: {path} is missing (run `python -m core select` or the run command)")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""],
+                       dtype={"class": str, "nearest_class": str, "predicted_class": str, "error": str})
+
+
+def apply_threshold(scores: pd.DataFrame, threshold: float, strategy: str = "threshold",
+                    quota_per_class: int = 0, per_class: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """Copy of `scores` with a boolean `kept`, the within-class `rank` used by the quota and the
+    `threshold` each row was held to (NaN under the centroid rule).
+
+    threshold: keep p(target) >= threshold, most confident first; `per_class` {class: threshold}
+               (from `calibrate`) overrides it for the classes it names.
+    centroid:  the paper's rule, keep when the nearest class centroid is the target class,
+               nearest first (the threshold is not used).
+    quota_per_class > 0 keeps at most that many per class, best-ranked first.
+    """
+    if strategy not in STRATEGIES:
+        raise UserError(f"selection.strategy must be one of {STRATEGIES}, got {strategy!r}")
+    for name, t in {"": threshold, **(per_class or {})}.items():
+        if not 0 <= t <= 1:
+            where = f" (class {name})" if name else ""
+            raise UserError(f"selection.threshold{where} must be in [0, 1], got {t}")
+    if quota_per_class < 0:
+        raise UserError(f"selection.quota_per_class must be >= 0, got {quota_per_class}")
+    out = scores.copy()
+    conf = out["confidence"].to_numpy(dtype=np.float64)
+    if strategy == "threshold":
+        bar = out["class"].astype(str).map(dict(per_class or {})).fillna(threshold).to_numpy(np.float64)
+        ok = conf >= bar                             # NaN (unreadable) compares False
+        key = -conf
+        out["threshold"] = bar
+    else:
+        ok = (out["nearest_class"].astype(str) == out["class"].astype(str)).to_numpy() \
+            & np.isfinite(out["centroid_distance"].to_numpy(dtype=np.float64))
+        key = out["centroid_distance"].to_numpy(dtype=np.float64)
+        out["threshold"] = np.nan
+    rank = pd.Series(np.where(ok, key, np.inf), index=out.index) \
+        .groupby(out["class"].to_numpy()).rank(method="first").to_numpy()
+    out["rank"] = np.where(ok, rank, np.nan)
+    out["kept"] = ok & ((quota_per_class == 0) | (rank <= quota_per_class))
+    return out
+
+
+def acceptance_curve(scores: pd.DataFrame, thresholds) -> pd.DataFrame:
+    """Accepted count and rate per class (and "all") at each threshold: tidy, one row each."""
+    t = np.asarray(list(thresholds), dtype=np.float64)
+    conf = scores["confidence"].to_numpy(dtype=np.float64)
+    hits = conf[None, :] >= t[:, None]                               # (T, N)
+    cls = scores["class"].astype(str).to_numpy()
+    frames = []
+    for name in list(pd.unique(cls)) + ["all"]:
+        mask = np.ones_like(cls, dtype=bool) if name == "all" else cls == name
+        accepted = hits[:, mask].sum(1)
+        total = int(mask.sum())
+        frames.append(pd.DataFrame({"threshold": t, "class": name, "accepted": accepted,
+                                    "total": total, "rate": accepted / max(total, 1)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def export_accepted(ws: Workspace, kept_df: pd.DataFrame, out_dir: str | Path | None = None) -> Path:
+    """Write the kept images as an ImageFolder (CLASS/*.png) + manifest.csv, atomically.
+
+    Each PNG is re-saved (lossless) with its generation parameters plus its filter scores in the
+    "parameters" text chunk, so a copied file still says where it came from and why it was kept.
+    """
+    out_dir = Path(out_dir) if out_dir is not None else ws.accepted_dir
+    rows = kept_df[kept_df["kept"].astype(bool)] if "kept" in kept_df.columns else kept_df.assign(kept=True)
+    records, skipped = [], []
+    with atomic_dir(out_dir) as tmp:
+        for row in rows.to_dict("records"):
+            src = synthetic_path(ws, row["file"])
+            rel = Path(str(row["class"])) / src.name
+            try:
+                params = read_png_params(src)
+                with Image.open(src) as im:
+                    image = im.convert("RGB")
+            except (OSError, ValueError) as e:     # damaged since scoring: skip it, list it
+                skipped.append({"file": row["file"], "reason": f"{type(e).__name__}: {e}"})
+                continue
+            params.update({k: _plain(row.get(k)) for k in
+                           ("confidence", "centroid_distance", "nearest_class", "filter_hash")})
+            save_png(image, tmp / rel, params)
+            record = {c: _plain(row.get(c)) for c in EXPORT_COLUMNS}
+            record.update(file=rel.as_posix(), kept=True)
+            records.append(record)
+        pd.DataFrame(records, columns=EXPORT_COLUMNS).to_csv(Workspace.manifest_of(tmp), index=False)
+        if skipped:
+            pd.DataFrame(skipped).to_csv(Workspace.skipped_of(tmp), index=False)
+    return out_dir
+
+
+def _plain(value):
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+def select(ws: Workspace, cfg: LabConfig, threshold: float | None = None, strategy: str | None = None,
+           quota: int | None = None) -> pd.DataFrame:
+    """Stored scores filtered with the config's (or the given) rule; calibrated per class when
+    `selection.calibration` says so, with the given threshold as the global bar."""
+    sel = cfg.selection
+    threshold = sel.threshold if threshold is None else threshold
+    strategy = strategy or sel.strategy
+    per_class = class_thresholds(ws, cfg, threshold) if strategy == "threshold" else None
+    return apply_threshold(load_scores(ws), threshold, strategy,
+                           sel.quota_per_class if quota is None else quota, per_class)
+
+
+# --- per-class thresholds calibrated on validation ------------------------------------------------
+
+def val_confidences(ws: Workspace, cfg: LabConfig) -> tuple[pd.DataFrame, list[str]]:
+    """The filter classifier's scores of the budget's real VALIDATION images (their labels come
+    only from core.data.budget: the val part of this budget, never a test image), in the same pass as
+    the synthetic images; kept in synthetic/val_scores.csv while classifier and images stay."""
+    from core.data.budget import budget_labels
+    from core.models import load_filter_classifier
+    labels, classes = budget_labels(ws, cfg)
+    val = labels[labels["split"] == "val"]
+    images = pd.DataFrame({"file": val["path"].astype(str).to_numpy(),
+                           "class": val["class_name"].astype(str).to_numpy()})
+    made_by = folder_hash(ws.filter_classifier_dir)
+    if ws.val_scores.exists():
+        old = pd.read_csv(ws.val_scores, keep_default_na=False, na_values=[""],
+                          dtype={"file": str, "class": str, "error": str})
+        if (old["filter_hash"].astype(str) == made_by).all() and \
+                sorted(zip(old["file"], old["class"])) == sorted(zip(images["file"], images["class"])):
+            return old, classes
+    model, info, centroids = load_filter_classifier(ws)
+    scored = _score(ws, images, model, info, centroids, None, None, 64)
+    atomic_write_text(ws.val_scores, scored.to_csv(index=False))
+    return scored, classes
+
+
+def thresholds_at(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """The calibration table's per-class thresholds with `threshold` as the global bar (the app's
+    slider moves it; no classifier pass): threshold_c = min(threshold, max(FLOOR, val quantile_c)).
+
+    Why this rule: the q-quantile of the class's real validation confidences is the bar that
+    (1 - q) of real images of the class clear, so a synthetic image is held to "as typical as most
+    real images of its class" — the filter is less sure of some classes (dermis in the demo) even
+    on real tissue, and one global bar then rejects that class almost whole. Capped at the global
+    threshold: calibration only lowers a bar the class's real images cannot reach, never makes an
+    easy class stricter than the user asked. Floored at 0.5, so an accepted image is still
+    predicted as its target. Fewer than MIN_VAL_IMAGES real validation images: the global bar."""
+    out = table.copy()
+    q, n = out["val_quantile"].astype(float), out["n_val_images"].astype(int)
+    enough = (n >= MIN_VAL_IMAGES) & q.notna()
+    bar = np.where(enough, np.minimum(threshold, np.maximum(FLOOR, q.fillna(0))), threshold)
+    level = out["quantile"].astype(float)
+    rules = []
+    for ok, t, v, k, lv in zip(enough, bar, q, n, level):
+        seen = f"q{lv:g} of {k} val images = {v:.3f}"
+        if not ok:
+            rules.append(f"global (fallback: {k} val image{'s' * (k != 1)}, fewer than {MIN_VAL_IMAGES})")
+        elif t >= threshold:
+            why = "is not below it" if v >= threshold else f"is below it, but so is the floor {FLOOR:g}"
+            rules.append(f"global ({seen} {why})")
+        elif v < FLOOR:
+            rules.append(f"floor {FLOOR:g} ({seen})")
+        else:
+            rules.append(seen)
+    return out.assign(threshold=bar.astype(float), rule=rules, global_threshold=float(threshold))
+
+
+def calibrate(ws: Workspace, cfg: LabConfig) -> pd.DataFrame:
+    """Per-class thresholds (THRESHOLD_COLUMNS) from the real validation images, written to
+    synthetic/thresholds.csv (only when they changed) for the experiment and the app to read."""
+    sel = cfg.selection
+    val, classes = val_confidences(ws, cfg)
+    conf = val["confidence"].to_numpy(np.float64)
+    rows = []
+    for name in classes:
+        mine = conf[(val["class"].astype(str) == name).to_numpy() & np.isfinite(conf)]
+        rows.append({"class": name, "n_val_images": len(mine), "quantile": sel.calibration_quantile,
+                     "val_quantile": float(np.quantile(mine, sel.calibration_quantile)) if len(mine) else np.nan,
+                     "filter_hash": folder_hash(ws.filter_classifier_dir)})
+    table = thresholds_at(pd.DataFrame(rows), sel.threshold)[THRESHOLD_COLUMNS]
+    text = table.to_csv(index=False)
+    if not ws.selection_thresholds.exists() or ws.selection_thresholds.read_text(encoding="utf-8") != text:
+        atomic_write_text(ws.selection_thresholds, text)
+    return table
+
+
+def load_thresholds(ws: Workspace) -> pd.DataFrame:
+    """synthetic/thresholds.csv as `calibrate` wrote it; empty when it has not run."""
+    if not ws.selection_thresholds.exists():
+        return pd.DataFrame(columns=THRESHOLD_COLUMNS)
+    return pd.read_csv(ws.selection_thresholds, dtype={"class": str, "rule": str})
+
+
+def class_thresholds(ws: Workspace, cfg: LabConfig, threshold: float | None = None) -> dict[str, float] | None:
+    """{class: threshold} under the config's calibration (None when it is "none")."""
+    if cfg.selection.calibration == "none":
+        return None
+    table = thresholds_at(calibrate(ws, cfg), cfg.selection.threshold if threshold is None else threshold)
+    return dict(zip(table["class"].astype(str), table["threshold"].astype(float)))
+
+
+def current_selection(ws: Workspace, cfg: LabConfig) -> pd.DataFrame:
+    """Stored scores with the config's rule applied, restricted to the images this config made:
+    the manifest also keeps images from other guidance scales / models (the UI adds to it), and
+    mixing those in would make the experiment measure something its config does not say."""
+    kept = select(ws, cfg)
+    return kept[made_by_config(ws, cfg, kept)]

@@ -1,0 +1,164 @@
+"""Synthetic data sets from the guided pipeline, streamed to disk: `generate` (one class,
+resumable, split over processes), `generate_dataset` (every class) and their manifest. The
+pipeline itself is `core.generate.pipeline.GuidedLatentPipeline`, loaded by `core.generate.pipeline.load_pipeline`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from core.errors import UserError
+from core.config.lab_config import LabConfig
+from core.config.store import save_config
+from core.generate.guidance import check_scale
+from core.io import folder_hash, save_png
+from core.models.load import sampling_unet_dir
+from core.generate.pipeline import interrupt_when, load_pipeline
+from core.workspace import Workspace
+
+STAGE = "sample"
+SEED_STRIDE = 1_000_000   # dataset seeds: seed + label * stride + k, so classes never share initial noise
+MANIFEST_COLUMNS = ["file", "class", "label", "seed", "guidance_scale", "steps", "scheduler", "eta",
+                    "unet_hash", "vae_hash", "classifier_hash"]
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame(columns=MANIFEST_COLUMNS)
+    frame = pd.read_csv(path, on_bad_lines="skip")
+    return frame.drop_duplicates("file", keep="last")  # a re-made file keeps its latest parameters
+
+
+def _append_rows(path: Path, rows: list[dict]) -> None:
+    """Append CSV rows in one write call (O_APPEND): concurrent processes never interleave a row."""
+    text = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(index=False, header=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _ensure_header(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        from core.io import atomic_write_text
+        atomic_write_text(path, ",".join(MANIFEST_COLUMNS) + "\n")
+
+
+def generate_images(ws: Workspace, cfg: LabConfig, class_name: str, num: int, seed: int, guidance_scale=None,
+                    steps=None, eta=None, out_dir=None, progress=None, stop=None, seeds: list[int] | None = None,
+                    sampler: str | None = None) -> list[dict]:
+    """Generate `num` images of `class_name` with seeds seed..seed+num-1 into out_dir/CLASS/, streamed
+    in batches; seeds already in the manifest with the same parameters are skipped (resume). Under
+    `accelerate launch` / torchrun each process takes seeds[rank::world]. Returns the manifest rows."""
+    from accelerate import PartialState
+    s = cfg.sampling
+    scale = check_scale(s.scale_for(class_name) if guidance_scale is None else guidance_scale)
+    steps = int(s.steps if steps is None else steps)
+    eta = float(s.eta if eta is None else eta)
+    kind = sampler or s.sampler
+    if steps < 1:
+        raise UserError(f"steps must be >= 1, got {steps}")
+    if num < 1 and seeds is None:
+        raise UserError(f"num must be >= 1, got {num}")
+    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True torchrun on CPU is not seen
+    pipe = load_pipeline(ws, cfg, state.device, sampler=kind)
+    label = pipe.get_label_ids(class_name)[0]
+    root = Path(out_dir) if out_dir else ws.synthetic_dir
+    manifest = Workspace.manifest_of(root)
+    seeds = list(seeds) if seeds is not None else [seed + k for k in range(num)]
+    params = {"class": class_name, "label": label, "guidance_scale": scale, "steps": steps, "scheduler": kind,
+              "eta": eta, **pipe.model_hashes}
+    margin = canvas_suffix(pipe.margin)      # another canvas: other pixels, another file
+    if pipe.margin:
+        params["latent_margin"] = pipe.margin                # in the PNG text; the name says it too
+
+    def name(sd: int) -> str:
+        return f"{class_name}/{class_name}-seed{sd}-s{scale:g}{margin}.png"
+    if state.is_main_process:
+        _ensure_header(manifest)
+    state.wait_for_everyone()
+    done = _done_files(manifest, root, params)
+    todo = [sd for sd in seeds[state.process_index::state.num_processes] if name(sd) not in done]
+    for lo in range(0, len(todo), s.batch_size):
+        if stop is not None and stop.is_set():
+            break
+        batch = todo[lo:lo + s.batch_size]
+        out = pipe(label, seeds=batch, guidance_scale=scale, num_inference_steps=steps, eta=eta,
+                   callback_on_step_end=interrupt_when(stop))
+        rows = []
+        for sd, image in zip(out.seeds, out.images):
+            row = {"file": name(sd), "seed": sd, **params}
+            save_png(image, root / row["file"], row)   # image first: a manifest row always has its file
+            rows.append(row)
+        _append_rows(manifest, rows)
+        if progress:
+            progress({"stage": STAGE, "class": class_name, "step": min(lo + len(batch), len(todo)),
+                      "total": len(todo)})
+    state.wait_for_everyone()
+    wanted = {name(sd) for sd in seeds}
+    frame = read_manifest(manifest)
+    return frame[frame["file"].isin(wanted)].to_dict("records")
+
+
+def canvas_suffix(margin: int) -> str:
+    """What a sampling canvas margin (pipeline `margin`) adds to an image's file name."""
+    return f"-m{margin}" if margin else ""
+
+
+def canvas_margin(files: pd.Series) -> pd.Series:
+    """The canvas margin each file name says (canvas_suffix read back; 0 without one)."""
+    return files.astype(str).str.extract(r"-m(\d+)\.png$", expand=False).fillna("0").astype(int)
+
+
+def _done_files(manifest: Path, root: Path, params: dict) -> set[str]:
+    frame = read_manifest(manifest)
+    if frame.empty:
+        return set()
+    same = pd.Series(True, index=frame.index)
+    for key in ("steps", "scheduler", "unet_hash", "vae_hash", "classifier_hash"):
+        same &= frame[key].astype(str) == str(params[key])
+    same &= (frame["eta"].astype(float) - params["eta"]).abs() < 1e-9
+    return {f for f in frame.loc[same, "file"] if (root / f).exists()}
+
+
+def generate_dataset(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> pd.DataFrame:
+    """cfg.sampling.num_per_class images per class into ws.synthetic_dir (resumable); the manifest frame."""
+    pipe = load_pipeline(ws, cfg)
+    s, rows = cfg.sampling, []
+    classes = list(pipe.latent_classifier.config.class_names)
+    save_config(cfg, ws.synthetic_dir)
+    for label, class_name in enumerate(classes):
+        if stop is not None and stop.is_set():
+            break
+        base = s.seed + label * SEED_STRIDE
+        rows += generate_images(ws, cfg, class_name, s.num_per_class, base, progress=progress, stop=stop)
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, topup: bool = True) -> pd.Series:
+    """Which rows of a synthetic manifest / scores table are images that `cfg` made for this budget:
+    its guidance scale, steps, scheduler, eta, canvas margin, the budget's current models, its
+    seeds — the sampling stage's num_per_class per class and, with `topup`, the experiment's top-up
+    rounds."""
+    s = cfg.sampling
+    wanted = {"guidance_scale": s.guidance_scale, "steps": s.steps, "scheduler": s.sampler, "eta": s.eta,
+              "unet_hash": folder_hash(sampling_unet_dir(ws, cfg)), "vae_hash": folder_hash(ws.autoencoder_dir),
+              "classifier_hash": folder_hash(ws.latent_classifier_dir)}
+    mask = pd.Series(True, index=frame.index)
+    if s.class_guidance_scales and "class" in frame:   # per-class scales (tune-guidance) win
+        wanted.pop("guidance_scale")
+        scale = frame["class"].astype(str).map(s.class_scales()).fillna(s.guidance_scale)
+        mask &= (pd.to_numeric(frame["guidance_scale"], errors="coerce") - scale).abs() < 1e-9
+    for col, value in wanted.items():
+        if col in frame:
+            mask &= (pd.to_numeric(frame[col], errors="coerce") - value).abs() < 1e-9 if isinstance(value, float) \
+                else frame[col].astype(str) == str(value)
+    if "file" in frame:     # the sampling canvas is in the name only (core.generate.sampling.generate_images)
+        mask &= canvas_margin(frame["file"]) == s.latent_margin
+    if {"seed", "label"} <= set(frame.columns):
+        k = pd.to_numeric(frame["seed"], errors="coerce") - pd.to_numeric(frame["label"], errors="coerce") \
+            * SEED_STRIDE - s.seed
+        rounds = 1 + (cfg.experiment.topup_rounds if topup else 0)
+        mask &= (k >= 0) & (k < s.num_per_class * rounds)
+    return mask
