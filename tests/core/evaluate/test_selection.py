@@ -109,7 +109,7 @@ def test_score_filter_export_end_to_end(tmp_path, tiny_cfg):
     assert len(pd.read_csv(tmp_path / "export" / "manifest.csv")) == expected
 
 
-# --- per-class thresholds calibrated on validation (issue 15) --------------------------------------
+# --- per-class thresholds calibrated on validation ----------------------------------------------
 
 def test_per_class_thresholds_override_the_global_one_for_their_classes():
     out = apply_threshold(table(), 0.9, per_class={"b": 0.05})
