@@ -1,4 +1,4 @@
-"""Issue 15 in the app: the Selection tab shows core's per-class calibrated thresholds, and the
+"""The Selection tab shows core's per-class calibrated thresholds, and the
 results tab draws accuracy against the label budget from summary.json alone."""
 from __future__ import annotations
 
