@@ -14,9 +14,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from core.__main__ import main as core_main
 from core.errors import UserError
 from core.io import read_png_params
-from app.sampler import sample_images
-from core.generate.pipeline import load_pipeline
-from core.generate.sampling import MANIFEST_COLUMNS, generate_images, generate_dataset
+from core.generate.loading import load_pipeline
+from core.generate.sampling import MANIFEST_COLUMNS, generate_images, generate_dataset, sample_seeds
 from core.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -112,7 +111,7 @@ def test_compile_that_fails_falls_back_to_eager_with_a_warning(ws, tiny_cfg, mon
     pipe = load_pipeline(ws, tiny_cfg, mixed_precision="no", compile=False)
     args = dict(seeds=[7, 8, 9], guidance_scale=10.0, num_inference_steps=3, eta=1.0, output_type="latent")
     eager = pipe([0, 1, 0], **args).images
-    pipe.configure(compile=True)
+    pipe = pipe.with_settings(compile=True)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         fallback = pipe([0, 1, 0], **args).images
     assert pipe.compiled("unet").failed and pipe.compiled("latent_classifier").failed
@@ -142,8 +141,9 @@ def test_compiled_sampling_matches_eager(ws, tiny_cfg):
     pipe = load_pipeline(ws, tiny_cfg, mixed_precision="no", compile=False)
     args = dict(seeds=[7, 8, 9], guidance_scale=10.0, num_inference_steps=3, eta=1.0, output_type="latent")
     eager = pipe([0, 1, 0], **args).images
-    compiled = pipe.configure(compile=True)([0, 1, 0], **args).images
-    assert pipe.compiled("unet").failed is None and pipe.compiled("latent_classifier").failed is None
+    compiled_pipe = pipe.with_settings(compile=True)
+    compiled = compiled_pipe([0, 1, 0], **args).images
+    assert compiled_pipe.compiled("unet").failed is None and compiled_pipe.compiled("latent_classifier").failed is None
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
     processors = {type(m.processor).__name__ for m in pipe.unet.modules() if hasattr(m, "processor")}
     assert processors == {"AttnProcessor2_0"}        # the eager modules keep their processors
@@ -160,7 +160,7 @@ def test_ddpm_bf16_pil_and_interrupt(ws, tiny_cfg):
         if i + 1 >= 2:
             pipe._interrupt = True
         return tensors
-    pipe.configure(sampler="ddim")
+    pipe = pipe.with_settings(sampler="ddim")
     out = pipe([0], seeds=[7], guidance_scale=5.0, num_inference_steps=6, eta=1.0, callback_on_step_end=cb,
                callback_on_step_end_tensor_inputs=["denoised"])
     assert out.interrupted and out.images == [] and [s[0] for s in seen] == [1, 2] and seen[0][1] == 6
@@ -181,7 +181,7 @@ def test_generate_writes_params_manifest_and_resumes(ws, tiny_cfg):
     manifest = pd.read_csv(ws.synthetic_dir / "manifest.csv")
     assert len(manifest) == 6 and manifest["file"].is_unique and first.stat().st_mtime_ns == mtime
     # the UI path gives the same image from the same seed and parameters
-    again = sample_images(ws, cfg, "stroma", [10], 2.5, 3, 0.5)[0]
+    again = next(sample_seeds(ws, cfg, "stroma", [10], 2.5, 3, 0.5)).images[0]
     from PIL import Image
     import numpy as np
     diff = np.abs(np.asarray(again, np.int16) - np.asarray(Image.open(first), np.int16)).max()
@@ -210,8 +210,8 @@ def test_generate_dataset_per_class_and_preview(ws, tiny_cfg):
     assert by_class["tumor"].isdisjoint(by_class["stroma"])   # classes never share initial noise
     assert (ws.synthetic_dir / "config.json").exists()
     previews = []
-    sample_images(ws, cfg, "tumor", [1], 1.0, 4, 1.0,
-                  callback=lambda s, n, im: previews.append(im), preview_every=2)
+    list(sample_seeds(ws, cfg, "tumor", [1], 1.0, 4, 1.0,
+                      progress=lambda info: previews.append(info.get("preview")), preview_every=2))
     assert [p is not None for p in previews] == [False, True, False, True]
 
 
