@@ -130,3 +130,23 @@ class FileCache:
         with self._lock:
             self._entries[str(path)] = (stamp, value)
         return value
+
+
+class SessionValues:
+    """A setting each browser session (or gradio_client) keeps on the server, for a value that is
+    not a parameter of the endpoints that use it; sessions that never set it get `default`."""
+
+    MAX_SESSIONS = 1000
+
+    def __init__(self, default: Any) -> None:
+        self.default, self._values, self._lock = default, {}, threading.Lock()
+
+    def get(self, request: Any) -> Any:
+        with self._lock:
+            return self._values.get(getattr(request, "session_hash", None), self.default)
+
+    def set(self, request: Any, value: Any) -> None:
+        with self._lock:
+            if len(self._values) >= self.MAX_SESSIONS:      # the oldest session's value goes
+                self._values.pop(next(iter(self._values)))
+            self._values[getattr(request, "session_hash", None)] = value

@@ -47,8 +47,9 @@ def hint(ctx: AppContext) -> str:
 
 def output_path(ctx: AppContext, req: SamplingRequest, seed: int) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in req.class_name)
+    interval = f"_i{req.guidance_interval[0]}-{req.guidance_interval[1]}" if req.guidance_interval else ""
     return (ctx.workspace.samples_dir / "lab" / safe /
-            f"{safe}_seed{seed}_g{req.guidance_scale:g}_n{req.steps}_eta{req.eta:g}.png")
+            f"{safe}_seed{seed}_g{req.guidance_scale:g}{interval}_n{req.steps}_eta{req.eta:g}.png")
 
 
 def preview_every(steps: int) -> int:
@@ -62,7 +63,7 @@ def _sample(ctx: AppContext, req: SamplingRequest, progress=None, stop=None, pre
     # never compiled: a preview of a few images would wait ~30 s for it (SamplingConfig.compile)
     return sample_seeds(ctx.workspace, ctx.config, req.class_name, req.seeds(), req.guidance_scale, req.steps,
                         req.eta, batch_size=max(1, req.batch_size), progress=progress, stop=stop, compile=False,
-                        preview_every=preview_every)
+                        preview_every=preview_every, guidance_interval=req.guidance_interval or ())
 
 
 def sampling_job(ctx: AppContext, req: SamplingRequest, events: "queue.Queue", progress=None, stop=None) -> dict:
@@ -107,14 +108,15 @@ def sample_into_gallery(ctx: AppContext, req: SamplingRequest) -> Iterator[tuple
 
 
 def grid_job(ctx: AppContext, classes: list[str], scales: list[float], seed: int, steps: int,
-             eta: float, events: "queue.Queue", progress=None, stop=None) -> dict:
+             eta: float, events: "queue.Queue", progress=None, stop=None,
+             guidance_interval: tuple[int, int] | None = None) -> dict:
     """One image per (class, scale) cell at the same seed; cells stream to the UI as they finish."""
     total = len(classes) * len(scales)
     for i, name in enumerate(classes):
         for j, scale in enumerate(scales):
             if stop is not None and stop.is_set():
                 raise JobStopped()
-            req = SamplingRequest(name, scale, steps, eta, seed)
+            req = SamplingRequest(name, scale, steps, eta, seed, guidance_interval=guidance_interval)
             batch = next(iter(_sample(ctx, req, stop=stop)), None)
             if batch is None:                    # interrupted before the cell finished
                 raise JobStopped()
@@ -139,7 +141,8 @@ def parse_scales(text: str) -> list[float]:
 
 
 def sample_scale_grid(ctx: AppContext, classes: list[str], scales_text: str, seed: int, steps: int,
-                      eta: float) -> Iterator[tuple[Image.Image | None, str]]:
+                      eta: float, guidance_interval: tuple[int, int] | None = None
+                      ) -> Iterator[tuple[Image.Image | None, str]]:
     """Handler core: yields the growing class × guidance-scale grid and the status."""
     scales = parse_scales(scales_text)
     classes = classes or class_names(ctx)
@@ -147,7 +150,7 @@ def sample_scale_grid(ctx: AppContext, classes: list[str], scales_text: str, see
         raise UserError(hint(ctx))
     canvas, cells = None, {}
     for kind, payload in stream(ctx, GRID_JOB, grid_job, classes=classes, scales=scales, seed=int(seed),
-                                steps=int(steps), eta=float(eta)):
+                                steps=int(steps), eta=float(eta), guidance_interval=guidance_interval):
         if kind == "cell":
             i, j, image = payload
             cells[i, j] = image
@@ -158,7 +161,8 @@ def sample_scale_grid(ctx: AppContext, classes: list[str], scales_text: str, see
                 raise UserError(f"grid failed: {payload['error']}")
             if canvas is not None and payload["state"] == "done":
                 params = {"grid": {"classes": classes, "guidance_scales": scales}, "seed": int(seed),
-                          "steps": int(steps), "eta": float(eta), "scheduler": ctx.config.sampling.sampler}
+                          "steps": int(steps), "eta": float(eta), "scheduler": ctx.config.sampling.sampler,
+                          **({"guidance_interval": list(guidance_interval)} if guidance_interval else {})}
                 save_png(canvas, ctx.workspace.samples_dir / "lab" / f"grid_seed{int(seed)}.png", params)
             yield canvas, job_markdown(payload)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import gradio as gr
 
 from app import quality_panel
-from app.context import COMPUTE, AppContext, stop_job
+from app.context import COMPUTE, AppContext, SessionValues, stop_job
 from app.sampling_jobs import (GRID_JOB, JOB, class_names, hint, params_of, pick_seed, sample_into_gallery,
                                sample_scale_grid)
 from core.errors import UserError
-from core.generate.requests import SamplingRequest, request_from_params
+from core.generate.requests import SamplingRequest, parse_interval, request_from_params
 from core.io import read_png_params
 
 
@@ -29,6 +29,10 @@ def build(ctx: AppContext) -> dict:
             "steps": gr.Slider(1, 200, value=cfg.steps, step=1, label="steps", elem_id="steps-slider"),
             "eta": gr.Slider(0, 1, value=cfg.eta, step=0.05, label="eta (DDIM)"),
         }
+        interval_text = gr.Textbox(", ".join(str(t) for t in cfg.guidance_interval), max_lines=1,
+                                   label="guidance interval: timesteps LO, HI (empty = every step)",
+                                   elem_id="guidance-interval")
+    intervals = SessionValues(interval_text.value)
     with gr.Row():
         fields["seed"] = gr.Number(-1, label="seed (-1 = random)", precision=0)
         fields["num_images"] = gr.Slider(1, 64, value=4, step=1, label="number of images",
@@ -58,7 +62,19 @@ def build(ctx: AppContext) -> dict:
     sweep = quality_panel.build_sweep(ctx)
 
     # Gradio names an endpoint's API parameters after the handler's own parameters
-    def on_generate(class_name, guidance_scale, steps, eta, seed, num_images, batch_size):
+    def on_interval(interval: str, request: gr.Request) -> None:
+        """Set the guidance interval this session's /sample, /grid use (the config's until set).
+
+        Args:
+            interval: "LO, HI" timesteps; empty for every timestep
+        """
+        try:
+            parse_interval(interval)
+        except UserError as e:
+            raise gr.Error(str(e)) from e
+        intervals.set(request, interval)
+
+    def on_generate(class_name, guidance_scale, steps, eta, seed, num_images, batch_size, request: gr.Request):
         """Sample images of one class with classifier guidance; streams (gallery, preview, status).
 
         Args:
@@ -69,11 +85,13 @@ def build(ctx: AppContext) -> dict:
             seed: seed of the first image (image k uses seed + k); -1 draws a random one
             num_images: how many images
             batch_size: images sampled together (a seed's pixels depend slightly on its batch)
+            request: the session, whose guidance interval is used (set by /guidance_interval)
         """
         try:
             req = SamplingRequest(class_name=class_name or "", guidance_scale=float(guidance_scale),
                                   steps=int(steps), eta=float(eta), seed=pick_seed(seed),
-                                  num_images=int(num_images), batch_size=int(batch_size))
+                                  num_images=int(num_images), batch_size=int(batch_size),
+                                  guidance_interval=parse_interval(intervals.get(request)))
             yield from sample_into_gallery(ctx, req)
         except UserError as e:
             raise gr.Error(str(e)) from e
@@ -100,13 +118,17 @@ def build(ctx: AppContext) -> dict:
         except UserError as e:
             raise gr.Error(str(e)) from e
 
-    def on_grid(classes, guidance_scales, seed, steps, eta):
+    def on_grid(classes, guidance_scales, seed, steps, eta, request: gr.Request):
         try:
-            yield from sample_scale_grid(ctx, list(classes or []), guidance_scales, pick_seed(seed), steps, eta)
+            yield from sample_scale_grid(ctx, list(classes or []), guidance_scales, pick_seed(seed), steps, eta,
+                                         parse_interval(intervals.get(request)))
         except UserError as e:
             raise gr.Error(str(e)) from e
 
     outputs = [gallery, preview, status_md]
+    # not a /sample parameter: scripts keep calling /sample as they did (raw HTTP included)
+    interval_text.blur(on_interval, interval_text, None, queue=False, api_name="guidance_interval")
+    interval_text.submit(on_interval, interval_text, None, queue=False, api_visibility="private")
     gen = gen_btn.click(on_generate, list(fields.values()), outputs, concurrency_id=COMPUTE,
                         concurrency_limit=1, api_name="sample", show_progress="minimal")
     gallery.select(on_select, gallery, params_json, queue=False, api_visibility="private")

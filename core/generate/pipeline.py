@@ -31,7 +31,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from core.data.images import to_pil
 from core.errors import UserError
-from core.generate.guidance import check_scale, condition_mean, condition_score, ddpm_variance
+from core.generate.guidance import (check_interval, check_scale, condition_mean, condition_score, ddpm_variance,
+                                   scale_at)
 from core.io import folder_hash
 from core.models.autoencoder import decode
 from core.models.compile import CompiledOrEager, compilable
@@ -252,8 +253,12 @@ class GuidedLatentPipeline(DiffusionPipeline):
                  seeds: list[int] | None = None, guidance_scale: float = 10.0, num_inference_steps: int = 25,
                  eta: float = 1.0, output_type: str = "pil", return_dict: bool = True,
                  callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
-                 callback_on_step_end_tensor_inputs: list[str] | None = None) -> GuidedOutput | tuple:
+                 callback_on_step_end_tensor_inputs: list[str] | None = None,
+                 guidance_interval: tuple[int, int] | None = None) -> GuidedOutput | tuple:
         """Sample one image per generator (or seed) guided toward its class id (an int: all alike).
+
+        guidance_interval=(t_lo, t_hi): the classifier guides only the steps whose timestep lies
+        in [t_lo, t_hi] and is not run at the others (None: every step).
 
         callback_on_step_end(pipe, i, t, tensors) runs after every step with the tensors named in
         callback_on_step_end_tensor_inputs ("latents", "denoised": the x0 prediction) and returns
@@ -269,7 +274,7 @@ class GuidedLatentPipeline(DiffusionPipeline):
         ids = [int(class_ids)] * len(seeds) if one else [int(c) for c in class_ids]
         if len(ids) != len(seeds):
             raise UserError(f"got {len(ids)} class ids for {len(seeds)} seeds")
-        scale = check_scale(guidance_scale)
+        scale, interval = check_scale(guidance_scale), check_interval(guidance_interval)
         if int(num_inference_steps) < 1:
             raise UserError(f"steps must be >= 1, got {num_inference_steps}")
         if eta < 0:
@@ -281,7 +286,7 @@ class GuidedLatentPipeline(DiffusionPipeline):
         sched.set_timesteps(int(num_inference_steps))
         state = self._call_state
         state.interrupt, state.num_timesteps, state.guidance_scale = False, len(sched.timesteps), scale
-        latents = self._denoise(sched, gens, torch.tensor(ids, device=self.unet.device), scale, eta,
+        latents = self._denoise(sched, gens, torch.tensor(ids, device=self.unet.device), scale, interval, eta,
                                 callback_on_step_end, tensor_inputs)
         if self.interrupt:   # a half-denoised batch is no image: none is returned
             images, seeds = ([] if output_type == "pil" else latents[:0]), []
@@ -291,7 +296,7 @@ class GuidedLatentPipeline(DiffusionPipeline):
         out = GuidedOutput(images=images, seeds=seeds, interrupted=self.interrupt, model_hashes=self.model_hashes)
         return out if return_dict else out.to_tuple()
 
-    def _denoise(self, sched, gens: list, y: torch.Tensor, scale: float, eta: float, callback,
+    def _denoise(self, sched, gens: list, y: torch.Tensor, scale: float, interval, eta: float, callback,
                  tensor_inputs: list[str]) -> torch.Tensor:
         device = self.unet.device
         cls_dtype = autocast_dtype(device, self.classifier_precision)
@@ -309,14 +314,15 @@ class GuidedLatentPipeline(DiffusionPipeline):
                 z_in = latents.contiguous(memory_format=torch.channels_last) if channels_last else latents
                 with autocast(device, self.mixed_precision):
                     eps = unet(z_in, t).sample.float()
+                step_scale = scale_at(t, scale, interval)
                 if self.sampler == "ddim":
-                    eps = condition_score(eps, latents, t, sched, classifier, y, scale, cls_dtype)
+                    eps = condition_score(eps, latents, t, sched, classifier, y, step_scale, cls_dtype)
                     out = sched.step(eps, t, latents, eta=eta, generator=gens)
                     next_latents = out.prev_sample
                 else:
                     out = sched.step(eps, t, latents, generator=gens)
                     next_latents = condition_mean(out.prev_sample, ddpm_variance(sched, t), latents, t,
-                                                  classifier, y, scale, cls_dtype)
+                                                  classifier, y, step_scale, cls_dtype)
                 latents, denoised = next_latents, out.pred_original_sample
                 if callback is not None:
                     tensors = {"latents": latents, "denoised": denoised}

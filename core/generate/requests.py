@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.generate.guidance import check_interval
 from core.io import read_png_params
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -22,6 +23,7 @@ class SamplingRequest:
     seed: int
     num_images: int = 1
     batch_size: int = 1
+    guidance_interval: tuple[int, int] | None = None     # (t_lo, t_hi); None: every timestep
 
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.num_images)]
@@ -33,7 +35,8 @@ def image_params(req: SamplingRequest, seed: int, batch_params: dict, batch_seed
     the models that sampled it) and the seeds sampled in the same batch (batched kernels round
     differently: a seed alone can differ from the same seed in a batch by a few 1/255, so
     regenerating re-runs the batch)."""
-    made_by = {k: v for k, v in batch_params.items() if k.endswith("_hash") or k == "latent_margin"}
+    made_by = {k: v for k, v in batch_params.items()
+               if k.endswith("_hash") or k in ("latent_margin", "guidance_interval")}
     return {"class": req.class_name, "seed": int(seed), "guidance_scale": req.guidance_scale, "steps": req.steps,
             "eta": req.eta, "scheduler": batch_params.get("scheduler"), "preset": preset,
             "batch_seeds": [int(s) for s in batch_seeds], **made_by}
@@ -70,6 +73,18 @@ def request_from_params(params: dict) -> SamplingRequest:
             batch = [seed]
         return SamplingRequest(class_name=str(params["class"]), guidance_scale=float(params["guidance_scale"]),
                                steps=int(params["steps"]), eta=float(params["eta"]), seed=batch[0],
-                               num_images=len(batch), batch_size=len(batch))
+                               num_images=len(batch), batch_size=len(batch),
+                               guidance_interval=check_interval(params.get("guidance_interval")))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"the PNG parameters lack a usable field: {e}") from e
+
+
+def parse_interval(text: str | None) -> tuple[int, int] | None:
+    """"LO, HI" (timesteps) -> (LO, HI); empty text -> None (guidance at every timestep)."""
+    parts = [p.strip() for p in str(text or "").replace(";", ",").split(",") if p.strip()]
+    if not parts:
+        return None
+    try:
+        return check_interval(tuple(int(p) for p in parts))
+    except ValueError as e:
+        raise UserError(f"guidance interval must be two whole timesteps LO, HI (or empty), got {text!r}") from e

@@ -15,7 +15,7 @@ import torch
 from core.errors import UserError
 from core.config.lab_config import LabConfig
 from core.config.store import save_config
-from core.generate.guidance import check_scale
+from core.generate.guidance import check_interval, check_scale
 from core.io import folder_hash, save_png
 from core.models.load import sampling_unet_dir
 from core.generate.loading import load_pipeline
@@ -55,9 +55,10 @@ class ClassSampler:
     at construction; `params` is what made the images (the manifest's columns)."""
 
     def __init__(self, ws: Workspace, cfg: LabConfig, class_name: str, guidance_scale=None, steps=None, eta=None,
-                 sampler: str | None = None, compile: bool | None = None, device=None):
+                 sampler: str | None = None, compile: bool | None = None, device=None, guidance_interval=None):
         s = cfg.sampling
         scale = check_scale(s.scale_for(class_name) if guidance_scale is None else guidance_scale)
+        self.interval = check_interval(s.guidance_interval if guidance_interval is None else guidance_interval)
         steps = int(s.steps if steps is None else steps)
         eta = float(s.eta if eta is None else eta)
         if steps < 1:
@@ -72,6 +73,8 @@ class ClassSampler:
                        "scheduler": self.pipe.sampler, "eta": eta, **self.pipe.model_hashes}
         if self.pipe.margin:
             self.params["latent_margin"] = self.pipe.margin      # in the PNG text; the file name says it too
+        if self.interval is not None:
+            self.params["guidance_interval"] = list(self.interval)   # so does the guidance interval
 
     def __call__(self, seeds: list[int], batch_size: int | None = None, progress=None, stop=None,
                  preview_every: int = 0) -> Iterator[SampledBatch]:
@@ -99,7 +102,7 @@ class ClassSampler:
                     progress(info)
                 return tensors
             out = self.pipe(self.params["label"], seeds=batch, guidance_scale=self.params["guidance_scale"],
-                            num_inference_steps=steps, eta=self.params["eta"],
+                            num_inference_steps=steps, eta=self.params["eta"], guidance_interval=self.interval,
                             callback_on_step_end=interrupt_when(stop, relay),
                             callback_on_step_end_tensor_inputs=["denoised"])
             if out.interrupted:
@@ -117,8 +120,8 @@ class SampledBatch:
 
 def sample_seeds(ws: Workspace, cfg: LabConfig, class_name: str, seeds: list[int], guidance_scale=None,
                  steps=None, eta=None, batch_size: int | None = None, progress=None, stop=None,
-                 sampler: str | None = None, compile: bool | None = None,
-                 preview_every: int = 0) -> Iterator[SampledBatch]:
+                 sampler: str | None = None, compile: bool | None = None, preview_every: int = 0,
+                 guidance_interval: tuple[int, int] | None = None) -> Iterator[SampledBatch]:
     """Sample `seeds` of `class_name` in batches (see `ClassSampler`; None: cfg.sampling's value).
 
     Args:
@@ -127,17 +130,20 @@ def sample_seeds(ws: Workspace, cfg: LabConfig, class_name: str, seeds: list[int
         progress: called after every denoising step (see `ClassSampler.__call__`).
         stop: a threading.Event; once set, sampling ends within a step and the unfinished batch is dropped.
         compile: torch.compile the models (default sampling.compile): for datasets, not previews.
+        guidance_interval: (t_lo, t_hi), guidance only at timesteps inside; () every timestep
+            (default sampling.guidance_interval).
 
     Returns:
         An iterator of `SampledBatch`, one per batch, as each finishes (bad input raises at the call).
     """
-    class_sampler = ClassSampler(ws, cfg, class_name, guidance_scale, steps, eta, sampler, compile)
+    class_sampler = ClassSampler(ws, cfg, class_name, guidance_scale, steps, eta, sampler, compile,
+                                 guidance_interval=guidance_interval)
     return class_sampler(seeds, batch_size, progress, stop, preview_every)
 
 
 def generate_images(ws: Workspace, cfg: LabConfig, class_name: str, num: int, seed: int, guidance_scale=None,
                     steps=None, eta=None, out_dir=None, progress=None, stop=None, seeds: list[int] | None = None,
-                    sampler: str | None = None) -> list[dict]:
+                    sampler: str | None = None, guidance_interval: tuple[int, int] | None = None) -> list[dict]:
     """Generate `num` images of `class_name` with seeds seed..seed+num-1 into out_dir/CLASS/, streamed
     in batches; seeds already in the manifest with the same parameters are skipped (resume). Under
     `accelerate launch` / torchrun each process takes seeds[rank::world]. Returns the manifest rows."""
@@ -145,15 +151,17 @@ def generate_images(ws: Workspace, cfg: LabConfig, class_name: str, num: int, se
     if num < 1 and seeds is None:
         raise UserError(f"num must be >= 1, got {num}")
     state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True torchrun on CPU is not seen
-    class_sampler = ClassSampler(ws, cfg, class_name, guidance_scale, steps, eta, sampler, device=state.device)
+    class_sampler = ClassSampler(ws, cfg, class_name, guidance_scale, steps, eta, sampler, device=state.device,
+                                 guidance_interval=guidance_interval)
     params, scale = class_sampler.params, class_sampler.params["guidance_scale"]
     root = Path(out_dir) if out_dir else ws.synthetic_dir
     manifest = Workspace.manifest_of(root)
     seeds = list(seeds) if seeds is not None else [seed + k for k in range(num)]
-    margin = canvas_suffix(class_sampler.pipe.margin)      # another canvas: other pixels, another file
+    # another guidance interval or canvas: other pixels, another file
+    suffix = interval_suffix(class_sampler.interval) + canvas_suffix(class_sampler.pipe.margin)
 
     def name(sd: int) -> str:
-        return f"{class_name}/{class_name}-seed{sd}-s{scale:g}{margin}.png"
+        return f"{class_name}/{class_name}-seed{sd}-s{scale:g}{suffix}.png"
     if state.is_main_process:
         _ensure_header(manifest)
     state.wait_for_everyone()
@@ -174,6 +182,16 @@ def generate_images(ws: Workspace, cfg: LabConfig, class_name: str, num: int, se
     wanted = {name(sd) for sd in seeds}
     frame = read_manifest(manifest)
     return frame[frame["file"].isin(wanted)].to_dict("records")
+
+
+def interval_suffix(interval: tuple[int, int] | None) -> str:
+    """What a guidance interval adds to an image's file name (before a canvas suffix)."""
+    return f"-i{interval[0]}-{interval[1]}" if interval else ""
+
+
+def guidance_intervals(files: pd.Series) -> pd.Series:
+    """The guidance interval each file name says ("LO-HI"; "" for every timestep)."""
+    return files.astype(str).str.extract(r"-i(\d+-\d+)(?:-m\d+)?\.png$", expand=False).fillna("")
 
 
 def canvas_suffix(margin: int) -> str:
@@ -213,7 +231,7 @@ def generate_dataset(ws: Workspace, cfg: LabConfig, progress=None, stop=None) ->
 
 def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, topup: bool = True) -> pd.Series:
     """Which rows of a synthetic manifest / scores table are images that `cfg` made for this budget:
-    its guidance scale, steps, scheduler, eta, canvas margin, the budget's current models, its
+    its guidance scale and interval, steps, scheduler, eta, canvas margin, the budget's current models, its
     seeds — the sampling stage's num_per_class per class and, with `topup`, the experiment's top-up
     rounds."""
     s = cfg.sampling
@@ -229,8 +247,9 @@ def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, topup: bo
         if col in frame:
             mask &= (pd.to_numeric(frame[col], errors="coerce") - value).abs() < 1e-9 if isinstance(value, float) \
                 else frame[col].astype(str) == str(value)
-    if "file" in frame:     # the sampling canvas is in the name only (core.generate.sampling.generate_images)
+    if "file" in frame:     # the canvas and the guidance interval are in the name only (generate_images)
         mask &= canvas_margin(frame["file"]) == s.latent_margin
+        mask &= guidance_intervals(frame["file"]) == "-".join(str(t) for t in s.guidance_interval)
     if {"seed", "label"} <= set(frame.columns):
         k = pd.to_numeric(frame["seed"], errors="coerce") - pd.to_numeric(frame["label"], errors="coerce") \
             * SEED_STRIDE - s.seed

@@ -232,3 +232,24 @@ def test_regenerate_remakes_an_image_sampled_in_a_batch_exactly(lab_ctx):
     assert (again.seed, again.num_images, again.batch_size) == (40, 3, 3)
     for p in list(sampling_jobs.sample_into_gallery(lab_ctx, again))[-1][0]:
         assert np.array_equal(np.asarray(Image.open(p)), made[p])
+
+
+def test_guidance_interval_is_saved_in_the_png_and_regenerated(lab_ctx):
+    from core.generate.requests import parse_interval
+    assert parse_interval("") is None and parse_interval(" 200, 700 ") == (200, 700)
+    for bad in ("700, 200", "1", "a, b"):
+        with pytest.raises(UserError, match="guidance.interval"):
+            parse_interval(bad)
+    name = sampling_jobs.class_names(lab_ctx)[0]
+    req = Request(name, guidance_scale=3.0, steps=3, eta=1.0, seed=21, guidance_interval=(0, 400))
+    path = list(sampling_jobs.sample_into_gallery(lab_ctx, req))[-1][0][0]
+    made, params = np.asarray(Image.open(path)), read_png_params(path)
+    assert params["guidance_interval"] == [0, 400] and "_g3_i0-400_" in Path(path).name
+    again = request_from_params(params)
+    assert again.guidance_interval == (0, 400)
+    os.remove(path)
+    remade = list(sampling_jobs.sample_into_gallery(lab_ctx, again))[-1][0][0]
+    assert remade == path and np.array_equal(np.asarray(Image.open(remade)), made)
+    plain = list(sampling_jobs.sample_into_gallery(lab_ctx, Request(name, 3.0, 3, 1.0, 21)))[-1][0][0]
+    assert plain != path and "guidance_interval" not in read_png_params(plain)
+    assert not np.array_equal(np.asarray(Image.open(plain)), made)       # the interval changed the image

@@ -285,3 +285,64 @@ def test_per_class_guidance_scales_drive_generate_and_the_experiment_filter(ws, 
     assert identity(cfg.sampling)["class_guidance_scales"] == ("stroma=2.5",)
     with pytest.raises(ConfigError, match="class_guidance_scales"):
         replace(base.sampling, class_guidance_scales=("stroma:2",)).validate()
+
+
+def record_latents(store: list):
+    def callback(pipe, i, t, tensors):
+        store.append(tensors["latents"].clone())
+        return tensors
+    return callback
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_guidance_outside_its_interval_leaves_the_latents_unguided(ws, tiny_cfg, kind):
+    pipe = load_pipeline(ws, tiny_cfg, sampler=kind, mixed_precision="no")
+    sched = pipe.sampling_scheduler()
+    sched.set_timesteps(6)
+    ts = [int(t) for t in sched.timesteps]
+    calls = []
+    pipe.latent_classifier.register_forward_hook(lambda *a: calls.append(1))
+    ids, args = [0, 1, 1], dict(seeds=[5, 6, 7], num_inference_steps=6, eta=1.0, output_type="latent")
+    plain_steps, late_steps = [], []
+    plain = pipe(ids, guidance_scale=0.0, callback_on_step_end=record_latents(plain_steps), **args).images
+    # an interval between two timesteps holds none: unguided latents, bit for bit, and no classifier call
+    gap = pipe(ids, guidance_scale=20.0, guidance_interval=(ts[1] + 1, ts[0] - 1), **args).images
+    assert torch.equal(gap, plain) and calls == []
+    # the last three steps only: the first three steps are the unguided ones, then they part
+    late = pipe(ids, guidance_scale=20.0, guidance_interval=(0, ts[3]),
+                callback_on_step_end=record_latents(late_steps), **args).images
+    assert all(torch.equal(a, b) for a, b in zip(late_steps[:3], plain_steps[:3]))
+    assert float((late - plain).abs().max()) > 1e-3 and len(calls) == 3      # one classifier pass per guided step
+    everywhere = pipe(ids, guidance_scale=20.0, guidance_interval=(0, ts[0]), **args).images
+    torch.testing.assert_close(everywhere, pipe(ids, guidance_scale=20.0, **args).images, rtol=0, atol=0)
+    with pytest.raises(UserError, match="guidance_interval"):
+        pipe(ids, guidance_scale=1.0, guidance_interval=(500, 100), **args)
+
+
+def test_guidance_interval_in_config_cli_file_names_and_the_experiment_filter(ws, tiny_cfg, tmp_path):
+    from core.config.checks import apply_overrides
+    from core.config.store import identity
+    from core.errors import ConfigError
+    from core.generate.sampling import made_by_config
+    assert "guidance_interval" not in identity(tiny_cfg.sampling)            # old stage keys stay valid
+    cfg = apply_overrides(fp32(tiny_cfg), ["sampling.guidance_interval=0,500"])
+    assert cfg.sampling.guidance_interval == (0, 500) and identity(cfg.sampling)["guidance_interval"] == (0, 500)
+    for bad in ("500,100", "1,2,3", "0,1000"):
+        with pytest.raises(ConfigError, match="sampling.guidance_interval"):
+            apply_overrides(tiny_cfg, [f"sampling.guidance_interval={bad}"])
+    rows = generate_images(ws, cfg, "tumor", 2, seed=3, guidance_scale=4.0)
+    assert [r["file"] for r in rows] == ["tumor/tumor-seed3-s4-i0-500.png", "tumor/tumor-seed4-s4-i0-500.png"]
+    assert read_png_params(ws.synthetic_dir / rows[0]["file"])["guidance_interval"] == [0, 500]
+    generate_images(ws, fp32(tiny_cfg), "tumor", 2, seed=3, guidance_scale=4.0)   # every step: other files
+    manifest = pd.read_csv(ws.synthetic_dir / "manifest.csv")
+    assert len(manifest) == 4
+    at = {c: replace(c, sampling=replace(c.sampling, guidance_scale=4.0, seed=3, num_per_class=2))
+          for c in (cfg, fp32(tiny_cfg))}
+    assert made_by_config(ws, at[cfg], manifest.assign(label=0)).tolist() == [True, True, False, False]
+    assert made_by_config(ws, at[fp32(tiny_cfg)], manifest.assign(label=0)).tolist() == [False, False, True, True]
+    out = tmp_path / "out"
+    assert core_main(["sample", "--workspace", str(ws.root), "--preset", "tiny", "--class", "stroma", "--steps", "2",
+                      "--num", "1", "--out", str(out), "--guidance-interval", "100,900"]) == 0
+    assert [p.name for p in (out / "stroma").iterdir()] == ["stroma-seed0-s10-i100-900.png"]
+    assert core_main(["sample", "--workspace", str(ws.root), "--preset", "tiny", "--class", "stroma",
+                      "--guidance-interval", "9,1"]) == 2
