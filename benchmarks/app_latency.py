@@ -91,14 +91,15 @@ def preview_workspace(root: Path):
 
 
 def preview_time(ctx, repeats: int = 3) -> dict:
-    from app.tab_sampling import Request, class_names, generate
+    from app.sampling_jobs import class_names, sample_into_gallery
+    from core.generate.requests import SamplingRequest as Request
     s = ctx.config.sampling
     req = Request(class_names(ctx)[0], s.guidance_scale, s.steps, s.eta, seed=0, num_images=4, batch_size=4)
     times = []
     for i in range(repeats + 1):
         t = time.perf_counter()
         first_preview = None
-        for _, preview, _ in generate(ctx, Request(**{**req.__dict__, "seed": i})):
+        for _, preview, _ in sample_into_gallery(ctx, Request(**{**req.__dict__, "seed": i})):
             if preview is not None and first_preview is None:
                 first_preview = time.perf_counter() - t
         times.append((time.perf_counter() - t, first_preview))

@@ -26,16 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from core.config.store import load_config
     from core.protocol.demo_models import install_demo
-    from core.generate.pipeline import load_pipeline
+    from core.generate.loading import load_pipeline
     from core.workspace import Workspace
     ws = Workspace(Path(tempfile.mkdtemp()) / "ws")
     install_demo(ROOT / "assets" / "demo_models", ws)
     cfg = load_config(ws.root / "config.json")
-    pipe = load_pipeline(ws, cfg, sampler="ddim", compile=False)
-    label = pipe.get_label_ids(pipe.latent_classifier.config.class_names[0])[0]
+    base = load_pipeline(ws, cfg, sampler="ddim", compile=False)
+    label = base.get_label_ids(base.latent_classifier.config.class_names[0])[0]
 
     def run(seeds, batch, precision, steps=None):
-        pipe.configure(mixed_precision=precision)
+        pipe = base.with_settings(mixed_precision=precision)
         images = {}
         for lo in range(0, len(seeds), batch):
             out = pipe(label, seeds=seeds[lo:lo + batch], guidance_scale=cfg.sampling.guidance_scale,

@@ -39,7 +39,7 @@ def load_parts(models: Path):
                  latent_classifier=LatentClassifier.from_pretrained(model_dir(models, "latent_classifier", "classifier")))
     for m in (parts["vae"], parts["unet"], parts["latent_classifier"]):
         m.eval().requires_grad_(False)
-    pipe = GuidedLatentPipeline(**parts).configure(mixed_precision="no", sampler="ddim")
+    pipe = GuidedLatentPipeline(**parts, mixed_precision="no", sampler="ddim")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -168,6 +168,9 @@ class SamplingConfig:
     latent_margin: int = field(default=0, metadata={"key": "if_set"})   # GuidedLatentPipeline margin
     # "class=scale" entries (`python -m core tune-guidance`) overriding guidance_scale for their class
     class_guidance_scales: tuple[str, ...] = field(default=(), metadata={"key": "if_set"})
+    # (t_lo, t_hi): the classifier guides only timesteps in [t_lo, t_hi] and is not run at the
+    # others (Kynkaanniemi et al. 2024); () guides every timestep
+    guidance_interval: tuple[int, ...] = field(default=(), metadata={"key": "if_set"})
 
     def scale_for(self, class_name: str) -> float:
         """The guidance scale `class_name` is sampled at: its class_guidance_scales entry, else guidance_scale."""
@@ -198,6 +201,10 @@ class SamplingConfig:
             raise ConfigError(f"sampling.eta must be >= 0, got {self.eta}")
         _precision(self, "mixed_precision")
         _precision(self, "classifier_precision")
+        if self.guidance_interval and (len(self.guidance_interval) != 2 or
+                                       self.guidance_interval[0] > self.guidance_interval[1]):
+            raise ConfigError(f"sampling.guidance_interval must be two timesteps LO,HI with LO <= HI (or empty: "
+                              f"every timestep), got {list(self.guidance_interval)}")
 
 
 @dataclass(frozen=True)
@@ -318,6 +325,9 @@ class LabConfig:
             raise ConfigError(
                 f"data.image_size={self.data.image_size} is not divisible by the autoencoder's "
                 f"downsampling factor {self.autoencoder.downsample_factor}")
+        if self.sampling.guidance_interval and self.sampling.guidance_interval[1] >= self.pretrain.num_train_timesteps:
+            raise ConfigError(f"sampling.guidance_interval {list(self.sampling.guidance_interval)} reaches past the "
+                              f"last timestep {self.pretrain.num_train_timesteps - 1} (pretrain.num_train_timesteps)")
         unet_factor = 2 ** (len(self.pretrain.block_out_channels) - 1)
         if self.latent_size % unet_factor:
             raise ConfigError(

@@ -197,3 +197,21 @@ def test_a_request_after_a_disconnect_is_queued_not_refused(served_app):
     written = (ctx.workspace.samples_dir / "lab").rglob("*_n200_*.png")
     dropped = [p.name for p in written if int(p.name.split("_seed")[1].split("_")[0]) >= 1000]
     assert len(dropped) < 64, dropped                   # the dropped request stopped short of its end
+
+
+def test_a_session_sets_its_guidance_interval_and_samples_with_it(served_app):
+    """The guidance interval is a session setting (/guidance_interval), not a /sample parameter:
+    /sample keeps its parameters, and a session that set an interval samples with it."""
+    from gradio_client import Client
+
+    from app.tab_sampling import class_names
+    from core.io import read_png_params
+    ctx, client = served_app
+    session = Client(client.src, verbose=False, download_files=False)
+    session.predict(interval="0, 400", api_name="/guidance_interval")
+    gallery, _, status = session.predict(**_sample_args(class_names(ctx)[0], steps=2, num=1), api_name="/sample")
+    assert read_png_params(gallery[0]["image"]["path"])["guidance_interval"] == [0, 400]
+    gallery, _, _ = client.predict(**_sample_args(class_names(ctx)[0], steps=2, num=1), api_name="/sample")
+    assert "guidance_interval" not in read_png_params(gallery[0]["image"]["path"])   # other sessions: every step
+    with pytest.raises(Exception, match="guidance.interval"):
+        session.predict(interval="400, 0", api_name="/guidance_interval")

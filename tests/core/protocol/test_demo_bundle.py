@@ -163,7 +163,7 @@ def test_each_budget_samples_with_its_own_classifier(demo_ws):
     from core.data.budget import budget_views
     from core.io import folder_hash
     from core.models import load_latent_classifier
-    from core.generate.pipeline import load_pipeline
+    from core.generate.loading import load_pipeline
     cfg = load_config(demo_ws.root / "config.json")
     firsts = []
     for _, view in budget_views(demo_ws, cfg):
