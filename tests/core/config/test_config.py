@@ -108,7 +108,7 @@ def test_every_field_is_type_and_range_checked(override, message, capsys):
 def test_a_field_added_later_is_checked_without_being_listed():
     from dataclasses import make_dataclass
 
-    from core.config.checks import check_fields
+    from core.config.declare import check_fields
     section = make_dataclass("NewSection", [("steps", int, 1), ("ratio", float, 0.5)])
     check_fields(section(), "newsection")
     with pytest.raises(ConfigError, match=r"newsection.steps must be >= 0, got -1"):
