@@ -16,6 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="what a folder / .npz / slide holds; skipped files with reasons")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    add_common(p, workspace_required=False)     # only for the config (data.max_image_pixels)
     p = sub.add_parser("demo", help="build the bundled demo data (real H&E) into a workspace")
     add_common(p)
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
@@ -66,7 +67,7 @@ def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         from core.data.tables import check
-        report = check(args.path)
+        report = check(args.path, resolve_config(args).data.max_image_pixels)
         print(json.dumps(report, indent=2, default=str)) if args.json else _print_check(report)
         return 0
     if args.command == "download":

@@ -44,6 +44,9 @@ class DataConfig(Section):
     # budget does not label are exactly the unlabeled data the method exploits, and pre-training
     # reads no label. Test images never do. (The bundled demo pre-trains on other slides only.)
     pool_labeled_images: bool = True
+    # an image file over this many pixels is skipped with its reason, from its header, before it
+    # is decoded (a 20 KB PNG can unpack to gigabytes); slides are read by region and exempt
+    max_image_pixels: int = spec(100_000_000, range=POSITIVE, key="if_set")
 
 
 @dataclass(frozen=True)
