@@ -52,7 +52,7 @@ def load_manifest(ws: Workspace) -> pd.DataFrame:
     missing = {"file", "class"} - set(manifest.columns)
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    return manifest
+    return manifest.drop_duplicates("file", keep="last").reset_index(drop=True)   # a re-made file: its latest row
 
 
 def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
@@ -79,7 +79,8 @@ def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
     text = scores.to_csv(index=False)
     if kept is not None:
         new = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-        text = pd.concat([kept, new], ignore_index=True).fillna("").to_csv(index=False)
+        text = pd.concat([kept, new], ignore_index=True).fillna("").drop_duplicates("file", keep="last") \
+            .to_csv(index=False)
     atomic_write_text(ws.synthetic_scores, text)
     if cfg.selection.calibration != "none":
         calibrate(ws, cfg)      # the per-class thresholds beside the scores, where the app reads them
