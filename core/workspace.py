@@ -145,6 +145,8 @@ class Workspace:
     @property
     def demo_data_marker(self) -> Path: return self.data_dir / "demo.json"   # core.data.demo's build key
     @property
+    def data_sources_file(self) -> Path: return self.data_dir / "sources.json"   # core.protocol.sources
+    @property
     def accepted_manifest(self) -> Path: return self.manifest_of(self.accepted_dir)
     @property
     def runs_csv(self) -> Path: return self.results_dir / "runs.csv"        # one row per grid run
