@@ -16,6 +16,7 @@ import pandas as pd
 
 from app import charts, quality_panel
 from app.context import COMPUTE, AppContext, FileCache, job_markdown
+from app.widgets import bounds, options
 from core.errors import UserError
 from core.protocol.jobs import JobBusy
 
@@ -208,10 +209,11 @@ def hint(ctx: AppContext) -> str:
 def build(ctx: AppContext) -> dict:
     sel = ctx.config.selection
     with gr.Row():
-        threshold = gr.Slider(0, 1, value=sel.threshold, step=0.01, label="confidence threshold",
-                              elem_id="threshold-slider")
-        strategy = gr.Radio(["threshold", "centroid"], value=sel.strategy, label="strategy")
-        quota = gr.Number(sel.quota_per_class, label="quota per class (0 = none)", precision=0, minimum=0)
+        threshold = gr.Slider(**bounds(sel, "threshold"), value=sel.threshold, step=0.01,
+                              label="confidence threshold", elem_id="threshold-slider")
+        strategy = gr.Radio(options(sel, "strategy"), value=sel.strategy, label="strategy")
+        quota = gr.Number(sel.quota_per_class, label="quota per class (0 = none)", precision=0,
+                          **bounds(sel, "quota_per_class"))
     with gr.Row():
         show = gr.Radio(["accepted", "rejected", "all"], value="accepted", label="gallery shows")
         class_filter = gr.Dropdown(class_choices(ctx), value=ALL, label="class")

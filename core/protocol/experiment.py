@@ -23,6 +23,7 @@ from core.config.store import config_hash, identity, save_config, to_dict
 from core.io import atomic_write_json, atomic_write_text
 from core.evaluate.metrics import at_chance
 from core.evaluate.selection import current_selection
+from core.protocol.sources import choose_sources
 from core.protocol.stages import PER_BUDGET, SHARED, is_done, mark_done, read_marker
 from core.evaluate.summary import markdown_table, summarize
 from core.protocol.topup import accepted_images, class_wants, draw_synthetic, threshold_of, top_up
@@ -307,12 +308,14 @@ def prepare_budgets(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> 
 
 
 def run_all(ws: Workspace, cfg: LabConfig, labeled=None, test=None, unlabeled=(), progress=None,
-            stop=None, notify=None) -> dict:
+            stop=None, notify=None, switch_data: bool = False) -> dict:
     """Every stage (skipped when done for this config), top-up, the grid, then results/summary.json.
+    Without `labeled` the workspace's remembered data sources are used (core.protocol.sources);
+    other sources in a workspace with models need `switch_data` (the old models are archived).
     `notify(line)` hears what the data stage skipped and why, as soon as it is known."""
     ws = Workspace(ws.root).ensure()
+    labeled, test, unlabeled = choose_sources(ws, labeled, test, unlabeled, switch_data)
     save_config(cfg, ws.root)
-    unlabeled = tuple(str(u) for u in unlabeled or ())
     sources = data_sources(labeled, test, unlabeled)
     functions = stage_functions(labeled, test, unlabeled)
     timings, steps = {}, _steps(ws, cfg)
