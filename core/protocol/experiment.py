@@ -144,7 +144,7 @@ def _write_runs(path: Path, runs: pd.DataFrame) -> None:
 def _run_once(ws: Workspace, bws: Workspace, cfg: LabConfig, run: dict, key: str, labels: pd.DataFrame,
               accepted: pd.DataFrame, test: pd.DataFrame, classes: list[str], report, stop):
     """Train and test one run; write its folder; its runs.csv row, or None when stopped."""
-    from core.train.image_classifier import test_metrics, train_image_classifier
+    from core.train.image_classifier import metrics_on_test, train_image_classifier
     real, val = labels[labels.split == "train"], labels[labels.split == "val"]
     extra, per_class = draw_synthetic(accepted, real, run["synthetic_ratio"], run["seed"]) \
         if run["arm"] == "augmented" else (None, {})
@@ -153,7 +153,7 @@ def _run_once(ws: Workspace, bws: Workspace, cfg: LabConfig, run: dict, key: str
                                       progress=report, stop=stop, stage="downstream")
     if history.attrs["stopped"]:
         return None
-    m = test_metrics(model, test, classes, cfg.downstream)
+    m = metrics_on_test(model, test, classes, cfg.downstream)
     run_dir = ws.run_dir(key)
     write_labels(run_dir, labels)
     if extra is not None:

@@ -3,7 +3,7 @@ and the filter classifier both go through `train_image_classifier`.
 
 Every run of the protocol grid gets the same optimizer-step budget, augmentations and seeds for
 the baseline and the augmented arm; the weights kept are those of the best VALIDATION balanced
-accuracy (the test split is only touched by `test_metrics` at the very end).
+accuracy (the test split is only touched by `metrics_on_test` at the very end).
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def evaluate_arrays(model, images: torch.Tensor, labels, classes: list[str], cfg
     return out
 
 
-def test_metrics(model: torch.nn.Module, df: pd.DataFrame, classes: list[str], cfg: ImageClassifierConfig) -> dict:
+def metrics_on_test(model: torch.nn.Module, df: pd.DataFrame, classes: list[str], cfg: ImageClassifierConfig) -> dict:
     """Test metrics (accuracy, balanced accuracy, macro-F1, per-class recall, confusion matrix)."""
     images, keep, skipped = load_images(df["path"], cfg.image_size)
     if len(images) == 0:

@@ -59,14 +59,14 @@ def test_latent_classifier_is_noise_aware_and_finite(demo_ws):
 
 
 def test_filter_classifier_beats_chance_on_demo_test_split(demo_ws):
-    from core.train.image_classifier import test_metrics
+    from core.train.image_classifier import metrics_on_test
     from core.models import load_filter_classifier
     from core.data.tables import load_splits
     cfg = load_config(demo_ws.root / "config.json")
     model, info, centroids = load_filter_classifier(demo_ws)
     frame, classes = load_splits(demo_ws)
     assert list(info["classes"]) == classes and centroids.shape[0] == len(classes)
-    metrics = test_metrics(model, frame[frame.split == "test"], classes, cfg.downstream)
+    metrics = metrics_on_test(model, frame[frame.split == "test"], classes, cfg.downstream)
     assert metrics["balanced_accuracy"] > 1 / len(classes) + 0.3
     assert np.isfinite(metrics["accuracy"])
 
