@@ -31,7 +31,7 @@ RANGES: dict[str, str] = {
     "selection.calibration_quantile": "[0, 1]",
     **{f"{s}.{k}": v for s in ("filter_classifier", "downstream") for k, v in (
         ("lr", "(0, inf)"), ("label_smoothing", "[0, 1)"), ("steps", "(0, inf)"), ("evals", "(0, inf)"),
-        ("epochs", "(0, inf)"))},
+        ("epochs", "(0, inf)"), ("stain_jitter", "[0, 1)"), ("min_val_per_class", "(0, inf)"))},
     # a fraction in (0, 1] or a whole number of images per class (ExperimentConfig.validate)
     "experiment.label_fractions": "(0, inf)", "experiment.synthetic_ratios": "(0, inf)",
     "experiment.bootstrap": "(0, inf)",

@@ -10,6 +10,8 @@ from core.errors import ConfigError
 from core.config.checks import check_fields
 
 PRESETS = ("tiny", "demo", "paper")
+NORMS = ("pooled", "split", "recompute", "split_recompute", "group")     # core.train.normalization
+ARMS = ("selected", "unselected", "pseudo", "selected+pseudo")         # core.protocol.arms
 
 
 @dataclass(frozen=True)
@@ -241,12 +243,30 @@ class ImageClassifierConfig:
     label_smoothing: float = 0.1
     mixed_precision: str = "bf16"
     compile: bool = field(default=False, metadata={"key": "never"})   # every grid run compiles anew
+    # Where BatchNorm statistics come from when a run adds images to its real ones
+    # (core.train.normalization): pooled | split | recompute | split_recompute | group
+    norm: str = field(default="pooled", metadata={"key": "if_set"})
+    # "light": flips, 90-degree turns, light colour jitter; "he": flips, 90-degree turns and HED
+    # stain jitter of strength `stain_jitter` (core.data.augment)
+    augment: str = field(default="light", metadata={"key": "if_set"})
+    stain_jitter: float = field(default=0.0, metadata={"key": "if_set"})
+    # which weights are kept: "validation" (best validation balanced accuracy), "last" (the step
+    # count, as the learning curve chose it), "auto" (validation when every class has at least
+    # `min_val_per_class` validation images, else last: a step picked on 3 images is noise)
+    model_selection: str = field(default="validation", metadata={"key": "if_set"})
+    min_val_per_class: int = field(default=10, metadata={"key": "if_set"})
 
     def validate(self) -> None:
         _positive(self, "steps", "epochs", "evals", "batch_size", "lr", "image_size")
         _precision(self, "mixed_precision")
+        name = _section_name(self)
         if self.compute not in ("steps", "epochs"):
-            raise ConfigError(f"{_section_name(self)}.compute must be steps|epochs, got {self.compute!r}")
+            raise ConfigError(f"{name}.compute must be steps|epochs, got {self.compute!r}")
+        for field_name, allowed in (("norm", NORMS), ("augment", ("light", "he")),
+                                    ("model_selection", ("validation", "last", "auto"))):
+            if getattr(self, field_name) not in allowed:
+                raise ConfigError(f"{name}.{field_name} must be {'|'.join(allowed)}, "
+                                  f"got {getattr(self, field_name)!r}")
 
 
 @dataclass(frozen=True)
@@ -257,8 +277,14 @@ class FilterClassifierConfig(ImageClassifierConfig):
 
 @dataclass(frozen=True)
 class DownstreamConfig(ImageClassifierConfig):
-    """The grid's classifiers: the baseline and augmented arms."""
+    """The grid's classifiers: the baseline and the arms that add images to its real ones. Every
+    arm of a seed trains on the baseline's real batches (core.train.batches); the defaults below
+    are the options measured best on the demo (issue 25 note)."""
     section: ClassVar[str] = "downstream"
+    norm: str = field(default="split_recompute", metadata={"key": "if_set"})
+    augment: str = field(default="he", metadata={"key": "if_set"})
+    stain_jitter: float = field(default=0.2, metadata={"key": "if_set"})
+    model_selection: str = field(default="auto", metadata={"key": "if_set"})
 
 
 @dataclass(frozen=True)
@@ -271,10 +297,32 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     topup_rounds: int = 2           # extra sampling rounds for a class short for the largest ratio
     bootstrap: int = 2000           # resamples of the test images for the paired bootstrap interval
+    # the arms beside the baseline (core.protocol.arms): "selected" synthetic images; as many
+    # "unselected" ones drawn from all generated; as many "pseudo"-labelled real images of the
+    # labeled pool outside the budget; "selected+pseudo" both
+    arms: tuple[str, ...] = field(default=("selected",), metadata={"key": "if_set"})
+    # "BUDGET=N" entries (BUDGET as under budgets/: f0.1, n20): seeds 0..N-1 at that budget
+    # instead of `seeds` (a small budget's runs are cheap and noisy: more seeds there)
+    budget_seeds: tuple[str, ...] = field(default=(), metadata={"key": "if_set"})
+
+    def seeds_for(self, budget: str) -> tuple[int, ...]:
+        """The seeds of a budget (by its name, as core.data.budget.budget_name gives it)."""
+        for item in self.budget_seeds:
+            name, sep, count = str(item).rpartition("=")
+            if not sep or not name or not count.isdigit() or int(count) < 1:
+                raise ConfigError(f"experiment.budget_seeds entries must be BUDGET=N with N >= 1 "
+                                  f"(e.g. f0.1=12), got {item!r}")
+            if name == budget:
+                return tuple(range(int(count)))
+        return self.seeds
 
     def validate(self) -> None:
         if not self.seeds:
             raise ConfigError("experiment.seeds must name at least one seed")
+        self.seeds_for("")
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or len(set(self.arms)) != len(self.arms):
+            raise ConfigError(f"experiment.arms must name distinct arms of {'|'.join(ARMS)}, got {list(self.arms)}")
         if not self.label_fractions:
             raise ConfigError("experiment.label_fractions must name at least one budget")
         for r in self.synthetic_ratios:
