@@ -15,6 +15,7 @@ from core.commands import run as run_cmd
 from core.errors import UserError
 from core.config.checks import apply_overrides
 from core.config.store import config_hash as cfg_hash
+from core.evaluate.summary import main_cell
 from core.workspace import Workspace
 from labdata import assert_one_label_budget, make_splits, make_synthetic
 from protocol_fakes import fake_generative_stages, fast
@@ -31,23 +32,31 @@ def test_stages_skip_by_hash_and_grid_resumes(tmp_path, tiny_cfg, monkeypatch):
     assert calls == list(PIPELINE)
     runs = pd.read_csv(ws.results_dir / "runs.csv")
     assert len(runs) == 3 * (1 + 2)                     # seeds x (baseline + 2 ratios)
-    assert set(runs.arm) == {"baseline", "augmented"}
-    aug = runs[runs.arm == "augmented"]
+    assert set(runs.arm) == {"baseline", "selected"}
+    aug = runs[runs.arm == "selected"]
     assert (aug.n_synthetic == (aug.synthetic_ratio * aug.n_real).round()).all()
     assert {"recall_tumor", "recall_stroma", "macro_f1", "balanced_accuracy"} <= set(runs.columns)
+    # equal real exposure, said per run: every arm of a seed took its baseline's real batches
+    for seed, rows in runs.groupby("seed"):
+        assert rows["real_sequence"].nunique() == 1 and rows["real_views_per_image"].nunique() == 1
+    assert (aug.added_share > 0).all() and (runs[runs.arm == "baseline"].added_share == 0).all()
     assert summary["classes"] == ["tumor", "stroma"]
-    assert len(summary["baseline"]["accuracy"]["runs"]) == 3
-    assert summary["delta"]["accuracy"]["n"] == 3 and summary["delta"]["accuracy"]["low"] is not None
+    main = main_cell(summary)
+    assert len(main["baseline"]["accuracy"]["runs"]) == 3
+    delta = main["arms"]["selected"]["delta"]["accuracy"]
+    assert delta["n"] == 3 and delta["low"] is not None and delta["mde"] is not None
+    assert main["arms"]["selected"]["real_batches_match_baseline"] is True
     assert summary["synthetic"]["generated"] == 24
     saved = json.loads((ws.results_dir / "summary.json").read_text())
-    assert saved["augmented"]["macro_f1"]["mean"] == pytest.approx(summary["augmented"]["macro_f1"]["mean"])
+    assert main_cell(saved)["arms"]["selected"]["metrics"]["macro_f1"]["mean"] == \
+        pytest.approx(main["arms"]["selected"]["metrics"]["macro_f1"]["mean"])
     assert saved["config"]["downstream"]["steps"] == 6
     assert (runs.steps == 6).all()                      # equal compute: every arm, every ratio
     assert saved["status"] == "complete" and saved["label_subsets"].startswith("one labeled subset")
     quality = saved["quality"]["f1"]          # the accepted images the runs drew from, with floors
     assert quality["features"] and set(quality["per_class"]) == {"tumor", "stroma"}
     assert all("fd" in m["floor"] for m in quality["per_class"].values())
-    assert "Quality of the accepted images, budget f1" in (ws.results_dir / "summary.md").read_text()
+    assert "Quality of the accepted images" in (ws.results_dir / "summary.md").read_text()
     assert (ws.stages_dir / "pretrain.json").exists()
 
     # same config: nothing reruns, no run is retrained (runs.csv rows are reused)
@@ -87,6 +96,38 @@ def test_stages_skip_by_hash_and_grid_resumes(tmp_path, tiny_cfg, monkeypatch):
     # the guidance-10 runs came back from the archive instead of being retrained
     assert pd.read_csv(ws.results_dir / "runs.csv")["seconds"].tolist() == runs["seconds"].tolist()
     assert len(pd.read_csv(ws.results_dir / "runs_other_configs.csv")) == len(runs)
+
+
+def test_competitor_arms_share_seeds_steps_real_batches_and_counts(tmp_path, tiny_cfg, monkeypatch):
+    """Every arm of the grid at a half budget: per seed each arm trains on the baseline's real
+    batches for the same steps and adds the selected arm's count per class (pseudo-labels from
+    the label-hidden half of the labeled pool); runs.csv and the summary say so per arm."""
+    fake_generative_stages(monkeypatch, [])
+    ws = Workspace(tmp_path / "ws")
+    cfg = apply_overrides(fast(tiny_cfg), ["experiment.label_fractions=0.5", "experiment.synthetic_ratios=1.0",
+                                           "experiment.seeds=0,1",
+                                           "experiment.arms=selected,unselected,pseudo,selected+pseudo"])
+    summary = experiment.run_all(ws, cfg)
+    runs = pd.read_csv(ws.results_dir / "runs.csv")
+    assert sorted(runs.arm.unique()) == ["baseline", "pseudo", "selected", "selected+pseudo", "unselected"]
+    assert (runs.steps == cfg.downstream.steps).all()
+    for seed, rows in runs.groupby("seed"):
+        by = rows.set_index("arm")
+        assert rows["real_sequence"].nunique() == 1 and rows["real_batch"].nunique() == 1
+        k = by.loc["selected", "n_synthetic"]
+        assert k == 12 and by.loc["unselected", "n_synthetic"] == k and by.loc["pseudo", "n_pseudo"] == k
+        assert (by.loc["selected+pseudo", "n_synthetic"], by.loc["selected+pseudo", "n_pseudo"]) == (k, k)
+        assert by.loc["pseudo", "n_synthetic"] == 0 and 0 <= by.loc["pseudo", "pseudo_label_accuracy"] <= 1
+        drawn = pd.read_csv(ws.run_synthetic(by.loc["pseudo", "run_key"]))
+        budget = pd.read_csv(ws.labels_file)
+        splits = pd.read_csv(ws.split_manifest)
+        assert not drawn["path"].isin(budget["path"]).any()          # label-hidden images only
+        assert drawn["path"].isin(splits[splits.split != "test"]["path"]).all()
+    arms = main_cell(summary)["arms"]
+    assert set(arms) == {"selected", "unselected", "pseudo", "selected+pseudo"}
+    assert all(a["real_batches_match_baseline"] and a["delta"]["accuracy"]["n"] == 2 for a in arms.values())
+    text = (ws.results_dir / "summary.md").read_text()
+    assert all(f"| {arm} |" in text for arm in arms)
 
 
 def test_killed_grid_resumes_where_it_stopped(tmp_path, tiny_cfg, monkeypatch):
@@ -140,7 +181,7 @@ def test_tiny_end_to_end_on_demo_data(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ws" / "results" / "summary.json").read_text())
-    assert summary["synthetic"]["generated"] > 0 and len(summary["baseline"]["accuracy"]["runs"]) >= 2
+    assert summary["synthetic"]["generated"] > 0 and len(main_cell(summary)["baseline"]["accuracy"]["runs"]) >= 2
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert all(v == "skipped" for v in
@@ -160,12 +201,13 @@ def test_real_pipeline_on_demo_data_in_process(tmp_path, tiny_cfg):
     assert_one_label_budget(ws)
     assert set(pd.read_csv(ws.results_dir / "runs.csv").label_fraction) == {0.25}
     assert summary["synthetic"]["generated"] >= 6 * len(summary["classes"])
-    assert len(summary["baseline"]["accuracy"]["runs"]) == len(cfg.experiment.seeds)
-    for name in ("baseline", "augmented"):
-        assert 0 <= summary[name]["accuracy"]["mean"] <= 1
-    assert summary["delta"]["macro_f1"]["n"] == len(cfg.experiment.seeds)
+    main = main_cell(summary)
+    assert len(main["baseline"]["accuracy"]["runs"]) == len(cfg.experiment.seeds)
+    for stats in (main["baseline"], main["arms"]["selected"]["metrics"]):
+        assert 0 <= stats["accuracy"]["mean"] <= 1
+    assert main["arms"]["selected"]["delta"]["macro_f1"]["n"] == len(cfg.experiment.seeds)
     runs = pd.read_csv(ws.results_dir / "runs.csv")
-    assert (runs[runs.arm == "augmented"].n_synthetic <= summary["synthetic"]["accepted"]).all()
+    assert (runs[runs.arm == "selected"].n_synthetic <= summary["synthetic"]["accepted"]).all()
     again = experiment.run_all(ws, cfg)
     assert set(again["stage_seconds"].values()) == {"skipped"}
     assert pd.read_csv(ws.results_dir / "runs.csv")["seconds"].tolist() == runs["seconds"].tolist()
@@ -191,7 +233,7 @@ def test_real_pipeline_on_demo_data_in_process(tmp_path, tiny_cfg):
     again = experiment.run_all(other, cfg)
     redone = {k for k, v in again["stage_seconds"].items() if v != "skipped"}
     assert redone == set()
-    assert again["baseline"]["accuracy"]["runs"] == summary["baseline"]["accuracy"]["runs"]
+    assert main_cell(again)["baseline"]["accuracy"]["runs"] == main["baseline"]["accuracy"]["runs"]
     with pytest.raises(UserError, match="already has models"):
         install_demo(bundle, other)
     (bundle / "models" / "unet" / "config.json").write_text("{}")
