@@ -179,6 +179,20 @@ def summarize(runs: pd.DataFrame, classes: list[str], cfg: LabConfig, synthetic:
             "config": to_dict(cfg), "config_hash": config_hash(cfg)}
 
 
+def cell_arms(cell: dict) -> dict:
+    """A cell's arms as summary.json holds them. A summary written before the competitor arms has
+    one, "augmented" (selected synthetic images), read here as "selected" without MDE."""
+    if "arms" in cell:
+        return cell["arms"]
+    if not cell.get("augmented"):
+        return {}
+    return {"selected": {"metrics": cell["augmented"], "delta": cell.get("delta") or {},
+                         "bootstrap": cell.get("bootstrap"), "status": cell.get("status", "ok"),
+                         "realised_ratio": cell.get("realised_ratio"), "shortfall": cell.get("shortfall"),
+                         "n_added": cell.get("n_synthetic"), "power": None,
+                         "per_class_recall": (cell.get("per_class_recall") or {}).get("augmented") or {}}}
+
+
 def main_cell(summary: dict) -> dict:
     """The grid cell summary.json calls main."""
     want = summary.get("main_cell") or {}

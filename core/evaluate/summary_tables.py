@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core.evaluate.summary import DETECT
+from core.evaluate.summary import DETECT, cell_arms
 from core.generate.model_card import markdown_table as frame_markdown
 
 RESULT_COLUMNS = ["budget", "ratio", "arm", "seeds", "accuracy", "Δ accuracy (points)", "95% CI over seeds",
@@ -36,16 +36,18 @@ def results_frame(summary: dict, metric: str = "accuracy") -> pd.DataFrame:
             seen.add(cell["label_fraction"])
             rows.append({"budget": _budget(cell), "ratio": "", "arm": "baseline", "seeds": len(cell.get("seeds") or []),
                          "accuracy": _acc((cell.get("baseline") or {}).get(metric))})
-        for arm, a in (cell.get("arms") or {}).items():
-            d, boot = a["delta"][metric], (a.get("bootstrap") or {}).get(metric) or {}
+        for arm, a in cell_arms(cell).items():
+            d, boot = a["delta"].get(metric) or {}, (a.get("bootstrap") or {}).get(metric) or {}
             notes = [n for n in (a["status"] if a["status"] != "ok" else None,
                                  a.get("power") if metric == "accuracy" else None, a.get("shortfall")) if n]
-            added = "" if a.get("n_added") is None else f"{a['n_added']:.0f} ({a['realised_ratio']:.2f})"
+            added = "" if a.get("n_added") is None or a.get("realised_ratio") is None else \
+                f"{a['n_added']:.0f} ({a['realised_ratio']:.2f})"
             rows.append({"budget": _budget(cell), "ratio": f"{cell['synthetic_ratio']:g}", "arm": arm,
-                         "seeds": d["n"], "accuracy": _acc(a["metrics"][metric]), "Δ accuracy (points)": _pts(d["mean"]),
-                         "95% CI over seeds": f"{_pts(d['low'])} .. {_pts(d['high'])}" if d["low"] is not None else "",
+                         "seeds": d.get("n"), "accuracy": _acc(a["metrics"].get(metric)),
+                         "Δ accuracy (points)": _pts(d.get("mean")),
+                         "95% CI over seeds": f"{_pts(d['low'])} .. {_pts(d['high'])}" if d.get("low") is not None else "",
                          "95% CI over test images": f"{_pts(boot['low'])} .. {_pts(boot['high'])}" if boot else "",
-                         "paired SD": "" if d["std"] is None else f"{100 * d['std']:.1f}",
+                         "paired SD": "" if d.get("std") is None else f"{100 * d['std']:.1f}",
                          "MDE (80% power)": "" if d.get("mde") is None else f"{100 * d['mde']:.1f}",
                          "added (realised ratio)": added, "note": "; ".join(notes)})
     return pd.DataFrame(rows, columns=RESULT_COLUMNS).fillna("")
@@ -59,7 +61,7 @@ def exposure_frame(summary: dict) -> pd.DataFrame:
         items = [("baseline", cell.get("baseline_exposure") or {}, None)] if cell["label_fraction"] not in seen else []
         seen.add(cell["label_fraction"])
         items += [(f"{arm} ×{cell['synthetic_ratio']:g}", a.get("exposure") or {}, a.get("real_batches_match_baseline"))
-                  for arm, a in (cell.get("arms") or {}).items()]
+                  for arm, a in cell_arms(cell).items()]
         for name, e, same in items:
             rows.append({"budget": _budget(cell), "arm": name, "steps": f"{e.get('steps', 0):.0f}",
                          "batch (real + added)": f"{e.get('real_batch', 0):.0f} + {e.get('added_batch', 0):.0f}",
