@@ -14,6 +14,8 @@ PRESETS = ("tiny", "demo", "paper")
 PRECISIONS = ("no", "bf16", "fp16")     # autocast dtypes (core.precision)
 SAVE_DTYPES = ("fp32", "fp16")
 POSITIVE, FRACTION = "(0, inf)", "[0, 1]"
+NORMS = ("pooled", "split", "recompute", "split_recompute", "group")     # core.train.normalization
+ARMS = ("selected", "unselected", "pseudo", "selected+pseudo")         # core.protocol.arms
 
 
 class Section:
@@ -239,6 +241,18 @@ class ImageClassifierConfig(Section):
     label_smoothing: float = spec(0.1, range="[0, 1)")
     mixed_precision: str = spec("bf16", choices=PRECISIONS)
     compile: bool = spec(False, key="never")   # every grid run compiles anew
+    # Where BatchNorm statistics come from when a run adds images to its real ones
+    # (core.train.normalization)
+    norm: str = spec("pooled", choices=NORMS, key="if_set")
+    # "light": flips, 90-degree turns, light colour jitter; "he": flips, 90-degree turns and HED
+    # stain jitter of strength `stain_jitter` (core.data.augment)
+    augment: str = spec("light", choices=("light", "he"), key="if_set")
+    stain_jitter: float = spec(0.0, range="[0, 1)", key="if_set")
+    # which weights are kept: "validation" (best validation balanced accuracy), "last" (the step
+    # count, as the learning curve chose it), "auto" (validation when every class has at least
+    # `min_val_per_class` validation images, else last: a step picked on 3 images is noise)
+    model_selection: str = spec("validation", choices=("validation", "last", "auto"), key="if_set")
+    min_val_per_class: int = spec(10, range=POSITIVE, key="if_set")
 
 
 @dataclass(frozen=True)
@@ -249,8 +263,14 @@ class FilterClassifierConfig(ImageClassifierConfig):
 
 @dataclass(frozen=True)
 class DownstreamConfig(ImageClassifierConfig):
-    """The grid's classifiers: the baseline and augmented arms."""
+    """The grid's classifiers: the baseline and the arms that add images to its real ones. Every
+    arm of a seed trains on the baseline's real batches (core.train.batches); the defaults below
+    are the options measured best on the demo (issue 25 note)."""
     section: ClassVar[str] = "downstream"
+    norm: str = spec("split_recompute", choices=NORMS, key="if_set")
+    augment: str = spec("he", choices=("light", "he"), key="if_set")
+    stain_jitter: float = spec(0.2, range="[0, 1)", key="if_set")
+    model_selection: str = spec("auto", choices=("validation", "last", "auto"), key="if_set")
 
 
 def label_budget_fault(value: float) -> str | None:
@@ -272,6 +292,29 @@ class ExperimentConfig(Section):
     seeds: tuple[int, ...] = spec((0, 1, 2), length="[1, inf)")
     topup_rounds: int = 2           # extra sampling rounds for a class short for the largest ratio
     bootstrap: int = spec(2000, range=POSITIVE)   # resamples of the test images for the paired bootstrap interval
+    # the arms beside the baseline (core.protocol.arms): "selected" synthetic images; as many
+    # "unselected" ones drawn from all generated; as many "pseudo"-labelled real images of the
+    # labeled pool outside the budget; "selected+pseudo" both
+    arms: tuple[str, ...] = spec(("selected",), choices=ARMS, key="if_set")
+    # "BUDGET=N" entries (BUDGET as under budgets/: f0.1, n20): seeds 0..N-1 at that budget
+    # instead of `seeds` (a small budget's runs are cheap and noisy: more seeds there)
+    budget_seeds: tuple[str, ...] = spec((), key="if_set")
+
+    def seeds_for(self, budget: str) -> tuple[int, ...]:
+        """The seeds of a budget (by its name, as core.data.budget.budget_name gives it)."""
+        for item in self.budget_seeds:
+            name, sep, count = str(item).rpartition("=")
+            if not sep or not name or not count.isdigit() or int(count) < 1:
+                raise ConfigError(f"experiment.budget_seeds entries must be BUDGET=N with N >= 1 "
+                                  f"(e.g. f0.1=12), got {item!r}")
+            if name == budget:
+                return tuple(range(int(count)))
+        return self.seeds
+
+    def cross_checks(self) -> None:
+        self.seeds_for("")
+        if len(set(self.arms)) != len(self.arms):
+            raise ConfigError(f"experiment.arms must name distinct arms, got {list(self.arms)}")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def write_runs(ws, cfg, classes) -> pd.DataFrame:
     from core.protocol.experiment import write_summary
     rows = []
     for seed in (0, 1):
-        for arm, ratio, acc in (("baseline", 0.0, 0.6), ("augmented", 1.0, 0.7)):
+        for arm, ratio, acc in (("baseline", 0.0, 0.6), ("selected", 1.0, 0.7)):
             cm = np.eye(len(classes), dtype=int) * 5 + 1
             rows.append({"run_key": f"{arm}{seed}", "arm": arm, "label_fraction": 1.0,
                          "synthetic_ratio": ratio, "seed": seed, "accuracy": acc + 0.02 * seed,

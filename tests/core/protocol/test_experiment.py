@@ -17,6 +17,7 @@ from core.commands import run as run_cmd
 from core.config.checks import apply_overrides
 from core.config.presets import preset
 from core.config.store import config_hash as cfg_hash
+from core.evaluate.summary import main_cell
 from core.workspace import Workspace
 from labdata import copy_workspace, image_folder, make_splits, make_synthetic
 from protocol_fakes import fake_generative_stages, fast
@@ -41,13 +42,20 @@ def test_a_first_run_writes_every_arm_ratio_and_seed(grid_done):
     ws, summary, runs = grid_done.ws, grid_done.summary, grid_done.runs
     assert grid_done.calls == list(PIPELINE)
     assert len(runs) == 3 * (1 + 2)                     # seeds x (baseline + 2 ratios)
-    assert set(runs.arm) == {"baseline", "augmented"}
-    aug = runs[runs.arm == "augmented"]
+    assert set(runs.arm) == {"baseline", "selected"}
+    aug = runs[runs.arm == "selected"]
     assert (aug.n_synthetic == (aug.synthetic_ratio * aug.n_real).round()).all()
     assert {"recall_tumor", "recall_stroma", "macro_f1", "balanced_accuracy"} <= set(runs.columns)
+    # equal real exposure, said per run: every arm of a seed took its baseline's real batches
+    for seed, rows in runs.groupby("seed"):
+        assert rows["real_sequence"].nunique() == 1 and rows["real_views_per_image"].nunique() == 1
+    assert (aug.added_share > 0).all() and (runs[runs.arm == "baseline"].added_share == 0).all()
     assert summary["classes"] == ["tumor", "stroma"]
-    assert len(summary["baseline"]["accuracy"]["runs"]) == 3
-    assert summary["delta"]["accuracy"]["n"] == 3 and summary["delta"]["accuracy"]["low"] is not None
+    main = main_cell(summary)
+    assert len(main["baseline"]["accuracy"]["runs"]) == 3
+    delta = main["arms"]["selected"]["delta"]["accuracy"]
+    assert delta["n"] == 3 and delta["low"] is not None and delta["mde"] is not None
+    assert main["arms"]["selected"]["real_batches_match_baseline"] is True
     assert summary["synthetic"]["generated"] == 24
     assert (runs.steps == 6).all()                      # equal compute: every arm, every ratio
     assert (ws.stages_dir / "pretrain.json").exists()
@@ -56,13 +64,15 @@ def test_a_first_run_writes_every_arm_ratio_and_seed(grid_done):
 def test_the_saved_summary_says_what_ran_and_the_quality_it_drew_from(grid_done):
     ws, summary = grid_done.ws, grid_done.summary
     saved = json.loads((ws.results_dir / "summary.json").read_text())
-    assert saved["augmented"]["macro_f1"]["mean"] == pytest.approx(summary["augmented"]["macro_f1"]["mean"])
+    main = main_cell(summary)
+    assert main_cell(saved)["arms"]["selected"]["metrics"]["macro_f1"]["mean"] == \
+        pytest.approx(main["arms"]["selected"]["metrics"]["macro_f1"]["mean"])
     assert saved["config"]["downstream"]["steps"] == 6
     assert saved["status"] == "complete" and saved["label_subsets"].startswith("one labeled subset")
     quality = saved["quality"]["f1"]          # the accepted images the runs drew from, with floors
     assert quality["features"] and set(quality["per_class"]) == {"tumor", "stroma"}
     assert all("fd" in m["floor"] for m in quality["per_class"].values())
-    assert "Quality of the accepted images, budget f1" in (ws.results_dir / "summary.md").read_text()
+    assert "Quality of the accepted images" in (ws.results_dir / "summary.md").read_text()
 
 
 def test_the_same_config_reruns_nothing_and_retrains_no_run(grid_done, tmp_path, monkeypatch):
@@ -122,6 +132,38 @@ def test_back_to_a_config_restores_its_runs_and_a_damaged_marker_reruns_its_stag
     # the guidance-10 runs came back from the archive instead of being retrained
     assert pd.read_csv(ws.results_dir / "runs.csv")["seconds"].tolist() == runs["seconds"].tolist()
     assert len(pd.read_csv(ws.results_dir / "runs_other_configs.csv")) == len(runs)
+
+
+def test_competitor_arms_share_seeds_steps_real_batches_and_counts(tmp_path, tiny_cfg, monkeypatch):
+    """Every arm of the grid at a half budget: per seed each arm trains on the baseline's real
+    batches for the same steps and adds the selected arm's count per class (pseudo-labels from
+    the label-hidden half of the labeled pool); runs.csv and the summary say so per arm."""
+    fake_generative_stages(monkeypatch, [])
+    ws = Workspace(tmp_path / "ws")
+    cfg = apply_overrides(fast(tiny_cfg), ["experiment.label_fractions=0.5", "experiment.synthetic_ratios=1.0",
+                                           "experiment.seeds=0,1",
+                                           "experiment.arms=selected,unselected,pseudo,selected+pseudo"])
+    summary = experiment.run_all(ws, cfg)
+    runs = pd.read_csv(ws.results_dir / "runs.csv")
+    assert sorted(runs.arm.unique()) == ["baseline", "pseudo", "selected", "selected+pseudo", "unselected"]
+    assert (runs.steps == cfg.downstream.steps).all()
+    for seed, rows in runs.groupby("seed"):
+        by = rows.set_index("arm")
+        assert rows["real_sequence"].nunique() == 1 and rows["real_batch"].nunique() == 1
+        k = by.loc["selected", "n_synthetic"]
+        assert k == 12 and by.loc["unselected", "n_synthetic"] == k and by.loc["pseudo", "n_pseudo"] == k
+        assert (by.loc["selected+pseudo", "n_synthetic"], by.loc["selected+pseudo", "n_pseudo"]) == (k, k)
+        assert by.loc["pseudo", "n_synthetic"] == 0 and 0 <= by.loc["pseudo", "pseudo_label_accuracy"] <= 1
+        drawn = pd.read_csv(ws.run_synthetic(by.loc["pseudo", "run_key"]))
+        budget = pd.read_csv(ws.labels_file)
+        splits = pd.read_csv(ws.split_manifest)
+        assert not drawn["path"].isin(budget["path"]).any()          # label-hidden images only
+        assert drawn["path"].isin(splits[splits.split != "test"]["path"]).all()
+    arms = main_cell(summary)["arms"]
+    assert set(arms) == {"selected", "unselected", "pseudo", "selected+pseudo"}
+    assert all(a["real_batches_match_baseline"] and a["delta"]["accuracy"]["n"] == 2 for a in arms.values())
+    text = (ws.results_dir / "summary.md").read_text()
+    assert all(f"| {arm} |" in text for arm in arms)
 
 
 @pytest.fixture(scope="module")

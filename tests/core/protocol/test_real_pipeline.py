@@ -17,6 +17,7 @@ import core.protocol.experiment as experiment
 from core.config.checks import apply_overrides
 from core.config.presets import preset
 from core.errors import UserError
+from core.evaluate.summary import main_cell
 from core.workspace import Workspace
 from labdata import assert_one_label_budget, image_folder
 
@@ -30,7 +31,7 @@ def test_tiny_end_to_end_on_demo_data(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ws" / "results" / "summary.json").read_text())
-    assert summary["synthetic"]["generated"] > 0 and len(summary["baseline"]["accuracy"]["runs"]) >= 2
+    assert summary["synthetic"]["generated"] > 0 and len(main_cell(summary)["baseline"]["accuracy"]["runs"]) >= 2
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert all(v == "skipped" for v in
@@ -55,11 +56,12 @@ def test_real_pipeline_on_demo_data_in_process(real_run):
     assert_one_label_budget(ws)
     assert set(runs.label_fraction) == {0.25}
     assert summary["synthetic"]["generated"] >= 6 * len(summary["classes"])
-    assert len(summary["baseline"]["accuracy"]["runs"]) == len(cfg.experiment.seeds)
-    for name in ("baseline", "augmented"):
-        assert 0 <= summary[name]["accuracy"]["mean"] <= 1
-    assert summary["delta"]["macro_f1"]["n"] == len(cfg.experiment.seeds)
-    assert (runs[runs.arm == "augmented"].n_synthetic <= summary["synthetic"]["accepted"]).all()
+    main = main_cell(summary)
+    assert len(main["baseline"]["accuracy"]["runs"]) == len(cfg.experiment.seeds)
+    for stats in (main["baseline"], main["arms"]["selected"]["metrics"]):
+        assert 0 <= stats["accuracy"]["mean"] <= 1
+    assert main["arms"]["selected"]["delta"]["macro_f1"]["n"] == len(cfg.experiment.seeds)
+    assert (runs[runs.arm == "selected"].n_synthetic <= summary["synthetic"]["accepted"]).all()
 
 
 def test_a_rerun_of_the_real_pipeline_skips_every_stage_and_grid_run(real_run):
@@ -109,7 +111,7 @@ def test_an_installed_bundle_has_the_apps_data_and_reruns_nothing(real_run, real
     again = experiment.run_all(other, real_run.cfg)
     redone = {k for k, v in again["stage_seconds"].items() if v != "skipped"}
     assert redone == set()
-    assert again["baseline"]["accuracy"]["runs"] == real_run.summary["baseline"]["accuracy"]["runs"]
+    assert main_cell(again)["baseline"]["accuracy"]["runs"] == main_cell(real_run.summary)["baseline"]["accuracy"]["runs"]
 
 
 def test_install_refuses_a_workspace_that_has_models(real_bundle, installed):
