@@ -10,6 +10,7 @@ from core.errors import ConfigError
 from core.config.checks import check_fields
 
 PRESETS = ("tiny", "demo", "paper")
+REALISM_CHECKS = ("knn", "colour")     # selection.realism: the checks against the real class
 
 
 @dataclass(frozen=True)
@@ -210,10 +211,19 @@ class SelectionConfig:
     # `threshold` for every class. "if_set": older workspaces keep their stage markers and run keys.
     calibration: str = field(default="none", metadata={"key": "if_set"})
     calibration_quantile: float = field(default=0.1, metadata={"key": "if_set"})
+    # Checks against the class's real budget images on top of the rule (core.evaluate.realism):
+    # "knn", inside the k-NN radius of one of them in the filter's feature space (Kynkaenniemi et
+    # al.'s precision test); "colour", per-channel mean and pixel std inside their range. Saved
+    # configs without the field selected on the rule alone ("legacy"), and keep their keys.
+    realism: tuple[str, ...] = field(default=REALISM_CHECKS, metadata={"key": "if_set", "legacy": ()})
 
     def validate(self) -> None:
         if self.strategy not in ("threshold", "centroid"):
             raise ConfigError(f"selection.strategy must be threshold|centroid, got {self.strategy!r}")
+        unknown = [c for c in self.realism if c not in REALISM_CHECKS]
+        if unknown or len(set(self.realism)) != len(self.realism):
+            raise ConfigError(f"selection.realism takes each of {'|'.join(REALISM_CHECKS)} at most once, "
+                              f"got {list(self.realism)}")
         if not 0 <= self.threshold <= 1:
             raise ConfigError(f"selection.threshold must be in [0, 1], got {self.threshold}")
         if self.calibration not in ("none", "validation"):
@@ -253,6 +263,19 @@ class ImageClassifierConfig:
 class FilterClassifierConfig(ImageClassifierConfig):
     """The judge: scores synthetic images for selection; trained apart from every grid run."""
     section: ClassVar[str] = "filter_classifier"
+    # Its own seed, none of experiment.seeds: with the seed of a grid run and the same settings it
+    # would be that baseline run and accept what the baseline already gets right. Saved configs
+    # without the field trained it with seed 0 ("legacy"), and keep their keys.
+    seed: int = field(default=1000, metadata={"key": "if_set", "legacy": 0})
+    # k > 1: k members (seeds seed .. seed + k - 1); an image passes a check only when all agree
+    members: int = field(default=1, metadata={"key": "if_set"})
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.members)]
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self, "members")
 
 
 @dataclass(frozen=True)
