@@ -160,6 +160,7 @@ def markdown_table(summary: dict) -> str:
             lines.append(f"- {c} (n={m['n']}): FD {fmt(m['fd'])} ({fmt(f.get('fd'))}), coverage "
                          f"{fmt(m['coverage'])} ({fmt(f.get('coverage'))}), copy rate {fmt(m['copy_rate'])} "
                          f"({fmt(f.get('copy_rate'))})")
+    lines += _selection_lines(summary.get("synthetic") or {})
     for name, b in (summary.get("budgets") or {}).items():
         cal = b.get("calibration")
         if cal:
@@ -170,3 +171,25 @@ def markdown_table(summary: dict) -> str:
             lines.append(f"Budget {name}: the filter classifier stayed at chance on validation "
                          f"(balanced accuracy {b.get('filter_val_balanced_accuracy')}); its selection is not meaningful.")
     return "\n".join(lines) + "\n"
+
+
+SELECTION_CHECKS = (("confidence", "confidence"), ("centroid", "centroid"), ("knn", "k-NN realism"),
+                    ("colour", "colour range"), ("kept", "kept by the rule"))
+
+
+def _selection_lines(synthetic: dict) -> list[str]:
+    """Per budget and class, the synthetic images passing each check (and, in brackets, the real
+    validation images passing it: a check that real images fail says so)."""
+    rule = synthetic.get("rule") or {}
+    realism = "+".join(rule.get("realism") or ()) or "none"
+    lines = []
+    for name, per_class in (synthetic.get("checks") or {}).items():
+        lines += ["", f"Selection, budget {name} (rule: {rule.get('strategy', '?')}, realism checks: {realism}; "
+                      "synthetic images passing each check, real validation images in brackets):", "",
+                  "| class | generated | " + " | ".join(t for _, t in SELECTION_CHECKS) + " |",
+                  "|---|---|" + "---|" * len(SELECTION_CHECKS)]
+        for c, n in per_class.items():
+            cells = [f"{n[k]} ({n['val_' + k]}/{n['val_images']})" if "val_images" in n else str(n[k])
+                     for k, _ in SELECTION_CHECKS]
+            lines.append(f"| {c} | {n['images']} | " + " | ".join(cells) + " |")
+    return lines + ([""] if lines else [])

@@ -22,7 +22,7 @@ from core.config.lab_config import LabConfig
 from core.config.store import config_hash, identity, save_config, to_dict
 from core.io import atomic_write_json, atomic_write_text
 from core.evaluate.metrics import at_chance
-from core.evaluate.selection import current_selection
+from core.evaluate.selection import current_selection, selection_report
 from core.protocol.stages import PER_BUDGET, SHARED, is_done, mark_done, read_marker
 from core.evaluate.summary import markdown_table, summarize
 from core.protocol.topup import accepted_images, class_wants, draw_synthetic, threshold_of, top_up
@@ -209,6 +209,8 @@ def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, budgets: d
         row = _run_once(ws, bws, cfg, run, key, *inputs[bws], test, classes, report, stop)
         if row is None:
             break
+        # per class, how many of the images the run drew from passed each check
+        row["selection_checks"] = json.dumps(selection_checks(bws, cfg)) if run["arm"] == "augmented" else ""
         done = pd.DataFrame([row]) if done.empty else pd.concat([done, pd.DataFrame([row])], ignore_index=True)
         _write_runs(runs_csv, done)
         write_summary(ws, cfg, done, classes, budgets, planned=len(plan))
@@ -223,6 +225,8 @@ def _read_runs(path: Path) -> pd.DataFrame:
 
 
 def synthetic_summary(ws: Workspace, cfg: LabConfig) -> dict:
+    """The first budget's synthetic set under the config's rule, and `checks`: per budget and
+    class, how many images pass each check, beside what the real validation images pass."""
     kept = current_selection(ws, cfg)
     by = kept.groupby(kept["class"].astype(str))
     errors = kept["error"].fillna("").astype(str) if "error" in kept else pd.Series("", index=kept.index)
@@ -231,7 +235,15 @@ def synthetic_summary(ws: Workspace, cfg: LabConfig) -> dict:
             "rule": to_dict(cfg.selection),
             "per_class": {c: {"generated": len(g), "accepted": int(g["kept"].sum()),
                               "mean_confidence": float(g["confidence"].mean()),
-                              "threshold": threshold_of(g)} for c, g in by}}
+                              "threshold": threshold_of(g)} for c, g in by},
+            "checks": {budget_name(v): selection_checks(bws, cfg) for v, bws in budget_views(ws, cfg)
+                       if bws.synthetic_scores.exists()}}
+
+
+def selection_checks(ws: Workspace, cfg: LabConfig) -> dict:
+    """{class: {images, confidence, centroid, knn, colour, kept, val_images, val_...}} of one budget."""
+    table = selection_report(ws, cfg)
+    return {str(c): {k: int(v) for k, v in row.items()} for c, row in table.iterrows()}
 
 
 def calibration_record(ws: Workspace, cfg: LabConfig) -> dict | None:
