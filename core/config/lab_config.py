@@ -15,6 +15,7 @@ PRECISIONS = ("no", "bf16", "fp16")     # autocast dtypes (core.precision)
 SAVE_DTYPES = ("fp32", "fp16")
 POSITIVE, FRACTION = "(0, inf)", "[0, 1]"
 NORMS = ("pooled", "split", "recompute", "split_recompute", "group")     # core.train.normalization
+REALISM_CHECKS = ("knn", "colour")     # selection.realism: the checks against the real class
 ARMS = ("selected", "unselected", "pseudo", "selected+pseudo")         # core.protocol.arms
 
 
@@ -215,8 +216,15 @@ class SelectionConfig(Section):
     # `threshold` for every class. "if_set": older workspaces keep their stage markers and run keys.
     calibration: str = spec("none", choices=("none", "validation"), key="if_set")
     calibration_quantile: float = spec(0.1, range=FRACTION, key="if_set")
+    # Checks against the class's real budget images on top of the rule (core.evaluate.judge):
+    # "knn", inside the k-NN radius of one of them in the filter's feature space (Kynkaenniemi et
+    # al.'s precision test); "colour", per-channel mean and pixel std inside their range. Saved
+    # configs without the field selected on the rule alone (legacy), and keep their keys.
+    realism: tuple[str, ...] = spec(REALISM_CHECKS, choices=REALISM_CHECKS, key="if_set", legacy=())
 
     def cross_checks(self) -> None:
+        if len(set(self.realism)) != len(self.realism):
+            raise ConfigError(f"selection.realism takes each check at most once, got {list(self.realism)}")
         if self.calibration != "none" and self.strategy != "threshold":
             raise ConfigError("selection.calibration=validation calibrates the confidence threshold; "
                               f"selection.strategy={self.strategy!r} uses none (set strategy=threshold)")
@@ -259,6 +267,15 @@ class ImageClassifierConfig(Section):
 class FilterClassifierConfig(ImageClassifierConfig):
     """The judge: scores synthetic images for selection; trained apart from every grid run."""
     section: ClassVar[str] = "filter_classifier"
+    # Its own seed, none of experiment.seeds: with the seed of a grid run and the same settings it
+    # would be that baseline run and accept what the baseline already gets right. Saved configs
+    # without the field trained it with seed 0 ("legacy"), and keep their keys.
+    seed: int = spec(1000, key="if_set", legacy=0)
+    # k > 1: k members (seeds seed .. seed + k - 1); an image passes a check only when all agree
+    members: int = spec(1, range="[1, inf)", key="if_set")
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.members)]
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from core.protocol.stages import PER_BUDGET, SHARED, is_done, mark_done, read_ma
 from core.evaluate.summary import summarize
 from core.evaluate.summary_tables import markdown_table
 from core.protocol import grid
-from core.protocol.grid import plan_runs, run_keys  # noqa: F401  (public: core.protocol.experiment.run_keys)
+from core.protocol.grid import plan_runs, run_keys, selection_checks  # noqa: F401  (public: core.protocol.experiment.run_keys)
 from core.protocol.topup import class_wants, draw_synthetic, threshold_of, top_up  # noqa: F401
 from core.workspace import Workspace
 
@@ -117,6 +117,8 @@ def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, budgets: d
 
 
 def synthetic_summary(ws: Workspace, cfg: LabConfig) -> dict:
+    """The first budget's synthetic set under the config's rule, and `checks`: per budget and
+    class, how many images pass each check, beside what the real validation images pass."""
     kept = current_selection(ws, cfg)
     by = kept.groupby(kept["class"].astype(str))
     errors = kept["error"].fillna("").astype(str) if "error" in kept else pd.Series("", index=kept.index)
@@ -125,7 +127,9 @@ def synthetic_summary(ws: Workspace, cfg: LabConfig) -> dict:
             "rule": to_dict(cfg.selection),
             "per_class": {c: {"generated": len(g), "accepted": int(g["kept"].sum()),
                               "mean_confidence": float(g["confidence"].mean()),
-                              "threshold": threshold_of(g)} for c, g in by}}
+                              "threshold": threshold_of(g)} for c, g in by},
+            "checks": {budget_name(v): selection_checks(bws, cfg) for v, bws in budget_views(ws, cfg)
+                       if bws.synthetic_scores.exists()}}
 
 
 def calibration_record(ws: Workspace, cfg: LabConfig) -> dict | None:

@@ -130,6 +130,13 @@ def run_one(ws: Workspace, bws: Workspace, cfg: LabConfig, run: dict, key: str, 
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def selection_checks(ws: Workspace, cfg: LabConfig) -> dict:
+    """{class: {images, confidence, centroid, knn, colour, kept, val_images, val_...}} of one budget."""
+    from core.evaluate.selection import selection_report
+    table = selection_report(ws, cfg)
+    return {str(c): {k: int(v) for k, v in row.items()} for c, row in table.iterrows()}
+
+
 def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, after_run=None) -> pd.DataFrame:
     """Every planned run not yet in runs.csv; `after_run(done)` after each (the summary)."""
     from core.data.tables import load_splits
@@ -163,6 +170,8 @@ def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, after_run=
         row = run_one(ws, bws, cfg, run, key, inputs[bws], test, classes, report, stop)
         if row is None:
             break
+        # per class, how many of the images the run drew from passed each check
+        row["selection_checks"] = json.dumps(selection_checks(bws, cfg)) if "selected" in run["arm"] else ""
         done = pd.DataFrame([row]) if done.empty else pd.concat([done, pd.DataFrame([row])], ignore_index=True)
         write_runs(ws.runs_csv, done)
         if after_run is not None:

@@ -49,8 +49,8 @@ def test_every_endpoint_and_parameter_has_a_name(served_app):
     assert params["/grid"] == ["classes", "guidance_scales", "seed", "steps", "eta"]
     assert params["/pretrain_start"] == ["preset_name", "steps", "batch_size", "lr", "checkpoint_every",
                                          "sample_every"]
-    assert params["/refilter"] == ["threshold", "strategy", "quota", "show", "class_name", "per_class"]
-    assert params["/export_accepted"] == ["threshold", "strategy", "quota"]
+    assert params["/refilter"] == ["threshold", "strategy", "quota", "show", "class_name", "per_class", "realism"]
+    assert params["/export_accepted"] == ["threshold", "strategy", "quota", "realism"]
     unnamed = {n: p for n, p in params.items() if any(x.startswith("param_") for x in p)}
     assert not unnamed, unnamed
     internal = [n for n in params if n.startswith(("/lambda", "/on_", "/refresh", "/tick", "/handler"))]
