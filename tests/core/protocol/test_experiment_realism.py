@@ -28,7 +28,7 @@ def test_the_runs_draw_only_images_that_pass_every_check_and_say_how_many_did(tm
     assert {c: n["kept"] for c, n in checks.items()} == report["kept"].to_dict()
     assert {c: n["colour"] for c, n in checks.items()} == report["colour"].to_dict()
     assert all(n["val_images"] == 6 for n in checks.values())
-    aug = pd.read_csv(ws.runs_csv).query("arm == 'augmented'")
+    aug = pd.read_csv(ws.runs_csv).query("arm == 'selected'")
     assert json.loads(aug["selection_checks"].iloc[0]) == checks
     drawn = pd.read_csv(ws.run_synthetic(aug["run_key"].iloc[0]))
     assert set(drawn["path"].map(lambda p: "/".join(Path(p).parts[-2:]))) <= set(passing)
