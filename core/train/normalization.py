@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from core.evaluate.inference import _to_input
 
@@ -54,25 +55,16 @@ def forward_parts(forward, norms: list, x_real: torch.Tensor, x_added: torch.Ten
 
 
 @torch.no_grad()
-def recompute_running_stats(net: nn.Module, images_u8: torch.Tensor, batch: int) -> None:
+def recompute_running_stats(net: nn.Module, images_u8: torch.Tensor, batch: int, seed: int = 0) -> None:
     """Running statistics := the average of the batch statistics of `images_u8` (the real
-    training images, in batches of `batch`), the rest of the network in eval mode."""
-    norms = batch_norms(net)
-    if not norms or not len(images_u8):
+    training images) in shuffled batches of `batch` (torch's `update_bn`). Shuffled because a
+    class-sorted set in order gives batches of one class each, whose variance misses the spread
+    between classes."""
+    if not batch_norms(net) or not len(images_u8):
         return
-    was, saved = net.training, [m.momentum for m in norms]
     device = next(net.parameters()).device
-    net.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None            # cumulative average over the batches below
-        m.train()
-    try:
-        for i in range(0, len(images_u8), batch):
-            chunk = images_u8[i:i + batch]
-            if len(chunk) > 1 or i == 0:      # a lone last image adds noise, not statistics
-                net(_to_input(chunk, device))
-    finally:
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
-        net.train(was)
+    order = torch.randperm(len(images_u8), generator=torch.Generator().manual_seed(seed))
+    starts = [i for i in range(0, len(order), batch) if i == 0 or len(order) - i > 1]  # no lone last image
+    was = net.training
+    update_bn((_to_input(images_u8[order[i:i + batch]], device) for i in starts), net)
+    net.train(was)
