@@ -9,7 +9,7 @@ import torch
 def cpu_has_fast_bf16() -> bool:
     """Native bf16 on this CPU (AVX-512 BF16 or AMX). Without it torch emulates bf16: on a 2-core
     AVX2 EPYC a bf16-autocast UNet forward took 45x, a latent-classifier step 15x and a MobileNet
-    step 5x the fp32 time (measured, issue 11), so reduced precision would only cost time there."""
+    step 5x the fp32 time (measured), so reduced precision would only cost time there."""
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:      # a torch without the probes: keep what the config asks

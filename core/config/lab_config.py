@@ -282,7 +282,7 @@ class FilterClassifierConfig(ImageClassifierConfig):
 class DownstreamConfig(ImageClassifierConfig):
     """The grid's classifiers: the baseline and the arms that add images to its real ones. Every
     arm of a seed trains on the baseline's real batches (core.train.batches); the defaults below
-    are the options measured best on the demo (issue 25 note)."""
+    are the options measured on the demo."""
     section: ClassVar[str] = "downstream"
     # split: the baseline keeps plain BatchNorm, an arm's added images never move the running
     # statistics. Recomputing them on the un-augmented real images cost the demo baselines at all

@@ -18,12 +18,12 @@ def preset(name: str) -> LabConfig:
     """The named preset: `tiny` (seconds, tests), `demo` (CPU, minutes), `paper` (reference shapes, GPU)."""
     if name == "demo":
         # Guidance runs the classifier forward + backward every step; at the UNet's widths
-        # (64, 128, 128) with attention pooling it cost as much as the UNet (issue 4). Half the
+        # (64, 128, 128) with attention pooling it cost as much as the UNet. Half the
         # widths and global mean pooling (guided-diffusion's "adaptive" pool) cost ~0.1-0.2 of it.
         # Sized for about an hour on 2 CPU cores in total (see `make demo-models`).
         return LabConfig(
             preset="demo",
-            # issue 15: glass + two scales, flips/rotations. Stain jitter: the target's glass is 15%
+            # Pools with glass at two scales, flips/rotations. Stain jitter: the target's glass is 15%
             # darker than the pools'; unseen, the autoencoder gave it a frame and a blue cast
             # (background 21 dB; 80 steps of fine-tuning with jitter: 28 dB, no frame). With the
             # jitter, overlap-tile padding only cost: 22.7 dB with (2, 2), 25.5 dB plain on 363 test
@@ -39,7 +39,7 @@ def preset(name: str) -> LabConfig:
             # finetune_unet tried on the 27 dB models (README): background and dermis accepted far
             # more often, no stratum corneum still, no accuracy gain, an 84 MB bundle; left off
             latent_classifier=LatentClassifierConfig(block_out_channels=(32, 64, 64), pooling="mean"),
-            # the demo sweep (issue 4 note): mean p(target) peaks near s = 3 and falls by s = 10.
+            # the demo's guidance sweep: mean p(target) peaks near s = 3 and falls by s = 10.
             # latent_margin=2 (20 x 20 latents, the centre 64 px kept): the inset square flat samples
             # show comes from the UNet's edges, not the data; with it the frame is gone and every
             # class but stratum corneum is accepted more often (v5, all labels: background 36 vs 11)
@@ -56,7 +56,7 @@ def preset(name: str) -> LabConfig:
             # loss was far above the smoothed-label floor; every arm trains on the baseline's
             # real batches (BatchNorm from real images, H&E augmentation: the section's defaults)
             downstream=DownstreamConfig(backbone="mobilenetv3_small_100", steps=150, evals=5, mixed_precision="no"),
-            # per-class thresholds from each budget's real validation images (issue 15): one
+            # per-class thresholds from each budget's real validation images: one
             # global 0.9 kept 0 of 200 background and dermis samples; the Selection tab says so
             selection=SelectionConfig(calibration="validation"),
             # all labels first (the budget the lab shows), then the few-label regime the method
@@ -108,7 +108,7 @@ def preset(name: str) -> LabConfig:
                                                      lr=5e-5, weight_decay=0.05),
             sampling=SamplingConfig(steps=50, eta=1.0, guidance_scale=10.0, batch_size=10,
                                     # compile: for GPUs (diffusers' docs); on 2 CPU cores at these
-                                    # shapes it gained nothing (issue 4). bf16 classifier: as
+                                    # shapes it gained nothing. bf16 classifier: as
                                     # guided-diffusion's fp16 one.
                                     num_per_class=500, compile=True, classifier_precision="bf16"),
             # the reference: 300 epochs at batch 128 over ~5k labeled images, about 12k steps

@@ -40,11 +40,11 @@ class DemoPool:
     max_tiles: int = 0                    # > 0: evenly spaced subsample
 
 
-# Issue 15: the first pools held 393 tissue-only tiles at one scale, 11% of them IHC: the models
-# never saw glass (the target's "background" class: 0 accepted samples), overfit one magnification,
-# and painted the IHC image's brown DAB into dermis and stratum corneum samples. Now: overlapping
-# H&E tiles at the target scale and 1.3x coarser (skin.tif's own scale is an estimate), plus glass
-# and tissue edges. ihc.png (assets/LICENSES.md) stays bundled for the tiling tests.
+# Pools of tissue-only tiles fail the target: 393 tissue-only tiles at one scale, 11% of them IHC,
+# never showed the models glass (the target's "background" class: 0 accepted samples), overfit one
+# magnification, and painted the IHC image's brown DAB into dermis and stratum corneum samples. So:
+# overlapping H&E tiles at the target scale and 1.3x coarser (skin.tif's own scale is an estimate),
+# plus glass and tissue edges. ihc.png (assets/LICENSES.md) stays bundled for the tiling tests.
 DEMO_POOLS = (DemoPool("cmu_he_skin", "cmu_small_region.svs", 0.65),
               DemoPool("cmu_he_skin_coarse", "cmu_small_region.svs", 0.25, scale=1.3),
               DemoPool("cmu_glass_and_edges", "cmu_small_region.svs", 0.1, tissue=(0.0, 0.5), max_tiles=300))

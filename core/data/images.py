@@ -219,7 +219,7 @@ def stain_jitter(x: torch.Tensor, generator: torch.Generator, strength: float) -
     """Mild stain/scanner jitter on images in [-1, 1]: per image, one brightness gain in
     [1 - s, 1 + s/4] and one gain per channel in [1 - s/3, 1 + s/3] on transmitted light.
     Gains, not offsets: a dimmer lamp or another white balance scales light, so glass and stain
-    move together (issue 15: the target's glass is 15% darker than the pools' and a model that
+    move together (the target's glass is 15% darker than the pools' and a model that
     never saw it painted it with a frame and a blue cast)."""
     if strength <= 0:
         return x

@@ -1,5 +1,5 @@
 """Speed helpers for running the models: `torch.compile` with an eager fallback, and the
-attention processor that compiles best at short sequences on CPU (issue 4)."""
+attention processor that compiles best at short sequences on CPU."""
 from __future__ import annotations
 
 import contextlib
@@ -83,7 +83,7 @@ class ShortSequenceAttnProcessor:
     """diffusers' classic processor (bmm + softmax, which inductor fuses) for short sequences,
     SDPA for long ones. On CPU the SDPA flash kernel is slow at the demo's shapes (8-dim heads on
     16-64 tokens): compiled, the classic one made the UNet forward ~4% and the classifier's
-    forward + backward 5-15% faster (issue 4, 5 interleaved rounds each). It holds the whole
+    forward + backward 5-15% faster (5 interleaved rounds each). It holds the whole
     attention matrix (batch x heads x N^2), so past MAX_TOKENS SDPA stays."""
 
     MAX_TOKENS = 256

@@ -126,7 +126,7 @@ def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -
     def step_fn(step: int) -> torch.Tensor:
         vae.train()
         rows = step_indices(weights, acfg.batch_size, acfg.seed, step, 0, acc.process_index, acc.num_processes)
-        # the 8 flips/rotations per image (issue 15): tissue has no up, and a small pool goes 8x further
+        # the 8 flips/rotations per image: tissue has no up, and a small pool goes 8x further
         x = augment(_stack(train_set, rows), step_generator(acfg.seed, step, 1, acc.process_index))
         x = stain_jitter(x, step_generator(acfg.seed, step, 2, acc.process_index), acfg.stain_jitter)
         x = x.to(acc.device).contiguous(memory_format=torch.channels_last)
