@@ -18,56 +18,40 @@ import numpy as np
 import pandas as pd
 
 from app import charts, quality_panel
-from app.context import COMPUTE, AppContext, cached_entry, job_markdown
+from app.context import COMPUTE, AppContext, FileCache, job_markdown
+from app.widgets import bounds, options
 from core.config.lab_config import REALISM_CHECKS
 from core.errors import UserError
 from core.protocol.jobs import JobBusy
 
 ALL = "all classes"
 CURVE_POINTS = np.round(np.linspace(0, 1, 51), 3)
-_cache: dict[str, tuple] = {}
-_figures: dict[tuple, tuple] = {}
-_cache_lock = threading.RLock()
+_tables = FileCache()
+_figures: dict[tuple, tuple] = {}      # (scores table, its figures): only their threshold lines move
+_figures_lock = threading.Lock()
 
 
 def scores_file(ctx: AppContext) -> Path:
     return ctx.workspace.synthetic_scores
 
 
-def load_scores(ctx: AppContext) -> pd.DataFrame:
-    """The stored scores with absolute image paths; cached until the file changes."""
+def cached_scores(ctx: AppContext) -> pd.DataFrame:
+    """The stored scores with absolute image paths, sorted for the gallery; cached until the file changes."""
     path = scores_file(ctx)
     if not path.exists():
         return pd.DataFrame(columns=["file", "class", "confidence"])
-    key, hit = cached_entry(_cache, _cache_lock, path)
-    if hit:
-        return hit[1]
-    from core.evaluate.selection import load_scores as read_scores, synthetic_path
-    frame = read_scores(ctx.workspace)
+    return _tables.get(path, lambda p: _scores_for_browsing(ctx, p))
+
+
+def _scores_for_browsing(ctx: AppContext, path: Path) -> pd.DataFrame:
+    from core.evaluate.selection import load_scores, synthetic_path
+    frame = load_scores(ctx.workspace)
     missing = {"file", "class", "confidence"} - set(frame.columns)
     if missing:
         raise UserError(f"{path} lacks column(s) {', '.join(sorted(missing))}")
     frame["class"] = frame["class"].astype(str)
     frame["image_path"] = [str(synthetic_path(ctx.workspace, f)) for f in frame["file"].astype(str)]
-    frame = frame.sort_values(["class", "confidence"], ascending=[True, False], kind="stable")
-    with _cache_lock:
-        _cache[str(path)] = (key, frame, None)
-    return frame
-
-
-def curve(ctx: AppContext, scores: pd.DataFrame) -> pd.DataFrame:
-    """Acceptance fraction against the threshold (cached with the scores; it does not move)."""
-    from core.evaluate.selection import acceptance_curve
-    path = str(scores_file(ctx))
-    with _cache_lock:
-        hit = _cache.get(path)
-        if hit and hit[2] is not None and hit[1] is scores:
-            return hit[2]
-    table = acceptance_curve(scores, CURVE_POINTS)
-    with _cache_lock:
-        if path in _cache and _cache[path][1] is scores:
-            _cache[path] = (_cache[path][0], scores, table)
-    return table
+    return frame.sort_values(["class", "confidence"], ascending=[True, False], kind="stable")
 
 
 def selected(scores: pd.DataFrame, threshold: float, strategy: str, quota: int,
@@ -182,7 +166,7 @@ def refilter(ctx: AppContext, threshold: float, strategy: str, quota: int, show:
              class_filter: str = ALL, per_class: int = 8, realism=None):
     """Slider handler: (summary markdown, counts table, gallery, histograms, acceptance curve).
     `realism`: the checks against the real class to require too (None: the config's)."""
-    scores = load_scores(ctx)
+    scores = cached_scores(ctx)
     if scores.empty:
         empty = pd.DataFrame(columns=["class", "accepted", "rejected", "total"])
         return (hint(ctx), empty, [], charts.confidence_histograms(scores, threshold, []),
@@ -213,13 +197,16 @@ def figures(ctx: AppContext, scores: pd.DataFrame, classes: list[str], threshold
     """Histograms and acceptance curve as serialized plots; built once per scores table (and
     calibration), then only their threshold lines move (see charts.move_threshold)."""
     from gradio.components.plot import PlotData
-    key = (str(scores_file(ctx)), id(scores), tuple(sorted(per_class or ())))
-    with _cache_lock:
-        figs = _figures.get(key)
-        if figs is None:
+
+    from core.evaluate.selection import acceptance_curve
+    key = (str(scores_file(ctx)), tuple(sorted(per_class or ())))
+    with _figures_lock:
+        made_from, figs = _figures.get(key, (None, None))
+        if made_from is not scores:
             _figures.clear()
-            figs = _figures[key] = (charts.confidence_histograms(scores, threshold, classes, per_class),
-                                    charts.acceptance_curve(curve(ctx, scores), threshold, per_class))
+            figs = (charts.confidence_histograms(scores, threshold, classes, per_class),
+                    charts.acceptance_curve(acceptance_curve(scores, CURVE_POINTS), threshold, per_class))
+            _figures[key] = (scores, figs)
         # serialized under the lock: the cached figures are shared between sessions
         return tuple(PlotData(type="plotly", plot=charts.move_threshold(f, threshold, per_class).to_json())
                      for f in figs)
@@ -228,7 +215,7 @@ def figures(ctx: AppContext, scores: pd.DataFrame, classes: list[str], threshold
 def export(ctx: AppContext, threshold: float, strategy: str, quota: int, realism=None) -> str:
     """Write the accepted set (accepted/CLASS/*.png + manifest) through core.evaluate.selection."""
     from core.evaluate.selection import export_accepted
-    scores = load_scores(ctx)
+    scores = cached_scores(ctx)
     if scores.empty:
         raise UserError(hint(ctx))
     thresholds, _ = calibration(ctx, threshold, strategy, scores)
@@ -255,7 +242,7 @@ def start_scoring(ctx: AppContext) -> str:
 
 
 def class_choices(ctx: AppContext) -> list[str]:
-    scores = load_scores(ctx)
+    scores = cached_scores(ctx)
     return [ALL, *sorted(scores["class"].unique())] if not scores.empty else [ALL]
 
 
@@ -270,10 +257,11 @@ def hint(ctx: AppContext) -> str:
 def build(ctx: AppContext) -> dict:
     sel = ctx.config.selection
     with gr.Row():
-        threshold = gr.Slider(0, 1, value=sel.threshold, step=0.01, label="confidence threshold",
-                              elem_id="threshold-slider")
-        strategy = gr.Radio(["threshold", "centroid"], value=sel.strategy, label="strategy")
-        quota = gr.Number(sel.quota_per_class, label="quota per class (0 = none)", precision=0, minimum=0)
+        threshold = gr.Slider(**bounds(sel, "threshold"), value=sel.threshold, step=0.01,
+                              label="confidence threshold", elem_id="threshold-slider")
+        strategy = gr.Radio(options(sel, "strategy"), value=sel.strategy, label="strategy")
+        quota = gr.Number(sel.quota_per_class, label="quota per class (0 = none)", precision=0,
+                          **bounds(sel, "quota_per_class"))
         realism = gr.CheckboxGroup(list(REALISM_CHECKS), value=list(sel.realism),
                                    label="also require (vs the class's real images)")
     with gr.Row():

@@ -19,14 +19,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.errors import UserError
+from core.config.checks import check_value, choices, field_range
 from core.config.lab_config import REALISM_CHECKS, LabConfig
+from core.errors import ConfigError, UserError
 from core.evaluate.judge import COLOUR_COLUMNS, Judge
 from core.generate.sampling import made_by_config
 from core.io import atomic_dir, atomic_write_text, folder_hash, read_png_params, save_png
 from core.workspace import Workspace
 
-STRATEGIES = ("threshold", "centroid")
+STRATEGIES = choices("selection", "strategy")
 SCORE_COLUMNS = ["confidence", "predicted", "predicted_class", "nearest_class", "nearest_distance",
                  "centroid_distance", "knn_ratio", *COLOUR_COLUMNS, "colour_ok", "error"]
 EXPORT_COLUMNS = ["file", "class", "label", "seed", "guidance_scale", "steps", "scheduler", "eta",
@@ -53,7 +54,7 @@ def load_manifest(ws: Workspace) -> pd.DataFrame:
     missing = {"file", "class"} - set(manifest.columns)
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    return manifest
+    return manifest.drop_duplicates("file", keep="last").reset_index(drop=True)   # a re-made file: its latest row
 
 
 def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
@@ -85,7 +86,8 @@ def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
     text = scores.to_csv(index=False)
     if kept is not None:
         new = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-        text = pd.concat([kept, new], ignore_index=True).fillna("").to_csv(index=False)
+        text = pd.concat([kept, new], ignore_index=True).fillna("").drop_duplicates("file", keep="last") \
+            .to_csv(index=False)
     atomic_write_text(ws.synthetic_scores, text)
     if cfg.selection.calibration != "none":
         calibrate(ws, cfg)      # the per-class thresholds beside the scores, where the app reads them
@@ -150,7 +152,7 @@ def apply_threshold(scores: pd.DataFrame, threshold: float, strategy: str = "thr
     realism:   the checks against the real class that must pass too ("knn", "colour").
     quota_per_class > 0 keeps at most that many per class, best-ranked first.
     """
-    _check_rule(threshold, strategy, quota_per_class, per_class, realism)
+    strategy, quota_per_class = _check_rule(threshold, strategy, quota_per_class, per_class, realism)
     out = scores.copy()
     conf = out["confidence"].to_numpy(dtype=np.float64)
     bar = out["class"].astype(str).map(dict(per_class or {})).fillna(threshold).to_numpy(np.float64)
@@ -180,19 +182,20 @@ def apply_threshold(scores: pd.DataFrame, threshold: float, strategy: str = "thr
     return out
 
 
-
-def _check_rule(threshold, strategy, quota_per_class, per_class, realism) -> None:
-    if strategy not in STRATEGIES:
-        raise UserError(f"selection.strategy must be one of {STRATEGIES}, got {strategy!r}")
+def _check_rule(threshold, strategy, quota_per_class, per_class, realism) -> tuple[str, int]:
+    """The rule's values as their fields declare them (strategy, quota); UserError naming the first bad one."""
+    try:
+        strategy = check_value("selection.strategy", strategy)
+        quota_per_class = check_value("selection.quota_per_class", quota_per_class)
+        check_value("selection.realism", tuple(realism))
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    allowed = field_range("selection", "threshold")
     for name, t in {"": threshold, **(per_class or {})}.items():
-        if not 0 <= t <= 1:
+        if t not in allowed:
             where = f" (class {name})" if name else ""
-            raise UserError(f"selection.threshold{where} must be in [0, 1], got {t}")
-    if quota_per_class < 0:
-        raise UserError(f"selection.quota_per_class must be >= 0, got {quota_per_class}")
-    bad = [c for c in realism if c not in REALISM_CHECKS]
-    if bad:
-        raise UserError(f"selection.realism takes {'|'.join(REALISM_CHECKS)}, got {','.join(bad)}")
+            raise UserError(f"selection.threshold{where} must be {allowed.rule()}, got {t}")
+    return strategy, quota_per_class
 
 
 def check_counts(selected: pd.DataFrame, classes: list[str] | None = None) -> pd.DataFrame:

@@ -53,12 +53,32 @@ def check_models(ws: Workspace, cfg: LabConfig | None = None, parts=tuple(PARTS)
     return {name: folders[name] for name in parts}
 
 
+# weight files that torch.load would unpickle: never loaded, and refused when they sit in a model folder
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+
+
+def refuse_pickled(folder: str | Path) -> None:
+    """UserError, one line, when a model folder holds a pickled weight file (beside its
+    safetensors or instead of them): diffusers would fall back to it ("unsafe serialization")."""
+    found = sorted(p.name for pattern in PICKLED for p in Path(folder).glob(pattern))
+    if found:
+        raise UserError(f"{folder} holds {', '.join(found)}: pickled weights, which the lab never loads "
+                        "(safetensors only); remove the file, or re-save the model with save_pretrained")
+
+
+def from_folder(cls, folder: str | Path, **kwargs):
+    """`cls.from_pretrained(folder, use_safetensors=True)` after `refuse_pickled`: the one way the
+    lab loads a diffusers model folder."""
+    refuse_pickled(folder)
+    return cls.from_pretrained(folder, use_safetensors=True, **kwargs)
+
+
 def load_autoencoder(ws: Workspace) -> AutoencoderKL:
-    return AutoencoderKL.from_pretrained(check_models(ws, parts=("vae",))["vae"]).eval()
+    return from_folder(AutoencoderKL, check_models(ws, parts=("vae",))["vae"]).eval()
 
 
 def load_unet(ws: Workspace) -> UNet2DModel:
-    return UNet2DModel.from_pretrained(check_models(ws, parts=("unet",))["unet"]).eval()
+    return from_folder(UNet2DModel, check_models(ws, parts=("unet",))["unet"]).eval()
 
 
 def load_scheduler(ws: Workspace) -> DDPMScheduler:
@@ -66,7 +86,7 @@ def load_scheduler(ws: Workspace) -> DDPMScheduler:
 
 
 def load_latent_classifier(ws: Workspace) -> LatentClassifier:
-    return LatentClassifier.from_pretrained(check_models(ws, parts=("latent_classifier",))["latent_classifier"]).eval()
+    return from_folder(LatentClassifier, check_models(ws, parts=("latent_classifier",))["latent_classifier"]).eval()
 
 
 def load_filter_classifier(ws: Workspace, member: int = 0) -> tuple[torch.nn.Module, dict, torch.Tensor]:
@@ -80,6 +100,7 @@ def load_filter_classifier(ws: Workspace, member: int = 0) -> tuple[torch.nn.Mod
         if not path.exists():
             raise UserError(f"filter classifier missing {path} "
                             "(run `python -m core filter-classifier --workspace ...` first)")
+    refuse_pickled(folder)
     info = json.loads(config.read_text())
     model = build_backbone(info["backbone"], len(info["classes"]))
     model.load_state_dict(load_file(str(weights)))

@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,19 +43,18 @@ def test_bad_rule_arguments_name_the_field():
         apply_threshold(table(), 1.5)
 
 
-def test_apply_threshold_and_curve_are_fast_on_1000_rows():
+def test_quota_and_curve_on_1000_rows():
+    """Their speed (the slider re-filters on every move) is measured by benchmarks/filter_speed.py."""
     rng = np.random.default_rng(0)
     n = 1000
     scores = pd.DataFrame({"file": [f"{i}.png" for i in range(n)],
                            "class": rng.choice(list("abcdefghi"), n),
                            "confidence": rng.random(n), "nearest_class": rng.choice(list("abcdefghi"), n),
                            "centroid_distance": rng.random(n)})
-    t0 = time.perf_counter()
     kept = apply_threshold(scores, 0.5, quota_per_class=30)
-    apply_threshold(scores, 0.5, strategy="centroid", quota_per_class=30)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 0.3, elapsed
     assert kept.groupby("class")["kept"].sum().max() <= 30
+    nearest = apply_threshold(scores, 0.5, strategy="centroid", quota_per_class=30)
+    assert nearest.groupby("class")["kept"].sum().max() <= 30
     curve = acceptance_curve(scores, np.linspace(0, 1, 21))
     all_rows = curve[curve["class"] == "all"]
     assert all_rows["accepted"].iloc[0] == n and all_rows["accepted"].is_monotonic_decreasing
@@ -112,7 +109,7 @@ def test_score_filter_export_end_to_end(tmp_path, tiny_cfg):
     assert len(pd.read_csv(tmp_path / "export" / "manifest.csv")) == expected
 
 
-# --- per-class thresholds calibrated on validation (issue 15) --------------------------------------
+# --- per-class thresholds calibrated on validation ----------------------------------------------
 
 def test_per_class_thresholds_override_the_global_one_for_their_classes():
     out = apply_threshold(table(), 0.9, per_class={"b": 0.05})
