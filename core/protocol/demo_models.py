@@ -53,8 +53,9 @@ def _budget_parts(ws: Workspace, include_images: bool) -> dict[str, list[tuple[P
             if not path.exists():
                 raise UserError(f"cannot export: {path} is missing (finish `python -m core run` first)")
         files = [(path, path.relative_to(root).as_posix()) for path in paths]
-        if top == "synthetic":      # per-class calibration, which the Selection tab shows
-            files += [(p, p.name) for p in (ws.selection_thresholds, ws.val_scores) if p.exists()]
+        if top == "synthetic":      # per-class calibration and real reference, which the Selection tab shows
+            files += [(p, p.name) for p in (ws.selection_thresholds, ws.val_scores, ws.real_reference)
+                      if p.exists()]
         if top == "accepted" and include_images:    # the selection stage's export, so it stays done
             files += [(p, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*.png"))]
         if top == "synthetic" and include_images and not ws.scope:   # other budgets: accepted copies only

@@ -33,7 +33,7 @@ def test_the_runs_draw_only_images_that_pass_every_check_and_say_how_many_did(tm
     drawn = pd.read_csv(ws.run_synthetic(aug["run_key"].iloc[0]))
     assert set(drawn["path"].map(lambda p: "/".join(Path(p).parts[-2:]))) <= set(passing)
     md = ws.summary_md.read_text()
-    assert "Selection, budget f1 (rule: threshold, realism checks: knn+colour" in md
+    assert "real validation images in brackets (rule: threshold, realism checks: knn+colour)" in md
     tumor = checks["tumor"]
-    assert (f"| tumor | {tumor['images']} | {tumor['confidence']} ({tumor['val_confidence']}/6) | "
+    assert (f"| f1 | tumor | {tumor['images']} | {tumor['confidence']} ({tumor['val_confidence']}/6) | "
             f"{tumor['centroid']} ({tumor['val_centroid']}/6) | {tumor['knn']} ({tumor['val_knn']}/6)") in md

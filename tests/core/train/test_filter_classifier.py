@@ -1,9 +1,12 @@
 """The filter classifier is a judge of its own: its section, its seed(s), never a baseline run."""
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from core.config.checks import apply_overrides
+from core.config.lab_config import DownstreamConfig
 from core.config.store import from_dict, identity, to_dict
 from core.errors import UserError
 from core.io import file_sha256
@@ -30,6 +33,12 @@ def cfg(tiny_cfg):
     return apply_overrides(tiny_cfg, FAST)
 
 
+def _downstream_like_the_filter(cfg):
+    """The config whose downstream section trains exactly as the filter does (the grid's defaults differ)."""
+    own = {k: v for k, v in to_dict(cfg.filter_classifier).items() if k not in ("seed", "members")}
+    return replace(cfg, downstream=DownstreamConfig(**own))
+
+
 def _weights(ws: Workspace) -> dict[str, torch.Tensor]:
     return load_file(str(Workspace.weights_of(ws.filter_classifier_dir)))
 
@@ -54,6 +63,7 @@ def test_the_filter_is_not_the_seed_0_baseline(ws, cfg):
     """Same settings, same images: only the seed tells the filter from a grid run, so it must be
     its own (1000 by default), and the seed-0 baseline's weights are not the filter's."""
     from core.data.budget import budget_labels
+    cfg = _downstream_like_the_filter(cfg)
     assert cfg.filter_classifier.seed == 1000 and 1000 not in cfg.experiment.seeds
     train_filter_classifier(ws, cfg)
     labels, classes = budget_labels(ws, cfg)
@@ -64,6 +74,7 @@ def test_the_filter_is_not_the_seed_0_baseline(ws, cfg):
 
 
 def test_a_filter_that_would_be_a_baseline_run_is_refused(ws, cfg):
+    cfg = _downstream_like_the_filter(cfg)
     twin = apply_overrides(cfg, ["filter_classifier.seed=1"])           # experiment.seeds = 0, 1, 2
     assert baseline_twin(twin) == 1 and baseline_twin(cfg) is None
     with pytest.raises(UserError, match="filter_classifier.seed: seed 1 is in experiment.seeds"):
