@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from core.config.store import load_config
+from core.evaluate.summary import main_cell
 from core.workspace import Workspace
 
 BUNDLE = Path(__file__).resolve().parents[3] / "assets" / "demo_models"
@@ -89,20 +90,36 @@ def _acceptance(ws: Workspace) -> dict[str, float]:
     return {c: float((scores.loc[scores["class"] == c, "confidence"] >= bars[c]).mean()) for c in classes}
 
 
-def test_every_class_is_accepted_at_the_bundled_threshold_in_every_budget(demo_ws):
-    """Every class keeps some of its samples at the bundled (per-class,
-    validation-calibrated) threshold, at every label budget, so no augmented arm lacks a class."""
-    from core.data.budget import budget_views
-    cfg = load_config(demo_ws.root / "config.json")
-    assert cfg.selection.calibration == "validation"
-    for name, view in budget_views(demo_ws, cfg):
-        rate = _acceptance(view)
-        assert min(rate.values()) > 0, (name, rate)
+def test_a_class_the_judge_keeps_nothing_of_is_reported_short_and_never_drawn(demo_ws):
+    """The bundled generator makes no stratum corneum the judge accepts (its samples lack the thin
+    keratin lines, and epidermis comes out too dark for the real class's colour range). Such a
+    class is said per budget (summary.json synthetic.checks: kept 0), per grid cell (shortfall) and
+    per run (runs.csv added_per_class: 0 drawn of what was wanted), and no run adds an image of it."""
+    import json
+    import pandas as pd
+    from core.data.budget import budget_name
+    summary = json.loads((demo_ws.results_dir / "summary.json").read_text())
+    empty = {(b, c) for b, per in summary["synthetic"]["checks"].items() for c, n in per.items() if n["kept"] == 0}
+    assert ("f1", "stratum_corneum") in empty, empty      # when it is made, this test and the xfail below go
+    for cell in summary["grid"]:
+        short = cell["arms"]["selected"]["shortfall"] or ""
+        assert all(f"{c}: 0 of" in short for b, c in empty if b == cell["budget"]), (cell["budget"], short)
+    runs = pd.read_csv(demo_ws.runs_csv)
+    selected = runs[runs.arm.isin(["selected", "selected+pseudo"])]
+    assert len(selected)
+    for _, run in selected.iterrows():
+        budget = budget_name(run["label_fraction"])
+        drawn = json.loads(run["added_per_class"])["synthetic"]
+        added = pd.read_csv(demo_ws.run_synthetic(run["run_key"]))
+        for b, c in empty:
+            if b == budget:
+                assert drawn[c]["drawn"] == 0 and drawn[c]["wanted"] > 0
+                assert c not in set(added["class_name"]), (run["run_key"], c)
 
 
-@pytest.mark.xfail(strict=True, reason="the stronger target, not met: at all labels the bundle "
-                   "keeps 9% of background and 0.5% of stratum corneum samples (strict: passing means "
-                   "the target is met and this mark must go)")
+@pytest.mark.xfail(strict=True, reason="the stronger target, not met: at all labels the bundle's "
+                   "judge keeps no stratum corneum and under 20% of dermis (strict: passing means the "
+                   "target is met and this mark must go)")
 def test_every_class_keeps_a_fifth_of_its_samples_at_the_bundled_threshold(demo_ws):
     rate = _acceptance(demo_ws)
     assert min(rate.values()) >= 0.2, rate
@@ -112,7 +129,8 @@ def test_bundle_carries_results_and_scored_synthetic_images(demo_ws):
     import json
     import pandas as pd
     summary = json.loads((demo_ws.results_dir / "summary.json").read_text())
-    assert summary["baseline"]["accuracy"]["runs"] and summary["augmented"]["accuracy"]["runs"]
+    cell = main_cell(summary)
+    assert cell["baseline"]["accuracy"]["runs"] and cell["arms"]["selected"]["metrics"]["accuracy"]["runs"]
     scores = pd.read_csv(demo_ws.synthetic_dir / "scores.csv")
     assert {"confidence", "class", "seed"} <= set(scores.columns) and len(scores) > 0
     assert (demo_ws.root / Path(scores["file"].iloc[0])).exists() or Path(scores["file"].iloc[0]).exists() \
@@ -155,7 +173,7 @@ def test_bundled_models_folder_loads_as_a_diffusers_pipeline_and_describes_itsel
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: diffusers\nlicense: other\n")
     assert "- diffusers:GuidedLatentPipeline" in card.split("---")[1]
-    assert "| cmu_he_skin |" in card and '"pretrain": {' in card and "| augmented |" in card
+    assert "| cmu_he_skin |" in card and '"pretrain": {' in card and "| selected |" in card
 
 
 def test_each_budget_samples_with_its_own_classifier(demo_ws):
