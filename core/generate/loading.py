@@ -82,7 +82,7 @@ def load_pipeline(ws: Workspace, cfg: LabConfig, device: str | torch.device | No
         `model_hashes` (also in every `GuidedOutput`) name its models as the manifests do.
 
     Raises:
-        UserError: a model is missing (`check_models`) or a setting is out of range.
+        UserError: a model is missing (`check_models`), or a precision, sampler or margin it does not allow.
         TypeError: an unknown setting.
     """
     folders = check_models(ws, cfg)

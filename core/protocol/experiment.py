@@ -237,7 +237,8 @@ def run_all(ws: Workspace, cfg: LabConfig, labeled=None, test=None, unlabeled=()
         `dict`: the summary (`summarize`), or {"stopped": True, "stage", ...} when stopped.
 
     Raises:
-        UserError: no data sources, other sources without `switch_data`, or a budget the data cannot meet.
+        UserError: no `labeled` in a workspace made before it remembered its sources, other sources than
+            remembered in a workspace with models and no `switch_data`, or a budget the data cannot meet.
     """
     ws = Workspace(ws.root).ensure()
     labeled, test, unlabeled = choose_sources(ws, labeled, test, unlabeled, switch_data)
