@@ -48,7 +48,19 @@ def field_range(section: Any, name: str) -> Range | None:
 
 
 def choices(section: Any, name: str) -> tuple | None:
-    """The values a field allows (None when it declares no choices), e.g. ("ddim", "ddpm")."""
+    """The values a field allows (None when it declares no choices), e.g. ("ddim", "ddpm").
+
+    Args:
+        section (`str`, `type` or config section): the section's name in LabConfig ("sampling"), or its class or an
+            instance.
+        name (`str`): the field's name ("sampler").
+
+    Returns:
+        `tuple` or `None`: the field's declared choices, None when it declares none.
+
+    Raises:
+        ConfigError: the section or the field is unknown.
+    """
     f, _, _ = _declared(section, name)
     return f.metadata.get("choices")
 
@@ -57,10 +69,16 @@ def check_value(key: str, value: Any) -> Any:
     """`value` as field `key` ("section.name") takes it: typed as `--set` and the app's widgets
     are, then checked against the field's declaration.
 
+    Args:
+        key (`str`): the field as "section.name" ("sampling.eta").
+        value (`Any`): `--set` text or a widget's value (a float for an int field is taken when whole).
+
     Returns:
         the typed value (e.g. 5 for the int field's 5.0).
+
     Raises:
-        ConfigError: one line naming the key and what is wrong.
+        ConfigError: one line naming the key and what is wrong (unknown section or field, wrong type,
+            out of range, not one of the choices).
     """
     section, _, name = str(key).partition(".")
     f, declared, label = _declared(section, name)
@@ -110,7 +128,21 @@ def typed_value(value: Any, declared: Any, key: str) -> Any:
 
 def apply_overrides(cfg: Any, overrides: Iterable[str] | Mapping[str, Any]) -> Any:
     """Apply `section.field=value` strings (values parsed as JSON, else as plain strings), or a
-    {"section.field": value} mapping of typed values; the result is validated (ConfigError)."""
+    {"section.field": value} mapping of typed values; the result is validated (ConfigError).
+
+    Args:
+        cfg (`LabConfig`): the config to start from; it is not changed.
+        overrides (`Iterable[str]` or `Mapping[str, Any]`): "section.field=value" strings, or a mapping of
+            "section.field" to a value; applied in order.
+
+    Returns:
+        `LabConfig`: a new, validated config with the overrides applied.
+
+    Raises:
+        ConfigError: an item not of the form section.field=value, an unknown section or field, a section
+            saved under an old name (`classifier`, `classify`) or a field that moved (names the new one),
+            or a value its field's declaration refuses.
+    """
     if isinstance(overrides, Mapping):
         items = [(key, value, f"{key}={value}") for key, value in overrides.items()]
     else:

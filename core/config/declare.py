@@ -66,7 +66,24 @@ def spec(default: Any, *, range: str | None = None, choices: tuple | None = None
          length: str | None = None, check: Callable[[Any], str | None] | None = None,
          key: str | None = None, was: str | None = None, legacy: Any = _UNSET) -> Any:
     """A dataclass field with its declaration (see the module docstring). `legacy`: the value a
-    saved config without the field ran with (it loads as that, not as today's default)."""
+    saved config without the field ran with (it loads as that, not as today's default).
+
+    Args:
+        default (`Any`): the field's default.
+        range (`str`, *optional*, defaults to `None`): the interval every value must lie in, e.g. "(0, inf)";
+            None: numbers must be finite and >= 0.
+        choices (`tuple`, *optional*, defaults to `None`): the values allowed.
+        length (`str`, *optional*, defaults to `None`): an interval for a tuple field's element count.
+        check (`Callable`, *optional*, defaults to `None`): a function of one element returning what is wrong
+            with it, or None.
+        key (`str`, *optional*, defaults to `None`): "never" (speed only) or "if_set" (counts only when not the
+            default) for `identity`; None: the field always keys.
+        was (`str`, *optional*, defaults to `None`): the name the field was saved and keyed under.
+        legacy (`Any`, *optional*): the value a saved config without the field ran with.
+
+    Returns:
+        `dataclasses.Field`: the field, its declaration in `metadata` (None entries left out).
+    """
     metadata = {"range": range, "choices": choices, "length": length, "check": check, "key": key, "was": was}
     metadata = {k: v for k, v in metadata.items() if v is not None}
     if legacy is not _UNSET:

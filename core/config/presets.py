@@ -15,7 +15,17 @@ from core.workspace import Workspace
 
 
 def preset(name: str) -> LabConfig:
-    """The named preset: `tiny` (seconds, tests), `demo` (CPU, minutes), `paper` (reference shapes, GPU)."""
+    """The named preset: `tiny` (seconds, tests), `demo` (CPU, minutes), `paper` (reference shapes, GPU).
+
+    Args:
+        name (`str`): "tiny", "demo" or "paper".
+
+    Returns:
+        `LabConfig`: the preset's config, validated.
+
+    Raises:
+        ConfigError: an unknown preset name.
+    """
     if name == "demo":
         # Guidance runs the classifier forward + backward every step; at the UNet's widths
         # (64, 128, 128) with attention pooling it cost as much as the UNet. Half the
@@ -124,7 +134,21 @@ def preset(name: str) -> LabConfig:
 def config_for(workspace: Workspace | str | Path | None, preset_name: str | None = None,
                overrides: Iterable[str] | Mapping[str, Any] = ()) -> LabConfig:
     """The config a CLI command or the app runs with: the named preset when one is given, else
-    the workspace's saved config, else the demo preset; then the overrides (`apply_overrides`)."""
+    the workspace's saved config, else the demo preset; then the overrides (`apply_overrides`).
+
+    Args:
+        workspace (`Workspace`, `str` or `Path`): the workspace whose config.json is read when no preset is
+            named; None for none.
+        preset_name (`str`, *optional*, defaults to `None`): a preset that takes the place of the saved config.
+        overrides (`Iterable[str]` or `Mapping[str, Any]`, *optional*, defaults to `()`): `--set` strings or a
+            mapping of "section.field" to value.
+
+    Returns:
+        `LabConfig`: the config, validated.
+
+    Raises:
+        ConfigError: an unknown preset, a saved config that does not load, or a refused override.
+    """
     saved = None
     if workspace is not None:
         saved = (workspace if isinstance(workspace, Workspace) else Workspace(workspace)).config_file

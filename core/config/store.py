@@ -16,12 +16,34 @@ from core.workspace import Workspace
 
 
 def to_dict(cfg: Any) -> dict:
+    """A config as plain data (`dataclasses.asdict`), the form `save_config` writes.
+
+    Args:
+        cfg (`LabConfig` or config section): a dataclass instance.
+
+    Returns:
+        `dict`: its fields, nested sections as dicts (tuples stay tuples).
+    """
     return dataclasses.asdict(cfg)
 
 
 def from_dict(data: Any) -> LabConfig:
     """Rebuild a LabConfig from `to_dict` output (tuples restored from JSON lists); ConfigError,
-    one line naming the key, for anything that is not such a dict (never a silent default)."""
+    one line naming the key, for anything that is not such a dict (never a silent default).
+
+    Sections saved under older names and fields saved under older names ("was") load under today's;
+    a field the data lacks takes its "legacy" value where it declares one, else its default.
+
+    Args:
+        data (`Any`): the parsed JSON: a dict of sections plus "preset".
+
+    Returns:
+        `LabConfig`: the config, validated.
+
+    Raises:
+        ConfigError: not a dict, an unknown section or field, no "preset", a section that is not a dict,
+            a value its field refuses, or a data.label_fraction other than 1.0.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"expected a JSON object of config sections, got {_kind(data)}")
     data = migrate_sections(data)
@@ -72,7 +94,14 @@ def identity(section: Any) -> dict:
     count when they differ from their default, so adding such a field keeps every existing
     workspace's stage markers and finished grid runs valid; a field whose default is not what
     older workspaces ran with names that value as "legacy" (it counts when it differs from that).
-    A renamed field keys under the name it was saved with ("was"), so renaming keeps them valid too."""
+    A renamed field keys under the name it was saved with ("was"), so renaming keeps them valid too.
+
+    Args:
+        section (config section): a section instance, e.g. `cfg.sampling`.
+
+    Returns:
+        `dict`: field name (the "was" name for a renamed field) to value, the left-out fields dropped.
+    """
     out = dataclasses.asdict(section)
     for f in fields(section):
         how = f.metadata.get("key")
@@ -85,7 +114,15 @@ def identity(section: Any) -> dict:
 
 
 def config_hash(*parts: Any) -> str:
-    """Stable short hash of configs / plain values (dataclasses, dicts, strings, numbers)."""
+    """Stable short hash of configs / plain values (dataclasses, dicts, strings, numbers).
+
+    Args:
+        *parts (`Any`): the values to hash, in order; dataclasses are hashed as `asdict`, anything JSON
+            cannot write as its `str`.
+
+    Returns:
+        `str`: the first 16 hex digits of the SHA-256 of their sorted-key JSON.
+    """
     def norm(p: Any) -> Any:
         return dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p
     blob = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)
@@ -93,7 +130,17 @@ def config_hash(*parts: Any) -> str:
 
 
 def save_config(cfg: Any, folder: str | Path, name: str | None = None) -> Path:
-    """Write the config that made a folder beside it, atomically (`name`: LAB_CONFIG in model folders)."""
+    """Write the config that made a folder beside it, atomically (`name`: LAB_CONFIG in model folders).
+
+    Args:
+        cfg (`LabConfig` or `dict`): the config (a dataclass is written as `to_dict`).
+        folder (`str` or `Path`): the folder it describes.
+        name (`str`, *optional*, defaults to `None`): the file's name in `folder`; None writes the folder's
+            config.json (`Workspace.config_of`).
+
+    Returns:
+        `Path`: the JSON file written (indented, sorted keys).
+    """
     from core.io import atomic_write_text
     data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
     path = Path(folder) / name if name else Workspace.config_of(folder)
@@ -102,7 +149,17 @@ def save_config(cfg: Any, folder: str | Path, name: str | None = None) -> Path:
 
 def load_config(path: str | Path) -> LabConfig:
     """The LabConfig saved at `path`. Raises ConfigError, one line naming the file, the key and
-    the fault, for a file that is not JSON, not a config, or holds a wrong-typed value."""
+    the fault, for a file that is not JSON, not a config, or holds a wrong-typed value.
+
+    Args:
+        path (`str` or `Path`): a config JSON file written by `save_config`.
+
+    Returns:
+        `LabConfig`: the config, migrated from older layouts and validated (`from_dict`).
+
+    Raises:
+        ConfigError: the file is not UTF-8 text, not JSON, or not a valid config.
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -24,12 +24,27 @@ SUBSET_POLICY = "one labeled subset per budget (drawn with data.seed), shared by
 
 
 def budget_name(value: float) -> str:
-    """Folder name of a budget: f0.25 for a fraction, n20 for 20 images per class."""
+    """Folder name of a budget: f0.25 for a fraction, n20 for 20 images per class.
+
+    Args:
+        value (`float`): a fraction (<= 1) or a count of images per class (> 1).
+
+    Returns:
+        `str`: "f" + the fraction, or "n" + the count.
+    """
     return f"f{value:g}" if value <= 1 else f"n{int(value)}"
 
 
 def budget_views(ws: Workspace, cfg: LabConfig) -> list[tuple[float, Workspace]]:
-    """(budget value, its workspace view) for every budget; the first one lives at the root."""
+    """(budget value, its workspace view) for every budget; the first one lives at the root.
+
+    Args:
+        ws (`Workspace`): the workspace.
+        cfg (`LabConfig`): its `experiment.label_fractions` are the budgets.
+
+    Returns:
+        `list[tuple[float, Workspace]]`: one pair per budget, in the config's order.
+    """
     values = cfg.experiment.label_fractions
     return [(v, ws.for_budget(budget_name(v), primary=i == 0)) for i, v in enumerate(values)]
 
@@ -54,7 +69,22 @@ def _take(group: pd.DataFrame, k: int, seed: int, offset: int, part: int) -> pd.
 
 def draw_labels(splits: pd.DataFrame, classes: list[str], value: float, seed: int) -> pd.DataFrame:
     """The budget's labeled subset (path, label, class_name, split in train|val), or a UserError
-    naming the class when the budget leaves it fewer than 2 images or no training image."""
+    naming the class when the budget leaves it fewer than 2 images or no training image.
+
+    Args:
+        splits (`pd.DataFrame`): splits.csv (its train and val rows are the pool drawn from).
+        classes (`list[str]`): the ordered class names.
+        value (`float`): a fraction of each class's train and val images (<= 1), or a count per class split
+            between train and val in the pool's proportion (> 1).
+        seed (`int`): the draw's seed.
+
+    Returns:
+        `pd.DataFrame`: the drawn rows.
+
+    Raises:
+        UserError: a class with no usable labeled image, fewer than 2 classes, or a class the budget leaves
+            short.
+    """
     pool = splits[splits["split"].isin(("train", "val"))]
     labeled = set(pool["class_name"])
     missing = [c for c in classes if c not in labeled]
@@ -86,7 +116,19 @@ def draw_labels(splits: pd.DataFrame, classes: list[str], value: float, seed: in
 
 
 def budget_labels(ws: Workspace, cfg: LabConfig) -> tuple[pd.DataFrame, list[str]]:
-    """This view's labeled subset and the class names; written to ws.labels_file when it changed."""
+    """This view's labeled subset and the class names; written to ws.labels_file when it changed.
+
+    Args:
+        ws (`Workspace`): the budget's workspace view (`budget_views`).
+        cfg (`LabConfig`): its `data.seed` draws the subset.
+
+    Returns:
+        `tuple[pd.DataFrame, list[str]]`: the labeled subset (`draw_labels`) and the ordered class names.
+        Writes ws.labels_file (labels.csv) only when its text differs.
+
+    Raises:
+        UserError: no labeled data in the workspace, or a class the budget leaves short (`draw_labels`).
+    """
     from core.data.tables import load_splits
     splits, classes = load_splits(ws)
     labels = draw_labels(splits, classes, budget_of(ws, cfg), cfg.data.seed)
@@ -97,7 +139,15 @@ def budget_labels(ws: Workspace, cfg: LabConfig) -> tuple[pd.DataFrame, list[str
 
 
 def write_labels(folder, labels: pd.DataFrame) -> None:
-    """labels.csv beside a model or run: the exact labeled images it trained and selected on."""
+    """labels.csv beside a model or run: the exact labeled images it trained and selected on.
+
+    Args:
+        folder (`str` or `Path`): the model or run folder.
+        labels (`pd.DataFrame`): the labeled subset; its LABEL_COLUMNS are written.
+
+    Returns:
+        `None`: writes folder's labels.csv atomically.
+    """
     atomic_write_text(Workspace.labels_of(folder), labels[LABEL_COLUMNS].to_csv(index=False))
 
 

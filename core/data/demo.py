@@ -121,7 +121,18 @@ def build_demo(ws: Workspace, cfg: LabConfig, force: bool = False, progress=None
 
     Idempotent: when data/demo.json holds this config's hash the build is skipped. Each output
     folder is written whole into a temp folder and swapped in, so a killed build leaves the old
-    data or none, never half. Returns counts per split/class, pool sizes and the elapsed time."""
+    data or none, never half. Returns counts per split/class, pool sizes and the elapsed time.
+
+    Args:
+        ws (`Workspace`): the workspace to write into.
+        cfg (`LabConfig`): its `data.image_size`, `data.mpp` and `data.seed` shape the data (and its hash).
+        force (`bool`, *optional*, defaults to `False`): rebuild even when demo.json matches.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): called once per pool written.
+
+    Returns:
+        `dict`: "hash", "classes", "counts" (split -> class -> images), "pools", "seconds" (also written
+        to data/demo.json, with the config beside it) and "skipped" (True when nothing was rebuilt).
+    """
     import time
     start = time.perf_counter()
     ws.ensure()

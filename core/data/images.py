@@ -27,7 +27,19 @@ def is_image_path(path: str | Path) -> bool:
 def load_rgb(path: str | Path, min_size: int = 8, max_pixels: int | None = None) -> Image.Image:
     """Open any supported image as 8-bit RGB (EXIF orientation applied) or raise BadImage. An
     image over `max_pixels` (default: data.max_image_pixels' default) is refused from its header,
-    before a pixel is decoded."""
+    before a pixel is decoded.
+
+    Args:
+        path (`str` or `Path`): the image file (TIFFs PIL cannot read go through a fallback reader).
+        min_size (`int`, *optional*, defaults to 8): the shortest side allowed, in pixels.
+        max_pixels (`int`, *optional*, defaults to `None`): the largest image decoded.
+
+    Returns:
+        `PIL.Image.Image`: the RGB image.
+
+    Raises:
+        BadImage: an empty, unreadable, too large or too small file (the reason in the message).
+    """
     path = Path(path)
     max_pixels = max_pixels or MAX_IMAGE_PIXELS
     try:
@@ -133,7 +145,16 @@ def scan_images(root: str | Path, min_size: int = 8, max_pixels: int | None = No
     """Every image file under root (any depth, extension in any case): (good, skipped).
     good: {"path", "width", "height", "mode"}; skipped: {"path", "reason"}. Never raises on a
     file (one over `max_pixels` is skipped before it is decoded); hidden files and folders
-    (".*") are ignored as they are not user data."""
+    (".*") are ignored as they are not user data.
+
+    Args:
+        root (`str` or `Path`): the folder to scan.
+        min_size (`int`, *optional*, defaults to 8): images with a shorter side are skipped.
+        max_pixels (`int`, *optional*, defaults to `None`): the largest image decoded; None: the default cap.
+
+    Returns:
+        `tuple[list[dict], list[dict]]`: (good, skipped), in path order.
+    """
     good, skipped = [], []
     for path in sorted(Path(root).rglob("*")):
         rel = path.relative_to(root)
@@ -174,12 +195,27 @@ def to_uint8(image: Image.Image, image_size: int) -> torch.Tensor:
 
 
 def to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
-    """PIL RGB -> float tensor (3, S, S) in [-1, 1], resized with antialiasing."""
+    """PIL RGB -> float tensor (3, S, S) in [-1, 1], resized with antialiasing.
+
+    Args:
+        image (`PIL.Image.Image`): an RGB image.
+        image_size (`int`): S, the side of the result.
+
+    Returns:
+        `torch.Tensor`: float32 (3, S, S).
+    """
     return to_uint8(image, image_size).float().div_(127.5).sub_(1.0)
 
 
 def to_pil(x: torch.Tensor) -> list[Image.Image]:
-    """Tensor (N, 3, H, W) in [-1, 1] -> list of PIL RGB images."""
+    """Tensor (N, 3, H, W) in [-1, 1] -> list of PIL RGB images.
+
+    Args:
+        x (`torch.Tensor`): the images; values outside [-1, 1] are clamped, then rounded to uint8.
+
+    Returns:
+        `list[PIL.Image.Image]`: one image per batch element.
+    """
     from torchvision.transforms.v2.functional import to_pil_image
     # Rounded to uint8 here: to_pil_image on a float tensor truncates (x * 255).byte() and
     # expects [0, 1], which would move pixels of every saved synthetic image by up to 1/255.
@@ -220,7 +256,16 @@ def stain_jitter(x: torch.Tensor, generator: torch.Generator, strength: float) -
     [1 - s, 1 + s/4] and one gain per channel in [1 - s/3, 1 + s/3] on transmitted light.
     Gains, not offsets: a dimmer lamp or another white balance scales light, so glass and stain
     move together (the target's glass is 15% darker than the pools' and a model that
-    never saw it painted it with a frame and a blue cast)."""
+    never saw it painted it with a frame and a blue cast).
+
+    Args:
+        x (`torch.Tensor`): images (N, 3, H, W) in [-1, 1].
+        generator (`torch.Generator`): draws the gains.
+        strength (`float`): s above; <= 0 returns `x` unchanged.
+
+    Returns:
+        `torch.Tensor`: the jittered images, clamped to [-1, 1], in `x`'s dtype.
+    """
     if strength <= 0:
         return x
     n = x.shape[0]

@@ -27,7 +27,18 @@ def scan_labeled(root: str | Path, max_pixels: int | None = None) -> dict:
     """Index an ImageFolder: {"frame": DataFrame(path, class_name, split|None), "classes",
     "skipped": [{"path", "reason"}], "empty_classes", "layout": "classes"|"splits"}.
     A folder without any usable image is a UserError naming it; a file over `max_pixels`
-    (data.max_image_pixels) is skipped with its reason before it is decoded."""
+    (data.max_image_pixels) is skipped with its reason before it is decoded.
+
+    Args:
+        root (`str` or `Path`): class folders, or train/val/test folders of class folders.
+        max_pixels (`int`, *optional*, defaults to `None`): the largest image decoded.
+
+    Returns:
+        `dict`: the index above.
+
+    Raises:
+        UserError: the folder does not exist or holds no usable image.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"labeled data folder not found: {root}")
@@ -114,7 +125,22 @@ def prepare_labeled(ws: Workspace, cfg: LabConfig, labeled: str | Path,
                     test: str | Path | None = None) -> dict:
     """Few-label protocol over a labeled folder or .npz -> data/splits.csv (+ classes.json,
     split_protocol.json). Order: test (given, the file's own, or carved first), then validation
-    carved from the rest. Label budgets are drawn later from train+val (core.data.budget)."""
+    carved from the rest. Label budgets are drawn later from train+val (core.data.budget).
+
+    Args:
+        ws (`Workspace`): the workspace to write into.
+        cfg (`LabConfig`): its `data` section (test_fraction, val_fraction, seed, max_image_pixels).
+        labeled (`str` or `Path`): an ImageFolder (class folders, or train/val/test folders of them) or a .npz.
+        test (`str` or `Path`, *optional*, defaults to `None`): a test ImageFolder that replaces any test set
+            the labeled data holds.
+
+    Returns:
+        `dict`: "classes", "notes", "skipped", "empty_classes", "counts" (split -> class -> images). Writes
+        data/splits.csv, classes.json, split_protocol.json and the config (a .npz's images as PNGs).
+
+    Raises:
+        UserError: no usable images, or a test folder with classes the labeled data lacks.
+    """
     d, labeled = cfg.data, Path(labeled).expanduser()
     ws.ensure()
     notes, skipped, empty = [], [], []

@@ -54,7 +54,21 @@ def prepare_pools(ws: Workspace, cfg: LabConfig, sources, progress=None, stop=No
     A folder tree: its patch-sized images are used in place (nothing copied or written there);
     its slides and images larger than LARGE_IMAGE_PIXELS are tiled at cfg.data.mpp into
     data/unlabeled/POOL/. A single slide or image file is tiled the same way. Unreadable files
-    are skipped and listed. Returns {"pools": {name: count}, "skipped": [...], "notes": [...]}."""
+    are skipped and listed. Returns {"pools": {name: count}, "skipped": [...], "notes": [...]}.
+
+    Args:
+        ws (`Workspace`): the workspace to write into.
+        cfg (`LabConfig`): its `data` section (image_size, mpp, max_image_pixels).
+        sources (`list`): "PATH", "PATH:WEIGHT" or (PATH, WEIGHT) per pool; weight > 0.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): called once per source done.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, tiling stops.
+
+    Returns:
+        `dict`: the summary above.
+
+    Raises:
+        UserError: no sources, a source not found, or a weight <= 0.
+    """
     if not sources:
         raise UserError("no unlabeled sources given")
     ws.ensure()

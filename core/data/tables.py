@@ -23,7 +23,18 @@ from core.workspace import Workspace
 
 
 def load_splits(ws: Workspace) -> tuple[pd.DataFrame, list[str]]:
-    """(frame with path,label,class_name,split in train/val/test; ordered class names)."""
+    """(frame with path,label,class_name,split in train/val/test; ordered class names).
+
+    Args:
+        ws (`Workspace`): the workspace whose splits.csv (and classes.json) is read.
+
+    Returns:
+        `tuple[pd.DataFrame, list[str]]`: the split table and the class names, from classes.json, else in
+        label order.
+
+    Raises:
+        UserError: splits.csv is missing (names the commands that make it).
+    """
     if not ws.split_manifest.exists():
         raise UserError(f"no labeled data in workspace {ws.root}: {ws.split_manifest} is missing "
                         "(run `python -m core data demo` or `python -m core run --labeled PATH`)")
@@ -37,7 +48,17 @@ def load_splits(ws: Workspace) -> tuple[pd.DataFrame, list[str]]:
 
 
 def load_pools(ws: Workspace) -> pd.DataFrame:
-    """Unlabeled pre-training images: path, pool, weight (per-pool sampling weight)."""
+    """Unlabeled pre-training images: path, pool, weight (per-pool sampling weight).
+
+    Args:
+        ws (`Workspace`): the workspace whose data/pools.csv is read.
+
+    Returns:
+        `pd.DataFrame`: one row per image.
+
+    Raises:
+        UserError: pools.csv is missing (names the commands that make it).
+    """
     path = ws.pools_file
     if not path.exists():
         raise UserError(f"no unlabeled pools in workspace {ws.root}: {path} is missing "
@@ -48,7 +69,19 @@ def load_pools(ws: Workspace) -> pd.DataFrame:
 def check(path: str | Path, max_pixels: int | None = None) -> dict:
     """What a data path holds, without writing anything: counts per class, image sizes, every
     skipped file with its reason (one over `max_pixels`, data.max_image_pixels, is not decoded),
-    empty class folders. No usable image at all is a UserError."""
+    empty class folders. No usable image at all is a UserError.
+
+    Args:
+        path (`str` or `Path`): a folder (class folders, split folders or flat), an image or slide, or a .npz.
+        max_pixels (`int`, *optional*, defaults to `None`): the largest image decoded; None: the default cap.
+
+    Returns:
+        `dict`: for a folder "path", "format", "images", "classes", "sizes", "skipped", "empty_classes";
+        a file or .npz is described by its own keys.
+
+    Raises:
+        UserError: the path does not exist, or holds no usable image.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"path not found: {path}")

@@ -53,6 +53,14 @@ def tissue_mask(rgb: np.ndarray, bright: float = 0.85, min_saturation: float = 0
 
 
 def tissue_fraction(rgb: np.ndarray) -> float:
+    """The fraction of a patch's pixels that are stained tissue (`tissue_mask`: not glass, not ink).
+
+    Args:
+        rgb (`np.ndarray`): an RGB image (H, W, 3).
+
+    Returns:
+        `float`: in [0, 1].
+    """
     return float(tissue_mask(rgb).mean())
 
 
@@ -77,7 +85,19 @@ class Source:
 def open_source(path: str | Path, mpp: float | None = None, max_pixels: int | None = None) -> Source:
     """Open a slide (openslide) or a plain image; `mpp` overrides what the file states. A plain
     image is decoded whole, so one over `max_pixels` (data.max_image_pixels) is a BadImage from
-    its header; a slide is read by region and has no cap."""
+    its header; a slide is read by region and has no cap.
+
+    Args:
+        path (`str` or `Path`): a slide, a pyramid TIFF or a plain image.
+        mpp (`float`, *optional*, defaults to `None`): microns per pixel at level 0, in place of the file's.
+        max_pixels (`int`, *optional*, defaults to `None`): the largest plain image decoded.
+
+    Returns:
+        `Source`: the opened source (its `mpp` None when neither the file nor `mpp` states one).
+
+    Raises:
+        BadImage: a plain image that is unreadable or over `max_pixels`.
+    """
     path = Path(path)
     if is_slide_path(path) or _is_pyramid_tiff(path):
         return _open_slide(path, mpp)
@@ -175,7 +195,21 @@ def tile_grid(source: Source, image_size: int, target_mpp: float, stride: int | 
     """Yield (x, y, w, h, patch) for every patch that is mostly tissue, in level-0 coordinates.
 
     The source box of one patch is image_size * target_mpp / source_mpp level-0 pixels; when the
-    file states no scale `assume_mpp` is used (callers say so to the user), else target_mpp."""
+    file states no scale `assume_mpp` is used (callers say so to the user), else target_mpp.
+
+    Args:
+        source (`Source`): an opened slide or image (`open_source`).
+        image_size (`int`): the side of each patch returned, in pixels.
+        target_mpp (`float`): the patches' microns per pixel.
+        stride (`int`, *optional*, defaults to `None`): the step between patches in output pixels; None:
+            image_size (no overlap).
+        min_tissue (`float`, *optional*, defaults to 0.5): the least `tissue_fraction` a patch keeps.
+        max_ink (`float`, *optional*, defaults to 0.02): the largest fraction of marker ink a patch keeps.
+        assume_mpp (`float`, *optional*, defaults to `None`): the scale taken when the source states none.
+
+    Yields:
+        `tuple`: (x, y, w, h, patch), patch an RGB array of image_size x image_size.
+    """
     source_mpp = source.mpp or assume_mpp or target_mpp
     box = max(1, round(image_size * target_mpp / source_mpp))
     step = max(1, round((stride or image_size) * target_mpp / source_mpp))

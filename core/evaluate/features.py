@@ -51,7 +51,21 @@ class FeatureSpace:
 
 
 def feature_space(spec: str | None, ws: Workspace, image_size: int = 224) -> FeatureSpace:
-    """image_size: the input size for a timm space (the workspace's, so real and synthetic match)."""
+    """The feature space quality is measured in: "filter" (the default: the workspace's filter
+    classifier) or "timm:NAME:PATH.safetensors" (a local timm model). image_size: the input size for
+    a timm space (the workspace's, so real and synthetic match).
+
+    Args:
+        spec (`str`, *optional*): "filter", "timm:NAME:PATH.safetensors"; None or empty: "filter".
+        ws (`Workspace`): the workspace (its filter classifier).
+        image_size (`int`, *optional*, defaults to 224): a timm space's input size.
+
+    Returns:
+        `FeatureSpace`: the model, its name, cache key, input size and normalisation.
+
+    Raises:
+        UserError: a malformed spec, or "inception" (not available offline without pickle).
+    """
     spec = (spec or "filter").strip()
     if spec == "filter":
         return _filter_space(ws)
@@ -135,7 +149,20 @@ def embed_files(space: FeatureSpace, ws: Workspace, paths, progress=None, stop=N
     """(features (N_ok, D), indices of the readable paths, {path: reason} for the others).
 
     Only files whose content hash is not in the cache are decoded and embedded. On stop the
-    cache keeps what was embedded and the function returns None features."""
+    cache keeps what was embedded and the function returns None features.
+
+    Args:
+        space (`FeatureSpace`): the model that embeds (`feature_space`).
+        ws (`Workspace`): the workspace whose feature cache (safetensors, keyed by space) is read and extended.
+        paths (iterable of `str` or `Path`): the image files.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, the work stops early.
+        batch_size (`int`, *optional*, defaults to 128): images embedded per forward pass.
+        stage (`str`, *optional*, defaults to `"features"`): the stage name progress reports carry.
+
+    Returns:
+        `tuple[torch.Tensor, np.ndarray, dict]`: as above; the cache file is rewritten when images were added.
+    """
     paths = [str(p) for p in paths]
     cache_path = ws.feature_cache(space.key)
     cache = _load_cache(cache_path)

@@ -23,6 +23,14 @@ def load_images(paths, image_size: int, memo: bool = True) -> tuple[torch.Tensor
     memo is keyed by the file's size and mtime too: a file rewritten under the same name (a
     regenerated synthetic image) is decoded again, never served stale. `memo=False` for sets
     read once (feature embedding behind its own content-hash cache).
+
+    Args:
+        paths (iterable of `str` or `Path`): the image files.
+        image_size (`int`): S, the side images are resized to.
+        memo (`bool`, *optional*, defaults to `True`): read from and add to the in-process memo.
+
+    Returns:
+        `tuple[torch.Tensor, np.ndarray, dict[str, str]]`: as above; unreadable files are skipped, not raised.
     """
     images, keep, skipped = [], [], {}
     for i, p in enumerate(paths):
@@ -64,7 +72,18 @@ def _autocast(cfg: ImageClassifierConfig, dev: torch.device):
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: torch.Tensor, cfg: ImageClassifierConfig | None = None,
             batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax probabilities, pooled penultimate features) for uint8 or [-1, 1] float images."""
+    """(softmax probabilities, pooled penultimate features) for uint8 or [-1, 1] float images.
+
+    Args:
+        model (`torch.nn.Module`): a timm classifier (put in eval mode).
+        images (`torch.Tensor`): (N, 3, S, S), uint8 or float in [-1, 1].
+        cfg (`ImageClassifierConfig`, *optional*, defaults to `None`): its precision sets the autocast; None: the
+            section's defaults.
+        batch_size (`int`, *optional*, defaults to 256): images per forward pass.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: float32 (N, C) and (N, D), on the CPU; (0, 0) each for no image.
+    """
     dev = next(model.parameters()).device
     model.eval()
     probs, feats = [], []

@@ -57,7 +57,17 @@ def macro_f1(cm: np.ndarray) -> float:
 
 
 def classification_metrics(y_true, y_pred, classes: Sequence[str]) -> dict:
-    """All test metrics in one dict (plain Python types, JSON-ready)."""
+    """All test metrics in one dict (plain Python types, JSON-ready).
+
+    Args:
+        y_true (array-like of `int`): the true labels.
+        y_pred (array-like of `int`): the predicted labels.
+        classes (`Sequence[str]`): the class names, in label order.
+
+    Returns:
+        `dict`: "n", "accuracy", "balanced_accuracy", "macro_f1", "per_class_recall" (None for a class with
+        no test image), "confusion_matrix", "classes".
+    """
     cm = confusion_matrix(y_true, y_pred, len(classes))
     recall = per_class_recall(cm)
     return {
@@ -140,6 +150,17 @@ def paired_interval(baseline: Sequence[float], augmented: Sequence[float],
 
     Pairs share a seed (same subset, init and augmentation stream), so the seed-to-seed noise
     common to both arms cancels; with one pair there is no interval (low/high are None).
+
+    Args:
+        baseline (`Sequence[float]`): one score per seed.
+        augmented (`Sequence[float]`): one score per seed, in the same order.
+        confidence (`float`, *optional*, defaults to 0.95): the interval's coverage, in (0, 1).
+
+    Returns:
+        `dict`: "n", "confidence", "diffs", "mean", "std", "low", "high" (None where undefined).
+
+    Raises:
+        ValueError: unequal lengths, or a confidence outside (0, 1).
     """
     a = np.asarray(baseline, dtype=np.float64)
     b = np.asarray(augmented, dtype=np.float64)
@@ -189,7 +210,24 @@ def paired_bootstrap(labels, baseline_preds, augmented_preds, num_classes: int, 
     """Interval for mean-over-seeds (augmented - baseline) accuracy and balanced accuracy when
     the TEST IMAGES are resampled: each resample draws the same test images for every run, so it
     shows how much the delta depends on which test images were drawn (the seed interval cannot).
-    `*_preds` are (seeds, images) predicted labels in the order of `labels`."""
+    `*_preds` are (seeds, images) predicted labels in the order of `labels`.
+
+    Args:
+        labels (array-like of `int`): the test labels.
+        baseline_preds (array-like): the baseline arm's predictions, (seeds, images).
+        augmented_preds (array-like): the augmented arm's predictions, the same shape.
+        num_classes (`int`): the number of classes.
+        resamples (`int`, *optional*, defaults to 2000): bootstrap resamples.
+        confidence (`float`, *optional*, defaults to 0.95): the interval's coverage (percentile interval).
+        seed (`int`, *optional*, defaults to 0): the resampling seed.
+
+    Returns:
+        `dict`: "resamples", "confidence", "n_test", "seeds", and "accuracy" / "balanced_accuracy" each
+        {"low", "high"}.
+
+    Raises:
+        ValueError: the predictions are not (seeds, len(labels)) for both arms.
+    """
     y = np.asarray(labels, dtype=np.int64)
     base, aug = np.atleast_2d(np.asarray(baseline_preds)), np.atleast_2d(np.asarray(augmented_preds))
     if base.shape != aug.shape or base.shape[1] != len(y):
@@ -222,4 +260,15 @@ def chance_margin(num_classes: int, n_val: int) -> float:
 
 
 def at_chance(score, num_classes: int, n_val: int) -> bool:
+    """Whether a validation score shows no learning: missing, not finite, or within `chance_margin`
+    of chance (1/C).
+
+    Args:
+        score (`float` or `None`): a validation balanced accuracy.
+        num_classes (`int`): C.
+        n_val (`int`): the validation images it was measured on.
+
+    Returns:
+        `bool`: True when the score is at chance.
+    """
     return score is None or not np.isfinite(score) or score <= 1 / num_classes + chance_margin(num_classes, n_val)

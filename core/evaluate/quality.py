@@ -30,7 +30,15 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 
 def real_reference(ws: Workspace, cfg: LabConfig) -> pd.DataFrame:
     """The real labeled images each class is measured against: (path, label, class_name) — the
-    label budget's own images (core.data.budget), the only labels this view's models may see."""
+    label budget's own images (core.data.budget), the only labels this view's models may see.
+
+    Args:
+        ws (`Workspace`): the budget view.
+        cfg (`LabConfig`): the config (data.seed draws the budget).
+
+    Returns:
+        `pd.DataFrame`: one row per image; labels.csv is rewritten if it changed (`budget_labels`).
+    """
     from core.data.budget import budget_labels
     frame, _ = budget_labels(ws, cfg)
     return frame[["path", "label", "class_name"]].reset_index(drop=True)
@@ -121,7 +129,26 @@ def measure_quality(ws: Workspace, cfg: LabConfig, synthetic: str | Path | None 
     """Measure every (set, class, guidance scale) group. Returns {"rows", "floor", "features",
     "k", "copy_percentile", "images": per-image nearest real neighbour frame, "skipped"}; with
     write, the rows and floors go to results/quality.csv and the per-image frame beside it.
-    groups: measure exactly these images (columns as `synthetic_groups`) instead."""
+    groups: measure exactly these images (columns as `synthetic_groups`) instead.
+
+    Args:
+        ws (`Workspace`): the budget view (real reference, synthetic set, feature cache).
+        cfg (`LabConfig`): the config (selection, sampling, filter_classifier.image_size).
+        synthetic (`str` or `Path`, *optional*, defaults to `None`): another synthetic folder to measure;
+            None: the workspace's own.
+        features (`str`, *optional*, defaults to `None`): the feature space (`feature_space`).
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, the work stops early.
+        seed (`int`, *optional*, defaults to 0): the seed of the metrics' subsampling.
+        k (`int`, *optional*, defaults to K_NEIGHBOURS): neighbours for precision/recall.
+        percentile (`float`, *optional*, defaults to COPY_PERCENTILE): the real-vs-real distance percentile
+            below which a synthetic image counts as a near copy.
+        write (`bool`, *optional*, defaults to `True`): write results/quality.csv (the workspace's own set only).
+        groups (`pd.DataFrame`, *optional*, defaults to `None`): the images to measure.
+
+    Returns:
+        `dict`: as above, or {"stopped": True} when stopped.
+    """
     space = feature_space(features, ws, cfg.filter_classifier.image_size)
     real, seen = real_reference(ws, cfg), seen_images(ws, cfg)
     own_set = synthetic is None and groups is None    # only the workspace's own set is saved
@@ -208,7 +235,18 @@ def floor_for(result: dict, row: dict) -> dict:
 def quality_summary(ws: Workspace, cfg: LabConfig, features: str | None = None, progress=None, stop=None) -> dict:
     """What the experiment's summary.json records about the accepted synthetic set: per class,
     the accepted images the config made, each number with its floor, and the feature space.
-    {"features", "k", "copy_percentile", "per_class": {CLASS: {"n", "fd", ..., "floor": {...}}}}."""
+    {"features", "k", "copy_percentile", "per_class": {CLASS: {"n", "fd", ..., "floor": {...}}}}.
+
+    Args:
+        ws (`Workspace`): the budget view.
+        cfg (`LabConfig`): the config whose accepted images are measured (at its guidance scale per class).
+        features (`str`, *optional*, defaults to `None`): the feature space (`feature_space`).
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, the work stops early.
+
+    Returns:
+        `dict`: as above (nothing written), or {"stopped": True} when stopped.
+    """
     from core.evaluate.selection import current_selection
     kept = current_selection(ws, cfg)
     kept = kept[kept["kept"].astype(bool)]

@@ -61,12 +61,15 @@ def score_synthetic(ws: Workspace, cfg: LabConfig, progress=None, stop=None,
                     batch_size: int = 64, reuse: bool = False) -> pd.DataFrame:
     """Score every manifest image (core.evaluate.judge): p(target), predicted class, nearest
     centroid + distances, k-NN ratio and colour against the class's real images.
-
-    Unreadable images get NaN scores and an `error` reason (never kept); the table is written
-    to synthetic/scores.csv atomically once all rows are scored, the real reference per class to
-    synthetic/real_reference.csv. `reuse` keeps the stored scores of images already scored by the
-    same filter classifier and scores only the new ones.
-    """
+    Unreadable images get NaN scores and an `error` reason (never kept). `reuse` keeps the stored scores of
+    images already scored by the same filter classifier and scores only the new ones.
+    Args:
+        ws (`Workspace`): the budget view. cfg (`LabConfig`): its selection section (calibration).
+        progress (*optional*): progress reports. stop (`threading.Event`, *optional*): stops the scoring.
+        batch_size (`int`, defaults to 64): images per batch. reuse (`bool`, defaults to `False`): see above.
+    Returns:
+        `pd.DataFrame`: the table, written to synthetic/scores.csv atomically once all rows are scored, the real
+        reference per class to synthetic/real_reference.csv (thresholds.csv too when calibrated)."""
     from core.evaluate.judge import load_judge
     manifest = load_manifest(ws)
     kept = None
@@ -144,14 +147,17 @@ def apply_threshold(scores: pd.DataFrame, threshold: float, strategy: str = "thr
     """Copy of `scores` with a boolean `kept`, the within-class `rank` used by the quota, the
     `threshold` each row was held to (NaN under the centroid rule) and a `pass_CHECK` column per
     check in CHECKS, whatever the rule (so every check can be counted).
-
-    threshold: keep p(target) >= threshold, most confident first; `per_class` {class: threshold}
-               (from `calibrate`) overrides it for the classes it names.
-    centroid:  the paper's rule, keep when the nearest class centroid is the target class,
-               nearest first (the threshold is not used).
-    realism:   the checks against the real class that must pass too ("knn", "colour").
-    quota_per_class > 0 keeps at most that many per class, best-ranked first.
-    """
+    Args:
+        scores (`pd.DataFrame`): the scores table (`load_scores`).
+        threshold (`float`): strategy "threshold" keeps p(target) >= threshold, most confident first.
+        strategy (`str`, defaults to "threshold"): or "centroid", the paper's rule: keep when the nearest class
+            centroid is the target class, nearest first (the threshold is not used).
+        quota_per_class (`int`, defaults to 0): > 0 keeps at most that many per class, best-ranked first.
+        per_class (`Mapping[str, float]`, *optional*): {class: threshold} (from `calibrate`), overriding
+            `threshold` for the classes it names.
+        realism (`tuple[str]`, defaults to `()`): real-class checks that must pass too ("knn", "colour").
+    Returns: `pd.DataFrame`, the copy.
+    Raises: UserError: a rule value its field's declaration refuses."""
     strategy, quota_per_class = _check_rule(threshold, strategy, quota_per_class, per_class, realism)
     out = scores.copy()
     conf = out["confidence"].to_numpy(dtype=np.float64)
@@ -229,7 +235,9 @@ def export_accepted(ws: Workspace, kept_df: pd.DataFrame, out_dir: str | Path | 
 
     Each PNG is re-saved (lossless) with its generation parameters plus its filter scores in the
     "parameters" text chunk, so a copied file still says where it came from and why it was kept.
-    """
+    Args: ws (`Workspace`): the budget view; kept_df (`pd.DataFrame`): a selection, its `kept` rows (all
+        without the column); out_dir (`str` or `Path`, *optional*): replaced whole; None: ws.accepted_dir.
+    Returns: `Path`: out_dir (images unreadable since scoring are skipped, listed in its skipped file)."""
     out_dir = Path(out_dir) if out_dir is not None else ws.accepted_dir
     rows = kept_df[kept_df["kept"].astype(bool)] if "kept" in kept_df.columns else kept_df.assign(kept=True)
     records, skipped = [], []
@@ -266,7 +274,10 @@ def _plain(value):
 def select(ws: Workspace, cfg: LabConfig, threshold: float | None = None, strategy: str | None = None,
            quota: int | None = None) -> pd.DataFrame:
     """Stored scores filtered with the config's (or the given) rule; calibrated per class when
-    `selection.calibration` says so, with the given threshold as the global bar."""
+    `selection.calibration` says so, with the given threshold as the global bar.
+    Args: ws (`Workspace`), cfg (`LabConfig`): the budget view, its config; threshold (`float`), strategy (`str`),
+        quota (`int`) (*optional*): None: selection.threshold, .strategy, .quota_per_class.
+    Returns: `pd.DataFrame`: `apply_threshold`'s table (nothing written)."""
     sel = cfg.selection
     threshold = sel.threshold if threshold is None else threshold
     strategy = strategy or sel.strategy
@@ -331,7 +342,8 @@ def thresholds_at(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
 
 def calibrate(ws: Workspace, cfg: LabConfig) -> pd.DataFrame:
     """Per-class thresholds (THRESHOLD_COLUMNS) from the real validation images, written to
-    synthetic/thresholds.csv (only when they changed) for the experiment and the app to read."""
+    synthetic/thresholds.csv (only when they changed) for the experiment and the app to read.
+    Args: ws (`Workspace`): budget view; cfg (`LabConfig`): selection section. Returns: `pd.DataFrame`, the table."""
     sel = cfg.selection
     val, classes = val_confidences(ws, cfg)
     conf = val["confidence"].to_numpy(np.float64)
@@ -349,7 +361,8 @@ def calibrate(ws: Workspace, cfg: LabConfig) -> pd.DataFrame:
 
 
 def load_thresholds(ws: Workspace) -> pd.DataFrame:
-    """synthetic/thresholds.csv as `calibrate` wrote it; empty when it has not run."""
+    """synthetic/thresholds.csv as `calibrate` wrote it; empty when it has not run.
+    Args: ws (`Workspace`): the budget view. Returns: `pd.DataFrame` with THRESHOLD_COLUMNS."""
     if not ws.selection_thresholds.exists():
         return pd.DataFrame(columns=THRESHOLD_COLUMNS)
     return pd.read_csv(ws.selection_thresholds, dtype={"class": str, "rule": str})
@@ -366,7 +379,8 @@ def class_thresholds(ws: Workspace, cfg: LabConfig, threshold: float | None = No
 def current_selection(ws: Workspace, cfg: LabConfig) -> pd.DataFrame:
     """Stored scores with the config's rule applied, restricted to the images this config made:
     the manifest also keeps images from other guidance scales / models (the UI adds to it), and
-    mixing those in would make the experiment measure something its config does not say."""
+    mixing those in would make the experiment measure something its config does not say.
+    Args: ws (`Workspace`): budget view; cfg (`LabConfig`): its config. Returns: `pd.DataFrame`, `select`'s rows."""
     kept = select(ws, cfg)
     return kept[made_by_config(ws, cfg, kept)]
 

@@ -165,7 +165,20 @@ def summarize(runs: pd.DataFrame, classes: list[str], cfg: LabConfig, synthetic:
               predictions=None, budgets: dict | None = None, planned: int | None = None) -> dict:
     """summary.json: every cell of the grid plus which is the main one (the first budget; ratio
     1.0 when in the grid, else the first ratio). `predictions(run_key)` -> DataFrame(label, pred)
-    feeds the bootstrap; `budgets` describes each label budget; `planned` > len(runs): partial."""
+    feeds the bootstrap; `budgets` describes each label budget; `planned` > len(runs): partial.
+
+    Args:
+        runs (`pd.DataFrame`): one row per finished grid run.
+        classes (`list[str]`): the class names.
+        cfg (`LabConfig`): the experiment's config (stored in full with its hash).
+        synthetic (`dict`, *optional*, defaults to `None`): what the synthetic set was (selection, quality).
+        predictions (`Callable`, *optional*, defaults to `None`): run key -> DataFrame(label, pred).
+        budgets (`dict`, *optional*, defaults to `None`): a description per label budget.
+        planned (`int`, *optional*, defaults to `None`): runs planned; None: len(runs).
+
+    Returns:
+        `dict`: the summary (the caller writes it): "grid", "main_cell", "protocol", "status", "config", ...
+    """
     ratios = cfg.experiment.synthetic_ratios
     main_ratio = 1.0 if 1.0 in ratios else ratios[0]
     cells = [cell_summary(runs, f, r, classes, cfg, predictions)

@@ -128,7 +128,14 @@ def _selection_title(summary: dict) -> str:
 
 def markdown_table(summary: dict) -> str:
     """results/summary.md: status, the results table, the protocol in words, exposure, quality and
-    thresholds as tables."""
+    thresholds as tables.
+
+    Args:
+        summary (`dict`): summary.json's content (`summarize`).
+
+    Returns:
+        `str`: the markdown text (the caller writes it).
+    """
     lines = []
     if summary.get("status", "complete") != "complete":
         lines.append(f"**{summary['status']}** (the grid is still running or was stopped)\n")

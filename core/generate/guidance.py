@@ -69,6 +69,19 @@ def condition_score(eps: torch.Tensor, z_t: torch.Tensor, t, scheduler, classifi
     """eps' = eps - scale * sqrt(1 - alpha_bar_t) * grad log p(y | z_t, t)  (for DDIM / any eps sampler).
 
     scale == 0 returns `eps` itself, untouched, without calling the classifier.
+
+    Args:
+        eps (`torch.Tensor`): the UNet's noise prediction.
+        z_t (`torch.Tensor`): the latents at timestep `t`.
+        t (`int` or `torch.Tensor`): the timestep.
+        scheduler: the scheduler whose alphas_cumprod give alpha_bar_t.
+        classifier (`LatentClassifier`): the noise-aware latent classifier.
+        y (`torch.Tensor`): the target labels, one per latent.
+        scale (`float`): the guidance scale (checked finite and >= 0).
+        autocast_dtype (`torch.dtype`, *optional*, defaults to `None`): the classifier's autocast dtype.
+
+    Returns:
+        `torch.Tensor`: the guided noise prediction, in `eps`' dtype.
     """
     scale = check_scale(scale)
     if scale == 0:
@@ -83,6 +96,20 @@ def condition_mean(mean: torch.Tensor, variance: torch.Tensor | float, z_t: torc
 
     Because the shift is additive, passing the already-noised sample as `mean` gives the same
     draw as sampling from the shifted mean with the same noise.
+
+    Args:
+        mean (`torch.Tensor`): the step's posterior mean (or the noised sample, see above).
+        variance (`torch.Tensor` or `float`): the step's posterior variance.
+        z_t (`torch.Tensor`): the latents at timestep `t`, the classifier's input.
+        t (`int` or `torch.Tensor`): the timestep.
+        classifier (`LatentClassifier`): the noise-aware latent classifier.
+        y (`torch.Tensor`): the target labels, one per latent.
+        scale (`float`): the guidance scale (checked finite and >= 0); 0 returns `mean` untouched, without
+            calling the classifier.
+        autocast_dtype (`torch.dtype`, *optional*, defaults to `None`): the classifier's autocast dtype.
+
+    Returns:
+        `torch.Tensor`: the shifted mean, in `mean`'s dtype.
     """
     scale = check_scale(scale)
     if scale == 0:

@@ -71,9 +71,19 @@ def load_pipeline(ws: Workspace, cfg: LabConfig, device: str | torch.device | No
     The root models/ folder is the pipeline; a budget with its own latent classifier (budgets/
     NAME/) or a fine-tuned UNet passes it to `from_pretrained` as a component override.
 
+    Args:
+        ws (`Workspace`): the budget view whose models load.
+        cfg (`LabConfig`): its sampling section gives the settings.
+        device (`str` or `torch.device`, *optional*, defaults to `None`): None: CUDA when available, else CPU.
+        **settings: compile, sampler, mixed_precision, classifier_precision or margin, in place of the config's.
+
     Returns:
         A pipeline whose settings never change, cached until a model folder changes; its
         `model_hashes` (also in every `GuidedOutput`) name its models as the manifests do.
+
+    Raises:
+        UserError: a model is missing (`check_models`), or a precision, sampler or margin it does not allow.
+        TypeError: an unknown setting.
     """
     folders = check_models(ws, cfg)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -21,7 +21,16 @@ TAGS = ["classifier-guidance", "latent-diffusion", "histopathology", "histodiffu
 
 def write_model_card(folder: str | Path, ws: Workspace | None = None, license: str = "other") -> Path:
     """Write `folder`/README.md for the pipeline saved in `folder`; `ws` is the workspace that
-    trained it (its data, config and results; without one those sections say so)."""
+    trained it (its data, config and results; without one those sections say so).
+
+    Args:
+        folder (`str` or `Path`): a saved pipeline (with model_index.json).
+        ws (`Workspace`, *optional*, defaults to `None`): the workspace that trained it.
+        license (`str`, *optional*, defaults to `"other"`): the card's license tag.
+
+    Returns:
+        `Path`: the README.md written (a Hugging Face model card).
+    """
     folder = Path(folder)
     index = json.loads(Workspace.model_index_of(folder).read_text())
     pipeline_class = index.get("_class_name", "GuidedLatentPipeline")

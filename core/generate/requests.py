@@ -44,7 +44,17 @@ def image_params(req: SamplingRequest, seed: int, batch_params: dict, batch_seed
 
 def png_params(path: str | Path) -> dict:
     """The parameters stored in a PNG's text chunk; a UserError for a folder, a file that is no
-    PNG, an unreadable one, or one without parameters."""
+    PNG, an unreadable one, or one without parameters.
+
+    Args:
+        path (`str` or `Path`): a PNG the lab wrote.
+
+    Returns:
+        `dict`: the parameters (class, seed, guidance_scale, steps, eta, ...).
+
+    Raises:
+        UserError: as above, or a parameters chunk that is not JSON.
+    """
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a PNG file")
@@ -65,7 +75,17 @@ def png_params(path: str | Path) -> dict:
 
 def request_from_params(params: dict) -> SamplingRequest:
     """The request that remakes the image exactly: its whole batch when it was sampled in one
-    (consecutive seeds, as the app samples them), else the seed alone."""
+    (consecutive seeds, as the app samples them), else the seed alone.
+
+    Args:
+        params (`dict`): a PNG's parameters (`png_params`).
+
+    Returns:
+        `SamplingRequest`
+
+    Raises:
+        UserError: a field is missing or of the wrong type.
+    """
     try:
         seed = int(params["seed"])
         batch = [int(b) for b in params.get("batch_seeds") or [seed]]

@@ -146,7 +146,31 @@ def generate_images(ws: Workspace, cfg: LabConfig, class_name: str, num: int, se
                     sampler: str | None = None, guidance_interval: tuple[int, int] | None = None) -> list[dict]:
     """Generate `num` images of `class_name` with seeds seed..seed+num-1 into out_dir/CLASS/, streamed
     in batches; seeds already in the manifest with the same parameters are skipped (resume). Under
-    `accelerate launch` / torchrun each process takes seeds[rank::world]. Returns the manifest rows."""
+    `accelerate launch` / torchrun each process takes seeds[rank::world]. Returns the manifest rows.
+
+    Args:
+        ws (`Workspace`): the budget view whose models sample.
+        cfg (`LabConfig`): its sampling section gives every parameter not passed.
+        class_name (`str`): the class to guide towards.
+        num (`int`): how many images (>= 1 unless `seeds` is given).
+        seed (`int`): the first seed.
+        guidance_scale (`float`, *optional*, defaults to `None`): None: the config's (per-class where set).
+        steps (`int`, *optional*, defaults to `None`): None: sampling.steps.
+        eta (`float`, *optional*, defaults to `None`): None: sampling.eta.
+        out_dir (`str` or `Path`, *optional*, defaults to `None`): None: ws.synthetic_dir.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, no further batch is started.
+        seeds (`list[int]`, *optional*, defaults to `None`): the exact seeds, in place of seed..seed+num-1.
+        sampler (`str`, *optional*, defaults to `None`): "ddim" or "ddpm"; None: sampling.sampler.
+        guidance_interval (`tuple[int, int]`, *optional*, defaults to `None`): None: sampling.guidance_interval.
+
+    Returns:
+        `list[dict]`: the manifest rows of this call's seeds; PNGs (parameters in their text chunk) and
+        out_dir/manifest.csv are written.
+
+    Raises:
+        UserError: num < 1, a model missing, or a parameter out of range.
+    """
     from accelerate import PartialState
     if num < 1 and seeds is None:
         raise UserError(f"num must be >= 1, got {num}")
@@ -216,7 +240,22 @@ def _done_files(manifest: Path, root: Path, params: dict) -> set[str]:
 
 
 def generate_dataset(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> pd.DataFrame:
-    """cfg.sampling.num_per_class images per class into ws.synthetic_dir (resumable); the manifest frame."""
+    """cfg.sampling.num_per_class images per class into ws.synthetic_dir (resumable); the manifest frame.
+
+    Class k's seeds start at sampling.seed + k * SEED_STRIDE; the config is saved beside the images.
+
+    Args:
+        ws (`Workspace`): the budget view whose models sample and whose synthetic/ folder is written.
+        cfg (`LabConfig`): its sampling section.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, no further class is started.
+
+    Returns:
+        `pd.DataFrame`: the manifest rows of this call (MANIFEST_COLUMNS); PNGs and manifest.csv are written.
+
+    Raises:
+        UserError: a model is missing (`check_models`).
+    """
     pipe = load_pipeline(ws, cfg)
     s, rows = cfg.sampling, []
     classes = list(pipe.latent_classifier.config.class_names)
@@ -231,9 +270,19 @@ def generate_dataset(ws: Workspace, cfg: LabConfig, progress=None, stop=None) ->
 
 def made_by_config(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, topup: bool = True) -> pd.Series:
     """Which rows of a synthetic manifest / scores table are images that `cfg` made for this budget:
-    its guidance scale and interval, steps, scheduler, eta, canvas margin, the budget's current models, its
+    its guidance scale and interval, steps, sampler, eta, canvas margin, the budget's current models, its
     seeds — the sampling stage's num_per_class per class and, with `topup`, the experiment's top-up
-    rounds."""
+    rounds.
+
+    Args:
+        ws (`Workspace`): the budget view (its model folders are hashed).
+        cfg (`LabConfig`): its sampling section (and experiment section for top-ups).
+        frame (`pd.DataFrame`): a manifest or scores table; columns it lacks are not compared.
+        topup (`bool`, *optional*, defaults to `True`): count the top-up rounds' seeds as made by `cfg`.
+
+    Returns:
+        `pd.Series`: a boolean mask over `frame`'s rows.
+    """
     s = cfg.sampling
     wanted = {"guidance_scale": s.guidance_scale, "steps": s.steps, "scheduler": s.sampler, "eta": s.eta,
               "unet_hash": folder_hash(sampling_unet_dir(ws, cfg)), "vae_hash": folder_hash(ws.autoencoder_dir),

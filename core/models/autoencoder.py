@@ -16,6 +16,15 @@ EDGE_PADDING = "_edge_padding"
 
 
 def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:
+    """A new, untrained diffusers `AutoencoderKL` shaped by the config (one down/up block per width).
+
+    Args:
+        cfg (`AutoencoderConfig`): block_out_channels, layers_per_block, latent_channels; its
+            encode_padding/decode_padding are stored in the model config when either is set.
+
+    Returns:
+        `AutoencoderKL`: RGB in and out, group norm groups gcd(32, widths).
+    """
     n = len(cfg.block_out_channels)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
@@ -28,18 +37,41 @@ def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:
 
 
 def edge_padding(vae: AutoencoderKL) -> tuple[int, int]:
-    """(encode, decode) latent pixels of reflect padding this VAE runs with at inference."""
+    """(encode, decode) latent pixels of reflect padding this VAE runs with at inference.
+
+    Args:
+        vae (`AutoencoderKL`): the autoencoder.
+
+    Returns:
+        `tuple[int, int]`: (0, 0) when its config stores none.
+    """
     pad = vae.config.get(EDGE_PADDING) or (0, 0)
     return int(pad[0]), int(pad[1])
 
 
 def factor(vae: AutoencoderKL) -> int:
+    """How many image pixels one latent pixel spans per side: 2 ** (number of blocks - 1).
+
+    Args:
+        vae (`AutoencoderKL`): the autoencoder.
+
+    Returns:
+        `int`
+    """
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def encode(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
     """Pixels in [-1, 1] -> scaled latents (posterior mean x scaling_factor). With encode padding
-    p the image is reflect-padded by p latent px and the latent cropped back (overlap-tile)."""
+    p the image is reflect-padded by p latent px and the latent cropped back (overlap-tile).
+
+    Args:
+        vae (`AutoencoderKL`): the autoencoder.
+        x (`torch.Tensor`): images (N, 3, H, W), moved to the VAE's device and dtype.
+
+    Returns:
+        `torch.Tensor`: latents (N, C, H / factor, W / factor), shifted where the VAE stores a shift.
+    """
     param = next(vae.parameters())
     p = edge_padding(vae)[0]
     x = x.to(param.device, param.dtype)
@@ -54,7 +86,15 @@ def encode(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
 
 def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
     """Scaled latents -> pixels in [-1, 1] (clamped). With decode padding p the latent is
-    reflect-padded by p px and the image cropped back, so edge pixels see no zero padding."""
+    reflect-padded by p px and the image cropped back, so edge pixels see no zero padding.
+
+    Args:
+        vae (`AutoencoderKL`): the autoencoder (its scaling factor, shift and padding are applied).
+        z (`torch.Tensor`): latents (N, C, h, w), moved to the VAE's device and dtype.
+
+    Returns:
+        `torch.Tensor`: images (N, 3, H, W) in [-1, 1].
+    """
     param = next(vae.parameters())
     p = edge_padding(vae)[1]
     z = z.to(param.device, param.dtype) / vae.config.scaling_factor

@@ -21,7 +21,23 @@ def build_backbone(name: str, num_classes: int, pretrained_path: str | Path = ""
                    section: str = "downstream", group_norm: bool = False) -> torch.nn.Module:
     """timm model by name, never downloaded; optional local safetensors weights (head skipped
     when its shape differs, so ImageNet weights can seed a 9-class model). `section`: the config
-    section the errors name. `group_norm`: every BatchNorm replaced by GroupNorm."""
+    section the errors name. `group_norm`: every BatchNorm replaced by GroupNorm.
+
+    Args:
+        name (`str`): a timm model name.
+        num_classes (`int`): the head's outputs.
+        pretrained_path (`str` or `Path`, *optional*, defaults to `""`): a .safetensors file; only tensors whose
+            name and shape match are loaded. Empty: random weights.
+        section (`str`, *optional*, defaults to `"downstream"`): the config section errors name.
+        group_norm (`bool`, *optional*, defaults to `False`): replace every BatchNorm by GroupNorm.
+
+    Returns:
+        `torch.nn.Module`: the model, on the CPU.
+
+    Raises:
+        UserError: an unknown backbone, or a pretrained_path that is missing, not .safetensors, or matches
+            no tensor.
+    """
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     except RuntimeError as e:   # timm raises RuntimeError("Unknown model ...")

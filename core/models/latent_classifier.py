@@ -69,6 +69,17 @@ class LatentClassifier(ModelMixin, ConfigMixin):
 
 def build_classifier(cfg: LabConfig, class_names: list[str], latent_channels: int, num_train_timesteps: int
                      ) -> LatentClassifier:
+    """A new, untrained noise-aware `LatentClassifier` shaped by `cfg.latent_classifier`.
+
+    Args:
+        cfg (`LabConfig`): its latent_classifier section and latent_size.
+        class_names (`list[str]`): the classes, in label order (stored in the model config).
+        latent_channels (`int`): the autoencoder's latent channels.
+        num_train_timesteps (`int`): the diffusion schedule's length (the classifier's timestep range).
+
+    Returns:
+        `LatentClassifier`
+    """
     c = cfg.latent_classifier
     return LatentClassifier(sample_size=cfg.latent_size, in_channels=latent_channels,
                             class_names=tuple(class_names), block_out_channels=tuple(c.block_out_channels),

@@ -25,7 +25,15 @@ PARTS = {
 
 
 def sampling_unet_dir(ws: Workspace, cfg: LabConfig) -> Path:
-    """The fine-tuned UNet when classifier.finetune_unet is on and it exists, else the pre-trained one."""
+    """The fine-tuned UNet when latent_classifier.finetune_unet is on and it exists, else the pre-trained one.
+
+    Args:
+        ws (`Workspace`): the workspace (budget view) whose model folders are read.
+        cfg (`LabConfig`): its latent_classifier.finetune_unet.
+
+    Returns:
+        `Path`: the UNet folder sampling loads.
+    """
     if cfg.latent_classifier.finetune_unet and Workspace.config_of(ws.finetuned_unet_dir).exists():
         return ws.finetuned_unet_dir
     return ws.unet_dir
@@ -38,13 +46,35 @@ def model_folders(ws: Workspace, cfg: LabConfig | None = None) -> dict[str, Path
 
 
 def missing_models(ws: Workspace, cfg: LabConfig | None = None, parts=tuple(PARTS)) -> list[str]:
-    """The components among `parts` that are not saved in the workspace yet."""
+    """The components among `parts` that are not saved in the workspace yet.
+
+    Args:
+        ws (`Workspace`): the workspace (budget view) whose model folders are read.
+        cfg (`LabConfig`, *optional*, defaults to `None`): with it, "unet" is the UNet sampling uses.
+        parts (`tuple[str]`, *optional*, defaults to all): among "vae", "unet", "scheduler", "latent_classifier".
+
+    Returns:
+        `list[str]`: the missing parts, in the order of `parts`.
+    """
     folders = model_folders(ws, cfg)
     return [name for name in parts if not PARTS[name][1](folders[name]).exists()]
 
 
 def check_models(ws: Workspace, cfg: LabConfig | None = None, parts=tuple(PARTS)) -> dict[str, Path]:
-    """The folders of `parts`, or one UserError naming every one missing and how to make it."""
+    """The folders of `parts`, or one UserError naming every one missing and how to make it.
+
+    Args:
+        ws (`Workspace`): the workspace (budget view) whose model folders are read.
+        cfg (`LabConfig`, *optional*, defaults to `None`): with it, "unet" is the UNet sampling uses
+            (`sampling_unet_dir`); without, the pre-trained one.
+        parts (`tuple[str]`, *optional*, defaults to all): among "vae", "unet", "scheduler", "latent_classifier".
+
+    Returns:
+        `dict[str, Path]`: part name -> its folder.
+
+    Raises:
+        UserError: one or more parts are not saved (names each and the command that trains it).
+    """
     folders, missing = model_folders(ws, cfg), missing_models(ws, cfg, parts)
     if missing:
         how = " / ".join(dict.fromkeys(PARTS[name][2] for name in missing))
@@ -59,7 +89,17 @@ PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 
 def refuse_pickled(folder: str | Path) -> None:
     """UserError, one line, when a model folder holds a pickled weight file (beside its
-    safetensors or instead of them): diffusers would fall back to it ("unsafe serialization")."""
+    safetensors or instead of them): diffusers would fall back to it ("unsafe serialization").
+
+    Args:
+        folder (`str` or `Path`): the model folder.
+
+    Returns:
+        `None`
+
+    Raises:
+        UserError: naming the pickled files found.
+    """
     found = sorted(p.name for pattern in PICKLED for p in Path(folder).glob(pattern))
     if found:
         raise UserError(f"{folder} holds {', '.join(found)}: pickled weights, which the lab never loads "
@@ -68,30 +108,97 @@ def refuse_pickled(folder: str | Path) -> None:
 
 def from_folder(cls, folder: str | Path, **kwargs):
     """`cls.from_pretrained(folder, use_safetensors=True)` after `refuse_pickled`: the one way the
-    lab loads a diffusers model folder."""
+    lab loads a diffusers model folder.
+
+    Args:
+        cls (`type`): a diffusers model class (or one with `from_pretrained`).
+        folder (`str` or `Path`): the model folder.
+        **kwargs: passed on to `from_pretrained`.
+
+    Returns:
+        the loaded model.
+
+    Raises:
+        UserError: the folder holds pickled weights.
+    """
     refuse_pickled(folder)
     return cls.from_pretrained(folder, use_safetensors=True, **kwargs)
 
 
 def load_autoencoder(ws: Workspace) -> AutoencoderKL:
+    """The workspace's autoencoder, loaded from safetensors, in eval mode.
+
+    Args:
+        ws (`Workspace`): the workspace (budget view) whose model folders are read.
+
+    Returns:
+        `AutoencoderKL`
+
+    Raises:
+        UserError: it is not trained yet, or its folder holds pickled weights.
+    """
     return from_folder(AutoencoderKL, check_models(ws, parts=("vae",))["vae"]).eval()
 
 
 def load_unet(ws: Workspace) -> UNet2DModel:
+    """The workspace's pre-trained UNet (not the fine-tuned one), from safetensors, in eval mode.
+
+    Args:
+        ws (`Workspace`): the workspace (budget view) whose model folders are read.
+
+    Returns:
+        `UNet2DModel`
+
+    Raises:
+        UserError: it is not trained yet, or its folder holds pickled weights.
+    """
     return from_folder(UNet2DModel, check_models(ws, parts=("unet",))["unet"]).eval()
 
 
 def load_scheduler(ws: Workspace) -> DDPMScheduler:
+    """The workspace's saved noise schedule.
+
+    Args:
+        ws (`Workspace`): the workspace (budget view) whose model folders are read.
+
+    Returns:
+        `DDPMScheduler`
+
+    Raises:
+        UserError: it is not saved yet (the pretrain stage saves it).
+    """
     return DDPMScheduler.from_pretrained(check_models(ws, parts=("scheduler",))["scheduler"])
 
 
 def load_latent_classifier(ws: Workspace) -> LatentClassifier:
+    """The workspace's latent classifier, loaded from safetensors, in eval mode.
+
+    Args:
+        ws (`Workspace`): the workspace (budget view) whose model folders are read.
+
+    Returns:
+        `LatentClassifier`
+
+    Raises:
+        UserError: it is not trained yet, or its folder holds pickled weights.
+    """
     return from_folder(LatentClassifier, check_models(ws, parts=("latent_classifier",))["latent_classifier"]).eval()
 
 
 def load_filter_classifier(ws: Workspace, member: int = 0) -> tuple[torch.nn.Module, dict, torch.Tensor]:
     """(model on the compute device, its config dict, centroids (C, D)) of one ensemble member;
-    member 0 is the folder itself, the others its `members/I` sub-folders."""
+    member 0 is the folder itself, the others its `members/I` sub-folders.
+
+    Args:
+        ws (`Workspace`): the workspace (budget view) whose model folders are read.
+        member (`int`, *optional*, defaults to 0): the ensemble member.
+
+    Returns:
+        `tuple[torch.nn.Module, dict, torch.Tensor]`: the model (CUDA when available, channels_last, eval).
+
+    Raises:
+        UserError: its config, weights or centroids file is missing, or the folder holds pickled weights.
+    """
     root = ws.filter_classifier_dir
     folder = Workspace.member_of(root, member)
     config, weights, centroids = (Workspace.config_of(root), Workspace.weights_of(folder),
@@ -112,7 +219,17 @@ def load_filter_classifier(ws: Workspace, member: int = 0) -> tuple[torch.nn.Mod
 
 def load_filter_members(ws: Workspace) -> tuple[list[tuple[torch.nn.Module, torch.Tensor]], dict]:
     """([(model, centroids)] for every ensemble member, the config dict); one member for a
-    filter classifier saved before ensembles."""
+    filter classifier saved before ensembles.
+
+    Args:
+        ws (`Workspace`): the workspace (budget view) whose model folders are read.
+
+    Returns:
+        `tuple[list[tuple[torch.nn.Module, torch.Tensor]], dict]`
+
+    Raises:
+        UserError: a member's files are missing (`load_filter_classifier`).
+    """
     model, info, cent = load_filter_classifier(ws)
     members = [(model, cent)]
     for i in range(1, int(info.get("members", 1))):

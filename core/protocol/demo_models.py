@@ -110,7 +110,18 @@ def _filter_tables(bundle: Workspace, keep: set[str]) -> None:
 
 
 def export_demo(ws: Workspace, to: str | Path, include_images: bool = True) -> dict:
-    """Copy a finished run into `to` (replaced whole, atomically); returns the bundle listing."""
+    """Copy a finished run into `to` (replaced whole, atomically); returns the bundle listing.
+
+    Args:
+        ws (`Workspace`): the finished workspace.
+        to (`str` or `Path`): the bundle folder.
+        include_images (`bool`, *optional*, defaults to `True`): include the synthetic images (tables
+            filtered to the images each budget's config made).
+
+    Returns:
+        `dict`: "created", "source_workspace", "files" (path -> sha256), "copies", "bytes"; also written to
+        the bundle's manifest.
+    """
     to = Path(to)
     parts = _parts(ws, include_images)
     listing: dict[str, str] = {}
@@ -166,6 +177,17 @@ def _pipeline_files(ws: Workspace, models: Path) -> list[Path]:
 
 
 def verify_bundle(bundle: str | Path) -> dict:
+    """Check every file of a bundle against its manifest's sha256.
+
+    Args:
+        bundle (`str` or `Path`): the bundle folder.
+
+    Returns:
+        `dict`: the manifest.
+
+    Raises:
+        UserError: no manifest, a damaged manifest, or files missing or changed (names up to 10).
+    """
     bundle = Path(bundle)
     manifest = bundle / MANIFEST
     if not manifest.exists():
@@ -186,7 +208,21 @@ def verify_bundle(bundle: str | Path) -> dict:
 def install_demo(bundle: str | Path, ws: Workspace, overwrite: bool = False, build_data: bool = True) -> dict:
     """Lay a verified bundle into `ws`: models, synthetic set + scores, results, stage markers,
     config; then the demo data is rebuilt from assets/ (deterministic, seconds) so the data and
-    results views work. Existing trained models are never replaced unless `overwrite`."""
+    results views work. Existing trained models are never replaced unless `overwrite`.
+
+    Args:
+        bundle (`str` or `Path`): the bundle folder (`export_demo`).
+        ws (`Workspace`): the workspace to install into.
+        overwrite (`bool`, *optional*, defaults to `False`): replace trained models already there.
+        build_data (`bool`, *optional*, defaults to `True`): rebuild the demo data (`build_demo`).
+
+    Returns:
+        `dict`: "installed" (files), "bytes", "workspace", "data" (classes, counts, skipped; None without
+        build_data).
+
+    Raises:
+        UserError: the bundle fails `verify_bundle`, or the workspace has models and not `overwrite`.
+    """
     bundle = Path(bundle)
     info = verify_bundle(bundle)
     ws.ensure()

@@ -108,7 +108,18 @@ def stage_functions(labeled, test, unlabeled):
 # --- the protocol grid (core.protocol.grid) ----------------------------------------------------
 
 def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, budgets: dict | None = None) -> pd.DataFrame:
-    """The grid's runs not yet done, the summary rewritten after each ("partial" until complete)."""
+    """The grid's runs not yet done, the summary rewritten after each ("partial" until complete).
+
+    Args:
+        ws (`Workspace`): the workspace.
+        cfg (`LabConfig`): the config.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, the work stops early.
+        budgets (`dict`, *optional*, defaults to `None`): a description per label budget, for the summary.
+
+    Returns:
+        `pd.DataFrame`: the finished runs; results/summary.json is rewritten after each run.
+    """
     from core.data.tables import load_splits
     _, classes = load_splits(ws)
     planned = len(plan_runs(cfg))
@@ -209,7 +220,26 @@ def run_all(ws: Workspace, cfg: LabConfig, labeled=None, test=None, unlabeled=()
     """Every stage (skipped when done for this config), top-up, the grid, then results/summary.json.
     Without `labeled` the workspace's remembered data sources are used (core.protocol.sources);
     other sources in a workspace with models need `switch_data` (the old models are archived).
-    `notify(line)` hears what the data stage skipped and why, as soon as it is known."""
+    `notify(line)` hears what the data stage skipped and why, as soon as it is known.
+
+    Args:
+        ws (`Workspace`): the workspace (its root is used).
+        cfg (`LabConfig`): the config, saved at the workspace root and beside the results.
+        labeled (`str` or `Path`, *optional*, defaults to `None`): the labeled data.
+        test (`str` or `Path`, *optional*, defaults to `None`): a separate test set.
+        unlabeled (`tuple`, *optional*, defaults to `()`): the unlabeled pool sources.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, the work stops early.
+        notify (`Callable[[str], None]`, *optional*, defaults to `None`): hears the data stage's notes.
+        switch_data (`bool`, *optional*, defaults to `False`): allow other data sources than the workspace's.
+
+    Returns:
+        `dict`: the summary (`summarize`), or {"stopped": True, "stage", ...} when stopped.
+
+    Raises:
+        UserError: no `labeled` in a workspace made before it remembered its sources, other sources than
+            remembered in a workspace with models and no `switch_data`, or a budget the data cannot meet.
+    """
     ws = Workspace(ws.root).ensure()
     labeled, test, unlabeled = choose_sources(ws, labeled, test, unlabeled, switch_data)
     save_config(cfg, ws.root)

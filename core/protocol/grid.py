@@ -30,7 +30,16 @@ NEEDS_UNLABELED = ("pseudo", "selected+pseudo")
 
 
 def plan_runs(cfg: LabConfig) -> list[dict]:
-    """Every run: per budget and seed a baseline, and per ratio each arm of experiment.arms."""
+    """Every run: per budget and seed a baseline, and per ratio each arm of experiment.arms.
+
+    Arms that need unlabeled images are left out at budget 1.0.
+
+    Args:
+        cfg (`LabConfig`): its experiment section.
+
+    Returns:
+        `list[dict]`: {"arm", "label_fraction", "synthetic_ratio", "seed"} per run.
+    """
     e = cfg.experiment
     runs = []
     for f in e.label_fractions:

@@ -100,6 +100,19 @@ def _budget_extra(ws: Workspace, cfg: LabConfig, stage: str):
 
 
 def stage_key(ws: Workspace, cfg: LabConfig, stage: str, extra=None) -> str:
+    """The hash that says a stage is done for this config: its sections' identity, its upstream
+    stages' output hashes and `extra`.
+
+    Args:
+        ws (`Workspace`): the workspace view the stage runs in (its marker lives there).
+        cfg (`LabConfig`): the config; only the stage's sections (DEPENDS) count, under KEY_NAMES.
+        stage (`str`): the stage's name ("autoencoder", "pretrain", ...).
+        extra (`Any`, *optional*, defaults to `None`): more that keys the stage (the data stage's sources);
+            None: a labeled stage's label budget and subset seed.
+
+    Returns:
+        `str`: a 16-digit hex hash (`config_hash`).
+    """
     sections, upstream = DEPENDS[stage]
     extra = extra if extra is not None else _budget_extra(ws, cfg, stage)
     return config_hash(stage, {KEY_NAMES.get(s, s): identity(getattr(cfg, s)) for s in sections},
@@ -119,12 +132,39 @@ def read_marker(ws: Workspace, stage: str) -> dict:
 
 
 def is_done(ws: Workspace, cfg: LabConfig, stage: str, extra=None) -> bool:
+    """Whether the stage's marker holds this config's stage key and its output is unchanged since.
+
+    Args:
+        ws (`Workspace`): the workspace view the stage runs in (its marker lives there).
+        cfg (`LabConfig`): the config; only the stage's sections (DEPENDS) count, under KEY_NAMES.
+        stage (`str`): the stage's name ("autoencoder", "pretrain", ...).
+        extra (`Any`, *optional*, defaults to `None`): more that keys the stage (the data stage's sources);
+            None: a labeled stage's label budget and subset seed.
+
+    Returns:
+        `bool`
+    """
     marker = read_marker(ws, stage)
     return bool(marker) and marker.get("key") == stage_key(ws, cfg, stage, extra) \
         and marker.get("output_hash") == output_hash(_owner(ws, stage), stage, cfg)
 
 
 def mark_done(ws: Workspace, cfg: LabConfig, stage: str, result, seconds: float, extra=None) -> dict:
+    """Record a finished stage: its key, output hash, config hash, inputs, time and result.
+
+    Args:
+        ws (`Workspace`): the workspace view the stage runs in (its marker lives there).
+        cfg (`LabConfig`): the config; only the stage's sections (DEPENDS) count, under KEY_NAMES.
+        stage (`str`): the stage's name ("autoencoder", "pretrain", ...).
+        result (`Any`): the stage's result (stored as JSON).
+        seconds (`float`): how long it ran.
+        extra (`Any`, *optional*, defaults to `None`): more that keys the stage (the data stage's sources);
+            None: a labeled stage's label budget and subset seed.
+
+    Returns:
+        `dict`: the marker, written atomically to the stage's marker file (a model stage also rewrites the
+        pipeline's model_index.json).
+    """
     sections, upstream = DEPENDS[stage]
     marker = {"stage": stage, "key": stage_key(ws, cfg, stage, extra),
               "output_hash": output_hash(_owner(ws, stage), stage, cfg),

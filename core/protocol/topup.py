@@ -26,7 +26,17 @@ def class_wants(real: pd.DataFrame, ratio: float) -> dict[int, int]:
 def draw_synthetic(accepted: pd.DataFrame, real: pd.DataFrame, ratio: float, seed: int
                    ) -> tuple[pd.DataFrame, dict[int, dict]]:
     """(the drawn images [path, label], per class {"wanted", "drawn", "accepted"}); seeded, each
-    class capped by what it has accepted."""
+    class capped by what it has accepted.
+
+    Args:
+        accepted (`pd.DataFrame`): the accepted synthetic images (`path`, `label`).
+        real (`pd.DataFrame`): the real training images; each class wants `ratio` times its count.
+        ratio (`float`): the synthetic ratio.
+        seed (`int`): the draw's seed (with the label, per class).
+
+    Returns:
+        `tuple[pd.DataFrame, dict[int, dict]]`: as above, keyed by label.
+    """
     parts, report = [], {}
     for label, want in class_wants(real, ratio).items():
         pool = accepted[accepted["label"] == label]
@@ -65,7 +75,19 @@ def top_up(ws: Workspace, cfg: LabConfig, wants: dict[int, int], classes: list[s
     """Sample more of each class whose accepted count is below its want, up to
     `experiment.topup_rounds` rounds of at most `sampling.num_per_class` images (round r uses
     seeds num_per_class * r onward, so reruns find them done). Returns per class
-    {"wanted", "accepted", "generated", "rounds"} and whether anything was added."""
+    {"wanted", "accepted", "generated", "rounds"} and whether anything was added.
+
+    Args:
+        ws (`Workspace`): the budget view (new images are scored and exported there).
+        cfg (`LabConfig`): its sampling, selection and experiment sections.
+        wants (`dict[int, int]`): label -> accepted images wanted.
+        classes (`list[str]`): the class names, in label order.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, the work stops early.
+
+    Returns:
+        `dict`: as above.
+    """
     from core.generate.sampling import SEED_STRIDE, generate_images
     from core.evaluate.selection import export_accepted, score_synthetic
     from core.evaluate.selection import current_selection

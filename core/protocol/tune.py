@@ -112,7 +112,22 @@ def apply_choices(ws: Workspace, cfg: LabConfig, picks: dict[str, float]) -> Lab
 
 def tune_guidance(ws: Workspace, cfg: LabConfig, grid=GRID, num: int = NUM, features: str | None = None,
                   copy_ceiling: float = COPY_CEILING, progress=None, stop=None) -> dict:
-    """sweep + write the picks into the workspace config. {"stopped", "choices", "table"}."""
+    """sweep + write the picks into the workspace config. {"stopped", "choices", "table"}.
+
+    Args:
+        ws (`Workspace`): the budget view to sample in.
+        cfg (`LabConfig`): the config.
+        grid (`tuple[float]`, *optional*, defaults to GRID): the guidance scales tried.
+        num (`int`, *optional*, defaults to NUM): images per class and scale.
+        features (`str`, *optional*, defaults to `None`): the feature space (`feature_space`).
+        copy_ceiling (`float`, *optional*, defaults to COPY_CEILING): the largest near-copy share a pick may have.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, the work stops early.
+
+    Returns:
+        `dict`: {"stopped": True} when stopped, else "stopped", "choices" (class -> scale, saved as
+        sampling.class_guidance_scales), "table", "no_eligible" (classes without a pick).
+    """
     frame = sweep(ws, cfg, grid, num, features, copy_ceiling, progress, stop)
     if frame.empty:
         return {"stopped": True}

@@ -86,7 +86,20 @@ def _stack(dataset: ImageDataset, rows) -> torch.Tensor:
 
 
 def train_autoencoder(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
-    """Train (or resume) the autoencoder; save it with its scaling factor; return PSNR/SSIM."""
+    """Train (or resume) the autoencoder; save it with its scaling factor; return PSNR/SSIM.
+
+    Args:
+        ws (`Workspace`): the workspace (its pools.csv; checkpoints and the autoencoder folder are written).
+        cfg (`LabConfig`): its autoencoder and data sections.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, training stops (checkpoint kept).
+
+    Returns:
+        `dict`: the training result with PSNR/SSIM on held-out pool images.
+
+    Raises:
+        UserError: no pools, or pools.csv lists no image.
+    """
     acfg = cfg.autoencoder
     pools = load_pools(ws)
     if pools.empty:

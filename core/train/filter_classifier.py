@@ -45,7 +45,21 @@ def baseline_twin(cfg: LabConfig) -> int | None:
 def train_filter_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> dict:
     """Train every member on the budget's labeled train images (its val images pick the weights);
     save weights, centroids (from the same train images), config and labels.csv, the exact set
-    it used. Member 0 lies in the folder itself, member i in members/i."""
+    it used. Member 0 lies in the folder itself, member i in members/i.
+
+    Args:
+        ws (`Workspace`): the budget view (ws.filter_classifier_dir is written).
+        cfg (`LabConfig`): its filter_classifier section (one member per seed) and data.seed.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, training stops (checkpoint kept).
+
+    Returns:
+        `dict`: what was trained (per member its validation scores), or {"stopped": True, "stage": ...}.
+
+    Raises:
+        UserError: the filter classifier's seed is one of experiment.seeds (it would be that baseline run),
+            or the budget's labels cannot be drawn.
+    """
     from core.data.budget import budget_labels, write_labels
     twin = baseline_twin(cfg)
     if twin is not None:

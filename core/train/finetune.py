@@ -28,7 +28,24 @@ STAGE = "unet_finetune"
 
 
 def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=None, stop=None) -> dict:
-    """Fine-tune (or resume) into ws.finetuned_unet_dir; returns the trainer's result."""
+    """Fine-tune (or resume) into ws.finetuned_unet_dir; returns the trainer's result.
+
+    Starts from the pre-trained UNet's EMA weights; pre-training's batch and loss, the latent classifier
+    section's steps (finetune_steps), lr (finetune_lr), precision and checkpoint settings.
+
+    Args:
+        ws (`Workspace`): the budget view (its pre-trained UNet, checkpoints and output folder).
+        cfg (`LabConfig`): its latent_classifier and pretrain sections.
+        latents (`np.ndarray`): the budget's training latents.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, training stops (checkpoint kept).
+
+    Returns:
+        `dict`: the trainer's result; the fine-tuned UNet is saved in ws.finetuned_unet_dir.
+
+    Raises:
+        UserError: no pre-trained UNet, or no training latent.
+    """
     c, p = cfg.latent_classifier, cfg.pretrain
     if not Workspace.config_of(ws.unet_dir).exists():
         raise UserError(f"no pre-trained UNet in {ws.unet_dir} to fine-tune (run: python -m core pretrain)")

@@ -82,7 +82,25 @@ def train_image_classifier(train_df: pd.DataFrame, val_df: pd.DataFrame, classes
     pseudo-labelled), on the batch plan of core.train.batches. Frames need `path` and `label`.
     Validation runs `cfg.evals` times. Returns (model, history); history.attrs holds best_step,
     best_val_balanced_accuracy, model_selection, steps, batch sizes, the real views per image, the
-    added share, the real sequence's fingerprint, skipped files and stopped."""
+    added share, the real sequence's fingerprint, skipped files and stopped.
+
+    Args:
+        train_df (`pd.DataFrame`): the real training images.
+        val_df (`pd.DataFrame`): the validation images that pick the weights kept.
+        classes (`list[str]`): the class names, in label order.
+        cfg (`ImageClassifierConfig`): the filter_classifier or downstream section.
+        seed (`int`): the run's seed (init, batch plan, augmentation).
+        extra_df (`pd.DataFrame`, *optional*, defaults to `None`): the added images.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, training stops.
+        stage (`str`, *optional*, defaults to `"downstream"`): the stage name progress reports carry.
+
+    Returns:
+        `tuple[torch.nn.Module, pd.DataFrame]`: (model, history), nothing written.
+
+    Raises:
+        UserError: fewer than 2 readable training images.
+    """
     x_real, y_real, skipped = _images(train_df, cfg.image_size)
     x_added, y_added, more = _images(extra_df, cfg.image_size)
     x_val, y_val, vskipped = _images(val_df, cfg.image_size)
@@ -187,7 +205,21 @@ def evaluate_arrays(model, images: torch.Tensor, labels, classes: list[str], cfg
 
 
 def metrics_on_test(model: torch.nn.Module, df: pd.DataFrame, classes: list[str], cfg: ImageClassifierConfig) -> dict:
-    """Test metrics (accuracy, balanced accuracy, macro-F1, per-class recall, confusion matrix)."""
+    """Test metrics (accuracy, balanced accuracy, macro-F1, per-class recall, confusion matrix).
+
+    Args:
+        model (`torch.nn.Module`): the trained classifier.
+        df (`pd.DataFrame`): the evaluation images (`path`, `label`).
+        classes (`list[str]`): the class names, in label order.
+        cfg (`ImageClassifierConfig`): image_size and precision.
+
+    Returns:
+        `dict`: the metrics (`classification_metrics`) plus "predictions" (DataFrame path, label, pred of the
+        readable images, in df's order) and "skipped" ({path: reason}).
+
+    Raises:
+        UserError: no readable evaluation image.
+    """
     images, keep, skipped = load_images(df["path"], cfg.image_size)
     if len(images) == 0:
         raise UserError("no readable evaluation image (all files were skipped)")

@@ -74,6 +74,19 @@ def train_latent_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
 
     Resumes from checkpoints/latent_classifier when the config matches. Returns the accuracy-by-t frame
     (`frame.attrs["stopped"]` is True when `stop` interrupted it; the checkpoint is then kept).
+    With latent_classifier.finetune_unet the UNet is fine-tuned first (`finetune_unet`).
+
+    Args:
+        ws (`Workspace`): the budget view (its scheduler and latent cache are read).
+        cfg (`LabConfig`): its latent_classifier section.
+        progress (`Callable[[dict], None]`, *optional*, defaults to `None`): progress reports.
+        stop (`threading.Event`, *optional*, defaults to `None`): when set, training stops (checkpoint kept).
+
+    Returns:
+        `pd.DataFrame`: the accuracy-by-t frame (on train images when the budget has no val image).
+
+    Raises:
+        UserError: the budget has no training image, or the scheduler is missing.
     """
     c = cfg.latent_classifier
     scheduler = load_scheduler(ws)
