@@ -69,7 +69,7 @@ def test_tabs_sampling_threshold_and_screenshot(page, tmp_path_factory):
     assert summary.inner_text() != before
 
     _open_tab(page, "4 · Augmentation vs baseline")
-    page.locator("#results-summary").get_by_text("0.710 ± 0.014").wait_for()
+    page.locator("#results-table").get_by_text("0.710 ± 0.014").first.wait_for()
 
     shots = Path(os.environ.get("LAB_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screens"))
     shots.mkdir(parents=True, exist_ok=True)
