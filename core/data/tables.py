@@ -66,16 +66,17 @@ def check(path: str | Path, max_pixels: int | None = None) -> dict:
         for name in scan["empty_classes"]:
             classes[name] = 0
         skipped, empty, layout = scan["skipped"], scan["empty_classes"], scan["layout"]
+        outside = scan["symlinks_out"]
     else:
         good, skipped = scan_images(path, max_pixels=max_pixels)
         if not good:
             raise UserError(f"no usable images in {path} ({len(skipped)} file(s) skipped)")
         frame = pd.DataFrame(good)
-        classes, empty, layout = {}, [], "flat"
+        classes, empty, layout, outside = {}, [], "flat", []
     sizes = Counter(f"{w}x{h}" for w, h in zip(frame["width"], frame["height"]))
     return {"path": str(path), "format": f"folder ({layout})", "images": int(len(frame)),
             "classes": dict(sorted(classes.items())), "sizes": dict(sizes.most_common()),
-            "skipped": skipped, "empty_classes": empty}
+            "skipped": skipped, "empty_classes": empty, "symlinks_out": outside}
 
 
 def _check_file(path: Path, max_pixels: int | None) -> dict:

@@ -381,4 +381,6 @@ def data_report(ws: Workspace) -> list[str]:
     lines = [f"skipped {s['path']}: {s['reason']}" for s in skipped if isinstance(s, dict)] \
         if isinstance(skipped, list) else []
     lines += [f"empty class folder (no usable image): {c}" for c in labeled.get("empty_classes") or []]
+    lines += [f"followed a symlink out of the labeled folder: {s['path']} -> {s['target']}"
+              for s in labeled.get("symlinks_out") or []]
     return lines
