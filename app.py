@@ -73,23 +73,33 @@ def exposure_check(args: argparse.Namespace, auth=None) -> str | None:
 
 def prepare_workspace(ctx, bundle: Path = DEMO_BUNDLE, preset_name: str | None = None) -> list[str]:
     """Fill an empty workspace: the bundled demo models (with their data, results and config)
-    when it has no models, else demo data when it has no labeled data. Returns what was done."""
+    when it has no models, else demo data when it has no labeled data; an install a killed
+    process left half done is installed again. A workspace made from your own data gets
+    neither. Returns what was done."""
     from core.config.presets import config_for
     from core.errors import UserError
+    from core.protocol.demo_models import install_state
+    from core.protocol.sources import remembered
     done = []
     ws = ctx.workspace
-    if not ws.models_dir.exists() and bundle.exists():
+    half = install_state(ws) == "installing"
+    saved = remembered(ws)
+    own_data = saved is not None and saved["labeled"] != "demo"
+    if bundle.exists() and (half or not ws.models_dir.exists()) and not own_data:
         from core.protocol.demo_models import install_demo
         t = time.time()
         try:
-            install_demo(bundle, ws)
-            done.append(f"installed the bundled demo models from {bundle} in {time.time() - t:.1f} s")
+            install_demo(bundle, ws, overwrite=half)
+            what = "repaired a half-finished install of" if half else "installed"
+            done.append(f"{what} the bundled demo models from {bundle} in {time.time() - t:.1f} s")
         except UserError as e:                   # e.g. a damaged bundle: the lab still opens
             done.append(f"demo models not installed: {e}")
-    if not ws.split_manifest.exists():
+    if not ws.split_manifest.exists() and not own_data:
         from core.data.demo import build_demo
+        from core.workspace import writer_lock
         t = time.time()
-        build_demo(ws, ctx.config)
+        with writer_lock(ws.root, "lab: build the demo data"):
+            build_demo(ws, ctx.config)
         done.append(f"built demo data in {time.time() - t:.1f} s")
     ctx.config = config_for(ws, preset_name)     # install_demo brings its config
     return done

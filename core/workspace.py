@@ -139,6 +139,8 @@ class Workspace:
     @property
     def lock_file(self) -> Path: return self.root / ".writer.lock"      # writer_lock: who writes now
     @property
+    def install_marker(self) -> Path: return self.root / "install.json"  # core.protocol.demo_models
+    @property
     def classes_file(self) -> Path: return self.data_dir / "classes.json"  # ordered class names
     @property
     def split_protocol_file(self) -> Path: return self.data_dir / "split_protocol.json"
