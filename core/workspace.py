@@ -214,6 +214,20 @@ class Workspace:
         """A path inside the workspace as the workspace-relative POSIX string tables store."""
         return Path(path).resolve().relative_to(self.root).as_posix()
 
+    def stored_paths(self, paths) -> list[str]:
+        """Paths as tables store them: relative to the workspace when inside it (a moved or
+        installed workspace stays auditable), absolute otherwise (your own data folders)."""
+        out = []
+        for text in paths:
+            p = Path(str(text))
+            out.append(p.relative_to(self.root).as_posix() if p.is_absolute() and p.is_relative_to(self.root)
+                       else str(text))
+        return out
+
+    def resolved_paths(self, paths) -> list[str]:
+        """Stored table paths as absolute ones (relative ones are taken from the workspace)."""
+        return [str(text) if Path(str(text)).is_absolute() else str(self.root / str(text)) for text in paths]
+
     def ensure(self) -> "Workspace":
         self.root.mkdir(parents=True, exist_ok=True)
         return self

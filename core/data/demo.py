@@ -181,8 +181,8 @@ def _write_pools(ws: Workspace, cfg: LabConfig, progress=None) -> dict:
         sizes[pool.name] = len(names)
         if progress:
             progress({"stage": "data", "step": len(sizes), "total": len(DEMO_POOLS), "pool": pool.name})
-    atomic_write_text(ws.pools_file, pd.DataFrame(rows, columns=["path", "pool", "weight"])
-                      .to_csv(index=False))
+    frame = pd.DataFrame(rows, columns=["path", "pool", "weight"])
+    atomic_write_text(ws.pools_file, frame.assign(path=ws.stored_paths(frame["path"])).to_csv(index=False))
     return sizes
 
 

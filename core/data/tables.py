@@ -28,6 +28,7 @@ def load_splits(ws: Workspace) -> tuple[pd.DataFrame, list[str]]:
         raise UserError(f"no labeled data in workspace {ws.root}: {ws.split_manifest} is missing "
                         "(run `python -m core data demo` or `python -m core run --labeled PATH`)")
     frame = pd.read_csv(ws.split_manifest)
+    frame["path"] = ws.resolved_paths(frame["path"])       # stored relative to the workspace when inside it
     classes_file = ws.classes_file
     if classes_file.exists():
         classes = json.loads(classes_file.read_text())
@@ -42,7 +43,9 @@ def load_pools(ws: Workspace) -> pd.DataFrame:
     if not path.exists():
         raise UserError(f"no unlabeled pools in workspace {ws.root}: {path} is missing "
                         "(run `python -m core data demo` or pass --unlabeled PATH)")
-    return pd.read_csv(path)
+    frame = pd.read_csv(path)
+    frame["path"] = ws.resolved_paths(frame["path"])
+    return frame
 
 
 def check(path: str | Path, max_pixels: int | None = None) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import UserError
-from core.io import atomic_dir, atomic_write_bytes, atomic_write_json, file_sha256
+from core.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
 from core.workspace import LEGACY_MODEL_DIRS, Workspace, migrate_layout, writer_lock
 
 MODEL_FILES = ("*.safetensors", "*.json", "*.csv")
@@ -126,6 +126,7 @@ def export_demo(ws: Workspace, to: str | Path, include_images: bool = True) -> d
             for _, view in budget_views(ws, load_config(ws.config_file)):
                 # the bundle has a workspace's layout: the same view of it names its tables
                 _filter_tables(Workspace(tmp, view.scope), _current_files(view))
+        relative_paths(tmp, str(ws.root))     # tables written before paths were stored relative
         for top, files in parts.items():
             for _, rel in files:
                 dest_rel = rel if top == "." else f"{top}/{rel}"
@@ -212,6 +213,7 @@ def install_demo(bundle: str | Path, ws: Workspace, overwrite: bool = False, bui
         for top, names in _listed(info).items():
             _install_top(bundle, info, top, names, ws)
         migrate_layout(ws.root)     # a bundle exported with older folder names brings them
+        relative_paths(ws.root, info.get("source_workspace"))
         data = None
         if build_data:
             from core.config.store import load_config
@@ -260,3 +262,21 @@ def _install_top(bundle: Path, info: dict, top: str, names: list[str], ws: Works
                 _copy(bundle, info, rel, tmp / rel.split("/", 2)[2])
     for rel in parts.get("", []):        # the pipeline's own files (model_index.json, the model card)
         _copy(bundle, info, rel, ws.root / rel)
+
+
+def relative_paths(root: str | Path, written_in: str | None) -> list[Path]:
+    """Tables and stage markers under `root` that name files by the absolute path of the workspace
+    they were written in (`written_in`, a bundle's build machine): rewritten relative to the
+    workspace, so an installed workspace's audit trail names its own files. Model folders keep
+    their bytes (their hashes are stage outputs)."""
+    root = Path(root)
+    if not written_in:
+        return []
+    prefix, changed = str(written_in).rstrip("/") + "/", []
+    tables = [*root.rglob("*.csv"), *root.glob("stages/*.json"), *root.glob("budgets/*/stages/*.json")]
+    for path in tables:
+        text = path.read_text(encoding="utf-8")
+        if prefix in text:
+            atomic_write_text(path, text.replace(prefix, ""))
+            changed.append(path)
+    return changed

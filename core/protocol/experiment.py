@@ -56,7 +56,7 @@ def source_fingerprint(paths) -> list:
 
 def run_data(ws: Workspace, cfg: LabConfig, labeled, test, unlabeled, progress=None, stop=None) -> dict:
     from core.data.demo import build_demo
-    from core.data.tables import load_splits
+    from core.data.tables import load_pools, load_splits
     from core.data.labeled import prepare_labeled
     from core.data.pools import prepare_pools
     if labeled is None:
@@ -71,8 +71,8 @@ def run_data(ws: Workspace, cfg: LabConfig, labeled, test, unlabeled, progress=N
         pool = splits[splits.split.isin(("train", "val"))]
         rows = pd.DataFrame({"path": pool["path"], "pool": "labeled_images_unlabeled", "weight": 1.0})
         if unlabeled:
-            rows = pd.concat([pd.read_csv(ws.pools_file), rows], ignore_index=True)
-        atomic_write_text(ws.pools_file, rows.to_csv(index=False))
+            rows = pd.concat([load_pools(ws), rows], ignore_index=True)
+        atomic_write_text(ws.pools_file, rows.assign(path=ws.stored_paths(rows["path"])).to_csv(index=False))
         result.setdefault("pools", {}).setdefault("pools", {})["labeled_images_unlabeled"] = len(pool)
     elif not unlabeled:
         raise UserError("no unlabeled data for pre-training: pass --unlabeled PATH, or leave "
@@ -155,11 +155,14 @@ def _run_once(ws: Workspace, bws: Workspace, cfg: LabConfig, run: dict, key: str
         return None
     m = test_metrics(model, test, classes, cfg.downstream)
     run_dir = ws.run_dir(key)
-    write_labels(run_dir, labels)
+    write_labels(run_dir, labels, ws)
     if extra is not None:
-        named = extra.assign(class_name=[classes[k] for k in extra["label"]])
+        named = extra.assign(class_name=[classes[k] for k in extra["label"]], path=ws.stored_paths(extra["path"]))
         atomic_write_text(ws.run_synthetic(key), named.to_csv(index=False))
-    atomic_write_text(ws.run_predictions(key), m["predictions"].to_csv(index=False))
+    predictions = m["predictions"]
+    if "path" in predictions:
+        predictions = predictions.assign(path=ws.stored_paths(predictions["path"]))
+    atomic_write_text(ws.run_predictions(key), predictions.to_csv(index=False))
     val_score = history.attrs["best_val_balanced_accuracy"]
     return {"run_key": key, **run, "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
             "macro_f1": m["macro_f1"], **{f"recall_{c}": v for c, v in m["per_class_recall"].items()},

@@ -53,7 +53,7 @@ def train_filter_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
         save_file({"centroids": cent.contiguous()}, str(Workspace.centroids_of(tmp)))
         atomic_write_json(Workspace.config_of(tmp), info)
         history.to_csv(Workspace.history_of(tmp), index=False)
-        write_labels(tmp, labels)
+        write_labels(tmp, labels, ws)
         save_config(cfg, tmp, LAB_CONFIG)
     return {"stopped": False, "classes": classes, "best_step": info["best_step"],
             "val_balanced_accuracy": best, "skipped": history.attrs["skipped"]}

@@ -1,5 +1,5 @@
 """Installing the demo bundle is one unit: only listed files, a killed install repaired at the
-next start, stale temp folders removed."""
+next start, stale temp folders removed, and paths stored relative to the workspace."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from core.protocol.demo_models import install_demo, install_state
@@ -47,3 +48,25 @@ def test_stale_temp_folders_of_a_killed_export_are_removed(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "a.txt").write_text("a")
     assert not dead.exists() and not old.exists() and live.exists() and (target / "a.txt").exists()
+
+
+def test_paths_are_stored_relative_to_the_workspace_and_hash_as_before(tmp_path):
+    """The installed demo's tables name its own files (not the build machine's), and a data table
+    stored the old way (absolute paths) hashes as the new (relative) one, so markers hold."""
+    from core.protocol.stages import output_hash
+    ws = Workspace(tmp_path / "ws")
+    install_demo(BUNDLE, ws)
+    source = json.loads((BUNDLE / "bundle.json").read_text())["source_workspace"]
+    for table in [*ws.root.rglob("*.csv"), *ws.root.rglob("stages/*.json")]:
+        assert source not in table.read_text(), table
+    labels = pd.read_csv(ws.labels_file)
+    assert not labels["path"].str.startswith("/").any()
+    assert all((ws.root / p).exists() for p in labels["path"])
+    new = output_hash(ws, "data")
+    ws = Workspace(shutil.move(str(ws.root), str(tmp_path / "moved")))
+    assert output_hash(ws, "data") == new
+    for table in (ws.split_manifest, ws.pools_file):
+        frame = pd.read_csv(table)
+        frame["path"] = [str(ws.root / p) for p in frame["path"]]       # as tables were written before
+        frame.to_csv(table, index=False)
+    assert output_hash(ws, "data") == new
