@@ -123,6 +123,8 @@ class Workspace:
     @property
     def selection_thresholds(self) -> Path: return self.synthetic_dir / "thresholds.csv"  # per class (calibration)
     @property
+    def real_reference(self) -> Path: return self.synthetic_dir / "real_reference.csv"  # per class (realism)
+    @property
     def quality_csv(self) -> Path: return self.results_dir / "quality.csv"          # core.evaluate.quality
     @property
     def guidance_sweep_csv(self) -> Path: return self.results_dir / "guidance_sweep.csv"  # core.protocol.tune
@@ -203,6 +205,9 @@ class Workspace:
     def weights_of(folder: str | Path) -> Path: return Path(folder) / "model.safetensors"
     @staticmethod
     def centroids_of(folder: str | Path) -> Path: return Path(folder) / "centroids.safetensors"
+    @staticmethod
+    def member_of(folder: str | Path, i: int) -> Path:   # a filter classifier ensemble's member i (0: itself)
+        return Path(folder) / "members" / str(i) if i else Path(folder)
     @staticmethod
     def history_of(folder: str | Path) -> Path: return Path(folder) / "history.csv"    # filter classifier curve
     @staticmethod

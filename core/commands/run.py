@@ -9,7 +9,7 @@ from pathlib import Path
 from core.cli import ProgressReporter, add_common, guarded, resolve_config, workspace
 from core.errors import UserError
 from core.protocol.experiment import run_all
-from core.evaluate.summary import markdown_table
+from core.evaluate.summary_tables import markdown_table
 
 
 @guarded

@@ -59,12 +59,19 @@ def _number(x: float) -> str:
     return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
 
 
+_UNSET = object()
+
+
 def spec(default: Any, *, range: str | None = None, choices: tuple | None = None,
          length: str | None = None, check: Callable[[Any], str | None] | None = None,
-         key: str | None = None, was: str | None = None) -> Any:
-    """A dataclass field with its declaration (see the module docstring)."""
+         key: str | None = None, was: str | None = None, legacy: Any = _UNSET) -> Any:
+    """A dataclass field with its declaration (see the module docstring). `legacy`: the value a
+    saved config without the field ran with (it loads as that, not as today's default)."""
     metadata = {"range": range, "choices": choices, "length": length, "check": check, "key": key, "was": was}
-    return field(default=default, metadata={k: v for k, v in metadata.items() if v is not None})
+    metadata = {k: v for k, v in metadata.items() if v is not None}
+    if legacy is not _UNSET:
+        metadata["legacy"] = legacy
+    return field(default=default, metadata=metadata)
 
 
 @functools.lru_cache(maxsize=None)

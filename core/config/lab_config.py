@@ -14,6 +14,9 @@ PRESETS = ("tiny", "demo", "paper")
 PRECISIONS = ("no", "bf16", "fp16")     # autocast dtypes (core.precision)
 SAVE_DTYPES = ("fp32", "fp16")
 POSITIVE, FRACTION = "(0, inf)", "[0, 1]"
+NORMS = ("pooled", "split", "recompute", "split_recompute", "group")     # core.train.normalization
+REALISM_CHECKS = ("knn", "colour")     # selection.realism: the checks against the real class
+ARMS = ("selected", "unselected", "pseudo", "selected+pseudo")         # core.protocol.arms
 
 
 class Section:
@@ -176,6 +179,9 @@ class SamplingConfig(Section):
     latent_margin: int = spec(0, key="if_set")   # GuidedLatentPipeline margin
     # "class=scale" entries (`python -m core tune-guidance`) overriding guidance_scale for their class
     class_guidance_scales: tuple[str, ...] = spec((), check=class_scale_fault, key="if_set")
+    # (t_lo, t_hi): the classifier guides only timesteps in [t_lo, t_hi] and is not run at the
+    # others (Kynkaanniemi et al. 2024); () guides every timestep
+    guidance_interval: tuple[int, ...] = spec((), key="if_set")
 
     def scale_for(self, class_name: str) -> float:
         """The guidance scale `class_name` is sampled at: its class_guidance_scales entry, else guidance_scale."""
@@ -191,6 +197,12 @@ class SamplingConfig(Section):
             out[name] = float(value)
         return out
 
+    def cross_checks(self) -> None:
+        if self.guidance_interval and (len(self.guidance_interval) != 2 or
+                                       self.guidance_interval[0] > self.guidance_interval[1]):
+            raise ConfigError(f"sampling.guidance_interval must be two timesteps LO,HI with LO <= HI (or empty: "
+                              f"every timestep), got {list(self.guidance_interval)}")
+
 
 @dataclass(frozen=True)
 class SelectionConfig(Section):
@@ -204,8 +216,15 @@ class SelectionConfig(Section):
     # `threshold` for every class. "if_set": older workspaces keep their stage markers and run keys.
     calibration: str = spec("none", choices=("none", "validation"), key="if_set")
     calibration_quantile: float = spec(0.1, range=FRACTION, key="if_set")
+    # Checks against the class's real budget images on top of the rule (core.evaluate.judge):
+    # "knn", inside the k-NN radius of one of them in the filter's feature space (Kynkaenniemi et
+    # al.'s precision test); "colour", per-channel mean and pixel std inside their range. Saved
+    # configs without the field selected on the rule alone (legacy), and keep their keys.
+    realism: tuple[str, ...] = spec(REALISM_CHECKS, choices=REALISM_CHECKS, key="if_set", legacy=())
 
     def cross_checks(self) -> None:
+        if len(set(self.realism)) != len(self.realism):
+            raise ConfigError(f"selection.realism takes each check at most once, got {list(self.realism)}")
         if self.calibration != "none" and self.strategy != "threshold":
             raise ConfigError("selection.calibration=validation calibrates the confidence threshold; "
                               f"selection.strategy={self.strategy!r} uses none (set strategy=threshold)")
@@ -230,18 +249,45 @@ class ImageClassifierConfig(Section):
     label_smoothing: float = spec(0.1, range="[0, 1)")
     mixed_precision: str = spec("bf16", choices=PRECISIONS)
     compile: bool = spec(False, key="never")   # every grid run compiles anew
+    # Where BatchNorm statistics come from when a run adds images to its real ones
+    # (core.train.normalization)
+    norm: str = spec("pooled", choices=NORMS, key="if_set")
+    # "light": flips, 90-degree turns, light colour jitter; "he": flips, 90-degree turns and HED
+    # stain jitter of strength `stain_jitter` (core.data.augment)
+    augment: str = spec("light", choices=("light", "he"), key="if_set")
+    stain_jitter: float = spec(0.0, range="[0, 1)", key="if_set")
+    # which weights are kept: "validation" (best validation balanced accuracy), "last" (the step
+    # count, as the learning curve chose it), "auto" (validation when every class has at least
+    # `min_val_per_class` validation images, else last: a step picked on 3 images is noise)
+    model_selection: str = spec("validation", choices=("validation", "last", "auto"), key="if_set")
+    min_val_per_class: int = spec(10, range=POSITIVE, key="if_set")
 
 
 @dataclass(frozen=True)
 class FilterClassifierConfig(ImageClassifierConfig):
     """The judge: scores synthetic images for selection; trained apart from every grid run."""
     section: ClassVar[str] = "filter_classifier"
+    # Its own seed, none of experiment.seeds: with the seed of a grid run and the same settings it
+    # would be that baseline run and accept what the baseline already gets right. Saved configs
+    # without the field trained it with seed 0 ("legacy"), and keep their keys.
+    seed: int = spec(1000, key="if_set", legacy=0)
+    # k > 1: k members (seeds seed .. seed + k - 1); an image passes a check only when all agree
+    members: int = spec(1, range="[1, inf)", key="if_set")
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.members)]
 
 
 @dataclass(frozen=True)
 class DownstreamConfig(ImageClassifierConfig):
-    """The grid's classifiers: the baseline and augmented arms."""
+    """The grid's classifiers: the baseline and the arms that add images to its real ones. Every
+    arm of a seed trains on the baseline's real batches (core.train.batches); the defaults below
+    are the options measured best on the demo (issue 25 note)."""
     section: ClassVar[str] = "downstream"
+    norm: str = spec("split_recompute", choices=NORMS, key="if_set")
+    augment: str = spec("he", choices=("light", "he"), key="if_set")
+    stain_jitter: float = spec(0.2, range="[0, 1)", key="if_set")
+    model_selection: str = spec("auto", choices=("validation", "last", "auto"), key="if_set")
 
 
 def label_budget_fault(value: float) -> str | None:
@@ -263,6 +309,29 @@ class ExperimentConfig(Section):
     seeds: tuple[int, ...] = spec((0, 1, 2), length="[1, inf)")
     topup_rounds: int = 2           # extra sampling rounds for a class short for the largest ratio
     bootstrap: int = spec(2000, range=POSITIVE)   # resamples of the test images for the paired bootstrap interval
+    # the arms beside the baseline (core.protocol.arms): "selected" synthetic images; as many
+    # "unselected" ones drawn from all generated; as many "pseudo"-labelled real images of the
+    # labeled pool outside the budget; "selected+pseudo" both
+    arms: tuple[str, ...] = spec(("selected",), choices=ARMS, key="if_set")
+    # "BUDGET=N" entries (BUDGET as under budgets/: f0.1, n20): seeds 0..N-1 at that budget
+    # instead of `seeds` (a small budget's runs are cheap and noisy: more seeds there)
+    budget_seeds: tuple[str, ...] = spec((), key="if_set")
+
+    def seeds_for(self, budget: str) -> tuple[int, ...]:
+        """The seeds of a budget (by its name, as core.data.budget.budget_name gives it)."""
+        for item in self.budget_seeds:
+            name, sep, count = str(item).rpartition("=")
+            if not sep or not name or not count.isdigit() or int(count) < 1:
+                raise ConfigError(f"experiment.budget_seeds entries must be BUDGET=N with N >= 1 "
+                                  f"(e.g. f0.1=12), got {item!r}")
+            if name == budget:
+                return tuple(range(int(count)))
+        return self.seeds
+
+    def cross_checks(self) -> None:
+        self.seeds_for("")
+        if len(set(self.arms)) != len(self.arms):
+            raise ConfigError(f"experiment.arms must name distinct arms, got {list(self.arms)}")
 
 
 @dataclass(frozen=True)
@@ -293,6 +362,9 @@ class LabConfig:
             raise ConfigError(
                 f"data.image_size={self.data.image_size} is not divisible by the autoencoder's "
                 f"downsampling factor {self.autoencoder.downsample_factor}")
+        if self.sampling.guidance_interval and self.sampling.guidance_interval[1] >= self.pretrain.num_train_timesteps:
+            raise ConfigError(f"sampling.guidance_interval {list(self.sampling.guidance_interval)} reaches past the "
+                              f"last timestep {self.pretrain.num_train_timesteps - 1} (pretrain.num_train_timesteps)")
         unet_factor = 2 ** (len(self.pretrain.block_out_channels) - 1)
         if self.latent_size % unet_factor:
             raise ConfigError(

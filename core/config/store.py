@@ -50,6 +50,8 @@ def _build(cls: Any, section: str, values: dict) -> Any:
     unknown = set(values) - set(known)
     if unknown:
         raise ConfigError(f"unknown field(s) for {section}: {', '.join(sorted(unknown))}")
+    # a field saved configs predate takes the value their stages ran with, not today's default
+    values = {**{n: f.metadata["legacy"] for n, f in known.items() if "legacy" in f.metadata}, **values}
     out = {}
     for name, value in values.items():
         default = getattr(cls(), name)
@@ -68,12 +70,14 @@ def identity(section: Any) -> dict:
     """A config section's fields as they key stages and runs (core.protocol.experiment). Fields with
     metadata key="never" change speed, not results, and are left out; key="if_set" fields only
     count when they differ from their default, so adding such a field keeps every existing
-    workspace's stage markers and finished grid runs valid. A renamed field keys under the name
-    it was saved with ("was"), so renaming keeps them valid too."""
+    workspace's stage markers and finished grid runs valid; a field whose default is not what
+    older workspaces ran with names that value as "legacy" (it counts when it differs from that).
+    A renamed field keys under the name it was saved with ("was"), so renaming keeps them valid too."""
     out = dataclasses.asdict(section)
     for f in fields(section):
         how = f.metadata.get("key")
-        if how == "never" or (how == "if_set" and getattr(section, f.name) == f.default):
+        unset = f.metadata.get("legacy", f.default)
+        if how == "never" or (how == "if_set" and getattr(section, f.name) == unset):
             out.pop(f.name)
         elif "was" in f.metadata:
             out[f.metadata["was"]] = out.pop(f.name)

@@ -89,10 +89,12 @@ def load_latent_classifier(ws: Workspace) -> LatentClassifier:
     return from_folder(LatentClassifier, check_models(ws, parts=("latent_classifier",))["latent_classifier"]).eval()
 
 
-def load_filter_classifier(ws: Workspace) -> tuple[torch.nn.Module, dict, torch.Tensor]:
-    """(model on the compute device, its config dict, centroids (C, D))."""
-    folder = ws.filter_classifier_dir
-    config, weights, centroids = (Workspace.config_of(folder), Workspace.weights_of(folder),
+def load_filter_classifier(ws: Workspace, member: int = 0) -> tuple[torch.nn.Module, dict, torch.Tensor]:
+    """(model on the compute device, its config dict, centroids (C, D)) of one ensemble member;
+    member 0 is the folder itself, the others its `members/I` sub-folders."""
+    root = ws.filter_classifier_dir
+    folder = Workspace.member_of(root, member)
+    config, weights, centroids = (Workspace.config_of(root), Workspace.weights_of(folder),
                                   Workspace.centroids_of(folder))
     for path in (config, weights, centroids):
         if not path.exists():
@@ -106,3 +108,14 @@ def load_filter_classifier(ws: Workspace) -> tuple[torch.nn.Module, dict, torch.
     model = model.to(device).to(memory_format=torch.channels_last).eval()
     cent = load_file(str(centroids))["centroids"]
     return model, info, cent
+
+
+def load_filter_members(ws: Workspace) -> tuple[list[tuple[torch.nn.Module, torch.Tensor]], dict]:
+    """([(model, centroids)] for every ensemble member, the config dict); one member for a
+    filter classifier saved before ensembles."""
+    model, info, cent = load_filter_classifier(ws)
+    members = [(model, cent)]
+    for i in range(1, int(info.get("members", 1))):
+        other, _, other_cent = load_filter_classifier(ws, i)
+        members.append((other, other_cent))
+    return members, info
