@@ -55,5 +55,19 @@ def test_a_killed_install_is_repaired_at_the_next_start(bundle, tmp_path, monkey
     from core.protocol.experiment import _steps, data_sources
     from core.protocol.stages import is_done
     assert not missing_models(ws) and ws.config_file.exists() and ws.summary_json.exists()
+    clean = Workspace(tmp_path / "clean")
+    install_demo(bundle, clean)                     # what an install never killed gives
+    assert _files(ws) == _files(clean)
     cfg = preset("demo")
-    assert all(is_done(v, cfg, s, data_sources() if s == "data" else None) for s, v in _steps(ws, cfg))
+
+    def done(w):          # whether the bundle is done under today's preset is test_demo_bundle's question
+        return [is_done(v, cfg, s, data_sources() if s == "data" else None) for s, v in _steps(w, cfg)]
+    assert done(ws) == done(clean)
+
+
+def _files(ws: Workspace) -> dict[str, str]:
+    """Every file of a workspace with its content hash, but the lock, the install record and the
+    demo data's build record (it holds the seconds the build took)."""
+    from core.io import file_sha256
+    return {p.relative_to(ws.root).as_posix(): file_sha256(p) for p in sorted(ws.root.rglob("*"))
+            if p.is_file() and p.name not in (".writer.lock", "install.json") and p != ws.demo_data_marker}
