@@ -16,8 +16,9 @@ from core.errors import ConfigError, UserError
 
 # the most one request may ask for, per config field (above these, a request is refused)
 CAPS = {"sampling.guidance_scale": 100.0, "sampling.steps": 1000, "sampling.batch_size": 256,
-        "pretrain.steps": 10_000_000, "pretrain.batch_size": 4096, "pretrain.checkpoint_every": 10_000_000,
-        "pretrain.sample_every": 10_000_000, "selection.quota_per_class": 1_000_000}
+        "pretrain.steps": 10_000_000, "pretrain.batch_size": 4096, "pretrain.lr": 1.0,
+        "pretrain.checkpoint_every": 10_000_000, "pretrain.sample_every": 10_000_000,
+        "selection.quota_per_class": 1_000_000}
 MAX_IMAGES = 1024            # images one sampling request makes
 MAX_SEED = 2 ** 32 - 1       # numpy / torch generators take seeds below 2**32
 MAX_ITEMS = 64               # values in one list parameter (classes, guidance scales, checks)
@@ -45,6 +46,14 @@ def request_value(name: str, value: Any, key: str) -> Any:
     if cap is not None and typed > cap:
         raise RequestError(f"{name}: at most {cap} in one request, got {_short(typed)}")
     return typed
+
+
+def request_fields(section: str, values: dict) -> dict:
+    """Values of one config section's fields as a request sends them ({"steps": 7, ...}), each
+    checked by `request_value`; a name that is no field of the section is refused."""
+    if not isinstance(values, dict):
+        raise RequestError(f"{section}: expected named fields, got {_short(values)}")
+    return {name: request_value(str(name), value, f"{section}.{name}") for name, value in values.items()}
 
 
 def request_count(name: str, value: Any, most: int, least: int = 1) -> int:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from core.config.requests import MAX_IMAGES, RequestError
+from core.config.requests import MAX_IMAGES, RequestError, request_fields
 from core.generate.requests import grid_request, request_from_params, sampling_request
 
 GOOD = {"class_name": "tumor", "guidance_scale": 2.0, "steps": 3, "eta": 1.0, "seed": 5, "num_images": 2,
@@ -72,3 +72,13 @@ def test_grid_refuses_long_lists_and_unbounded_scales():
     _refused(lambda: grid_request(["nope"], "1", 0, 2, 1.0, known), "classes[0]")
     _refused(lambda: grid_request(known, "1", 0, 2, math.nan, known), "eta")
     _refused(lambda: grid_request(known, "1", 1e30, 2, 1.0, known), "seed")
+
+
+def test_pretraining_fields_refuse_nan_inf_huge_and_wrong_types():
+    """The app's /pretrain_start and /pretrain_fresh send these fields (app.tab_pretrain)."""
+    good = {"steps": 7.0, "batch_size": 3, "lr": 0.002, "checkpoint_every": 5, "sample_every": 6}
+    assert request_fields("pretrain", good) == {**good, "steps": 7}
+    for name in good:
+        for bad in (math.nan, math.inf, 1e30, -1, "abc", [1] * 5000, None):
+            _refused(lambda: request_fields("pretrain", {**good, name: bad}), name)
+    _refused(lambda: request_fields("pretrain", {**good, "nope": 1}), "nope")
