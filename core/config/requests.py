@@ -56,6 +56,16 @@ def request_fields(section: str, values: dict) -> dict:
     return {name: request_value(str(name), value, f"{section}.{name}") for name, value in values.items()}
 
 
+def selection_request(threshold: Any, strategy: Any, quota: Any, realism: Any = None) -> tuple:
+    """The selection rule one request asks for (the app's /refilter and /export_accepted), each
+    value as its `selection` field takes it; `realism` None keeps the config's checks.
+    Returns (threshold, strategy, quota, realism)."""
+    return (request_value("threshold", threshold, "selection.threshold"),
+            request_value("strategy", strategy, "selection.strategy"),
+            request_value("quota", quota, "selection.quota_per_class"),
+            None if realism is None else request_value("realism", realism, "selection.realism"))
+
+
 def request_count(name: str, value: Any, most: int, least: int = 1) -> int:
     """A whole number in [least, most] (a whole float such as 4.0 is 4)."""
     number = _number(name, value)

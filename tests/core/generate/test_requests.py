@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from core.config.requests import MAX_IMAGES, RequestError, request_fields
+from core.config.requests import MAX_IMAGES, RequestError, request_fields, selection_request
 from core.generate.requests import grid_request, request_from_params, sampling_request
 
 GOOD = {"class_name": "tumor", "guidance_scale": 2.0, "steps": 3, "eta": 1.0, "seed": 5, "num_images": 2,
@@ -82,3 +82,15 @@ def test_pretraining_fields_refuse_nan_inf_huge_and_wrong_types():
         for bad in (math.nan, math.inf, 1e30, -1, "abc", [1] * 5000, None):
             _refused(lambda: request_fields("pretrain", {**good, name: bad}), name)
     _refused(lambda: request_fields("pretrain", {**good, "nope": 1}), "nope")
+
+
+def test_the_selection_rule_of_a_request():
+    """The app's /refilter and /export_accepted send these (app.tab_selection)."""
+    assert selection_request(0.5, "threshold", 0.0, ["knn"]) == (0.5, "threshold", 0, ("knn",))
+    assert selection_request(0.5, "centroid", 3)[3] is None            # the config's checks
+    for bad in (math.nan, math.inf, 1e30, -1, "abc", [0.5] * 5000, None):
+        _refused(lambda: selection_request(bad, "threshold", 0), "threshold")
+        _refused(lambda: selection_request(0.5, "threshold", bad), "quota")
+    _refused(lambda: selection_request(0.5, "nope", 0), "strategy")
+    _refused(lambda: selection_request(0.5, "threshold", 0, ["knn"] * 5000), "realism")
+    _refused(lambda: selection_request(0.5, "threshold", 0, ["nope"]), "realism")
