@@ -199,3 +199,45 @@ def test_full_disk_and_read_only_at_random_writes(trained_ws, tmp_path, monkeypa
                 and read_jsonl(ws.metrics_file("pretrain"))[-1]["step"] == 40)
     _count(fault, survived, f"at write #{at}")
     assert survived, (fault, at, rc, err, saved, rc2, before_fault)
+
+
+INSTALL = ("import sys\nfrom core.protocol.demo_models import install_demo\nfrom core.workspace import Workspace\n"
+           "install_demo(sys.argv[1], Workspace(sys.argv[2]))\n")
+
+
+def _killed_install(ws: Path) -> bool:
+    """Start a real install of the bundled demo and kill -9 it once models/ is being filled;
+    False when the install had already finished (the kill came too late to mean anything)."""
+    from core.protocol.demo_models import install_state
+    from core.workspace import Workspace
+    bundle = ROOT / "assets" / "demo_models"
+    proc = subprocess.Popen([sys.executable, "-c", INSTALL, str(bundle), str(ws)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    end = time.time() + 300
+    while time.time() < end and proc.poll() is None and not (ws / "models").exists():
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return install_state(Workspace(ws)) == "installing"
+
+
+def test_kill_minus_9_during_the_demo_install_is_repaired_at_the_next_start(tmp_path):
+    """A first install killed while models/ is filled: the next start of the lab installs again
+    (never serves the half), and the killed process's temp folders are gone."""
+    import importlib.util
+
+    from app.context import AppContext
+    from core.models import missing_models
+    from core.protocol.demo_models import install_state
+    from core.workspace import Workspace
+    ws = next((tmp_path / f"ws{k}" for k in range(5) if _killed_install(tmp_path / f"ws{k}")), None)
+    assert ws is not None, "every install finished before its kill"
+    _count("kill -9 during the demo install", True, "(killed half-way)")
+    spec = importlib.util.spec_from_file_location("app_main", ROOT / "app.py")
+    app_main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app_main)
+    done = app_main.prepare_workspace(AppContext.create(ws), bundle=ROOT / "assets" / "demo_models")
+    survived = done[0].startswith("repaired a half-finished install") and install_state(Workspace(ws)) == "installed"
+    _count("restart after a killed install", survived and not missing_models(Workspace(ws)))
+    assert survived and not missing_models(Workspace(ws)), done
+    assert not [p for p in ws.rglob("*.tmp")], "a killed install's temp folders were left"
