@@ -157,7 +157,8 @@ def test_competitor_arms_share_seeds_steps_real_batches_and_counts(tmp_path, tin
         assert by.loc["pseudo", "n_synthetic"] == 0 and 0 <= by.loc["pseudo", "pseudo_label_accuracy"] <= 1
         drawn = pd.read_csv(ws.run_synthetic(by.loc["pseudo", "run_key"]))
         budget = pd.read_csv(ws.labels_file)
-        splits = pd.read_csv(ws.split_manifest)
+        drawn["path"], budget["path"] = ws.resolved_paths(drawn["path"]), ws.resolved_paths(budget["path"])
+        splits, _ = load_splits(ws)                 # workspace paths are stored relative to it
         assert not drawn["path"].isin(budget["path"]).any()          # label-hidden images only
         assert drawn["path"].isin(splits[splits.split != "test"]["path"]).all()
     arms = main_cell(summary)["arms"]
