@@ -54,8 +54,13 @@ def served_dirs(ctx: "AppContext") -> list[str]:
 
 
 def launch_kwargs(ctx: "AppContext") -> dict:
-    """Launch options every caller needs: only `served_dirs` may be fetched, uploads are capped."""
-    return {"allowed_paths": served_dirs(ctx), "max_file_size": MAX_UPLOAD, "css": CSS}
+    """Launch options every caller needs: only `served_dirs` may be fetched, uploads are capped,
+    failed logins slow the next ones down (app.auth.LoginThrottle)."""
+    from starlette.middleware import Middleware
+
+    from app.auth import LoginThrottle
+    return {"allowed_paths": served_dirs(ctx), "max_file_size": MAX_UPLOAD, "css": CSS,
+            "app_kwargs": {"middleware": [Middleware(LoginThrottle)]}}
 
 
 def fresh_upload_cache(ctx: "AppContext") -> Path:

@@ -93,6 +93,7 @@ def images_table(ctx: AppContext) -> pd.DataFrame:
     if frame.empty or "image_path" in frame:
         return frame
     frame["image_path"] = [str(synthetic_path(ctx.workspace, f)) for f in frame["file"].astype(str)]
+    frame["nn_path"] = ctx.workspace.resolved_paths(frame["nn_path"].astype(str))
     return frame
 
 

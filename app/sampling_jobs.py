@@ -4,7 +4,6 @@ stream gallery, preview and grid updates (`sample_into_gallery`, `sample_scale_g
 from __future__ import annotations
 
 import queue
-import random
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,7 +13,7 @@ from app.context import AppContext, job_markdown
 from app.previews import class_scale_grid, preview_image
 from app.streaming import stream
 from core.errors import UserError
-from core.generate.requests import SamplingRequest, image_params, png_params
+from core.generate.requests import SamplingRequest, grid_request, image_params, png_params
 from core.io import save_png
 from core.protocol.jobs import JobStopped
 
@@ -130,22 +129,12 @@ def grid_job(ctx: AppContext, classes: list[str], scales: list[float], seed: int
     return {"cells": total}
 
 
-def parse_scales(text: str) -> list[float]:
-    try:
-        scales = [float(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
-    except ValueError as e:
-        raise UserError(f"guidance scales must be numbers separated by commas, got {text!r}") from e
-    if not scales or any(s < 0 for s in scales):
-        raise UserError(f"guidance scales must be one or more numbers >= 0, got {text!r}")
-    return scales
-
-
 def sample_scale_grid(ctx: AppContext, classes: list[str], scales_text: str, seed: int, steps: int,
                       eta: float, guidance_interval: tuple[int, int] | None = None
                       ) -> Iterator[tuple[Image.Image | None, str]]:
     """Handler core: yields the growing class × guidance-scale grid and the status."""
-    scales = parse_scales(scales_text)
-    classes = classes or class_names(ctx)
+    asked = grid_request(classes, scales_text, seed, steps, eta, class_names(ctx))
+    classes, scales, seed, steps, eta = (asked[k] for k in ("classes", "scales", "seed", "steps", "eta"))
     if missing_models(ctx) or not classes:
         raise UserError(hint(ctx))
     canvas, cells = None, {}
@@ -171,9 +160,3 @@ def params_of(ctx: AppContext, path_text: str) -> dict[str, Any]:
     """Parameters stored in a PNG inside the workspace or a data root."""
     return png_params(ctx.resolve_path(path_text, field_name="PNG path"))
 
-
-def pick_seed(seed: float | int | None) -> int:
-    """-1 (or empty) means a fresh random seed, as in A1111; the seed used is shown and saved."""
-    if seed is None or int(seed) < 0:
-        return random.randrange(0, 2**31 - 1)
-    return int(seed)

@@ -19,6 +19,7 @@ from core.errors import UserError
 from core.config.lab_config import PRESETS
 from core.errors import ConfigError
 from core.config.presets import preset
+from core.config.requests import request_fields
 from core.io import read_jsonl
 from core.protocol.jobs import JobBusy
 
@@ -30,6 +31,7 @@ EDITABLE = ("steps", "batch_size", "lr", "checkpoint_every", "sample_every")
 def pretrain_config(ctx: AppContext, preset_name: str, fields: dict):
     """The workspace config with the chosen preset's pretrain section and the edited fields."""
     try:
+        fields = request_fields(STAGE, fields)      # NaN, inf, huge or wrong-typed: one line, nothing started
         base = preset(preset_name).pretrain
         cfg = dataclasses.replace(ctx.config, pretrain=base)
         return AppContext(ctx.workspace, cfg, ctx.data_roots, ctx.runner).with_overrides(STAGE, fields)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from app import charts
 from app.context import COMPUTE, AppContext, job_markdown, progress_html, stop_job
+from core.config.requests import MAX_ITEMS, request_count
 from core.errors import UserError
 from core.evaluate.summary import cell_arms, main_cell
 from core.evaluate.summary_tables import exposure_frame, quality_frame, results_frame, threshold_frame
@@ -174,7 +175,8 @@ def start_experiment(ctx: AppContext, seeds: int | None = None) -> str:
     from core.protocol.experiment import run_all
     cfg = ctx.config
     if seeds:
-        cfg = ctx.with_overrides("experiment", {"seeds": tuple(range(int(seeds))), "budget_seeds": ()})
+        count = request_count("seeds", seeds, MAX_ITEMS)     # checked before anything is built from it
+        cfg = ctx.with_overrides("experiment", {"seeds": tuple(range(count)), "budget_seeds": ()})
     try:
         ctx.runner.start(JOB, run_all, ws=ctx.workspace, cfg=cfg)
     except JobBusy as e:

@@ -9,10 +9,9 @@ import gradio as gr
 
 from app import quality_panel
 from app.context import COMPUTE, AppContext, SessionValues, stop_job
-from app.sampling_jobs import (GRID_JOB, JOB, class_names, hint, params_of, pick_seed, sample_into_gallery,
-                               sample_scale_grid)
+from app.sampling_jobs import GRID_JOB, JOB, class_names, hint, params_of, sample_into_gallery, sample_scale_grid
 from core.errors import UserError
-from core.generate.requests import SamplingRequest, parse_interval, request_from_params
+from core.generate.requests import parse_interval, request_from_params, sampling_request
 from core.io import read_png_params
 
 
@@ -88,10 +87,8 @@ def build(ctx: AppContext) -> dict:
             request: the session, whose guidance interval is used (set by /guidance_interval)
         """
         try:
-            req = SamplingRequest(class_name=class_name or "", guidance_scale=float(guidance_scale),
-                                  steps=int(steps), eta=float(eta), seed=pick_seed(seed),
-                                  num_images=int(num_images), batch_size=int(batch_size),
-                                  guidance_interval=parse_interval(intervals.get(request)))
+            req = sampling_request(class_name or "", guidance_scale, steps, eta, seed, num_images, batch_size,
+                                   parse_interval(intervals.get(request)))
             yield from sample_into_gallery(ctx, req)
         except UserError as e:
             raise gr.Error(str(e)) from e
@@ -109,18 +106,16 @@ def build(ctx: AppContext) -> dict:
             raise gr.Error(str(e)) from e
 
     def on_regenerate(params):
+        if not params:
+            raise gr.Error("select an image or load a PNG's parameters first")
         try:
-            req = request_from_params(params or {})
-        except UserError as e:
-            raise gr.Error("select an image or load a PNG's parameters first") from e
-        try:
-            yield from sample_into_gallery(ctx, req)
+            yield from sample_into_gallery(ctx, request_from_params(params))
         except UserError as e:
             raise gr.Error(str(e)) from e
 
     def on_grid(classes, guidance_scales, seed, steps, eta, request: gr.Request):
         try:
-            yield from sample_scale_grid(ctx, list(classes or []), guidance_scales, pick_seed(seed), steps, eta,
+            yield from sample_scale_grid(ctx, classes, guidance_scales, seed, steps, eta,
                                          parse_interval(intervals.get(request)))
         except UserError as e:
             raise gr.Error(str(e)) from e

@@ -21,10 +21,13 @@ from app import charts, quality_panel
 from app.context import COMPUTE, AppContext, FileCache, job_markdown
 from app.widgets import bounds, options
 from core.config.lab_config import REALISM_CHECKS
+from core.config.requests import request_count, request_text, selection_request
 from core.errors import UserError
 from core.protocol.jobs import JobBusy
 
 ALL = "all classes"
+SHOWS = ("accepted", "rejected", "all")      # what the gallery shows
+MAX_PER_CLASS = 64                           # gallery images per class
 CURVE_POINTS = np.round(np.linspace(0, 1, 51), 3)
 _tables = FileCache()
 _figures: dict[tuple, tuple] = {}      # (scores table, its figures): only their threshold lines move
@@ -166,6 +169,9 @@ def refilter(ctx: AppContext, threshold: float, strategy: str, quota: int, show:
              class_filter: str = ALL, per_class: int = 8, realism=None):
     """Slider handler: (summary markdown, counts table, gallery, histograms, acceptance curve).
     `realism`: the checks against the real class to require too (None: the config's)."""
+    threshold, strategy, quota, realism = selection_request(threshold, strategy, quota, realism)
+    show, class_filter = request_text("show", show, SHOWS), request_text("class_name", class_filter)
+    per_class = request_count("per_class", per_class, MAX_PER_CLASS)
     scores = cached_scores(ctx)
     if scores.empty:
         empty = pd.DataFrame(columns=["class", "accepted", "rejected", "total"])
@@ -215,6 +221,7 @@ def figures(ctx: AppContext, scores: pd.DataFrame, classes: list[str], threshold
 def export(ctx: AppContext, threshold: float, strategy: str, quota: int, realism=None) -> str:
     """Write the accepted set (accepted/CLASS/*.png + manifest) through core.evaluate.selection."""
     from core.evaluate.selection import export_accepted
+    threshold, strategy, quota, realism = selection_request(threshold, strategy, quota, realism)
     scores = cached_scores(ctx)
     if scores.empty:
         raise UserError(hint(ctx))
@@ -265,9 +272,9 @@ def build(ctx: AppContext) -> dict:
         realism = gr.CheckboxGroup(list(REALISM_CHECKS), value=list(sel.realism),
                                    label="also require (vs the class's real images)")
     with gr.Row():
-        show = gr.Radio(["accepted", "rejected", "all"], value="accepted", label="gallery shows")
+        show = gr.Radio(list(SHOWS), value="accepted", label="gallery shows")
         class_filter = gr.Dropdown(class_choices(ctx), value=ALL, label="class")
-        per_class = gr.Slider(1, 64, value=8, step=1, label="images per class")
+        per_class = gr.Slider(1, MAX_PER_CLASS, value=8, step=1, label="images per class")
     summary = gr.Markdown(elem_id="selection-summary")
     with gr.Row():
         counts = gr.Dataframe(label="accepted / rejected per class", interactive=False)

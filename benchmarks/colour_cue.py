@@ -22,12 +22,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import device_name, markdown_table  # noqa: E402
 from core.config.store import load_config  # noqa: E402
 from core.data.augment import he_augment  # noqa: E402
+from core.data.tables import load_splits  # noqa: E402
 from core.evaluate.inference import load_images  # noqa: E402
 from core.protocol.topup import accepted_images  # noqa: E402
 from core.workspace import Workspace  # noqa: E402
@@ -76,7 +76,7 @@ def main() -> None:
     args = p.parse_args()
     ws = Workspace(args.workspace)
     cfg = load_config(ws.config_file)
-    splits = pd.read_csv(ws.split_manifest)
+    splits, _ = load_splits(ws)       # paths inside the workspace are stored relative to it
     train, val = splits[splits.split == "train"], splits[splits.split == "val"]
     size = cfg.downstream.image_size
     x_train, _, _ = load_images(train["path"], size)

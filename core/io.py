@@ -11,11 +11,14 @@ import csv
 import errno
 import fcntl
 import functools
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -95,10 +98,12 @@ def atomic_write_json(path: str | Path, data: object) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp folder; on success it replaces `path` whole (old copy removed after)."""
+    """Yield a temp folder; on success it replaces `path` whole (old copy removed after). Temp
+    folders a killed process left beside `path` are removed first (`remove_stale_temps`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
     try:
         with naming_path(path):
             yield tmp
@@ -112,6 +117,40 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+STALE_UNOWNED_S = 3600     # a temp folder that names no process (older naming): stale after an hour
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove what a process killed inside `atomic_dir(path)` left beside `path`: its temp folder
+    (.NAME.PID.*.tmp) and a replaced copy (.NAME.old-PID) whose PID is no longer running (a temp
+    folder of the older naming, without a PID, once it is an hour old). Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for item in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        rest = item.name[len(path.name) + 2:]
+        owner = re.fullmatch(r"(\d+)\.\w+\.tmp|old-(\d+)", rest)
+        if owner:
+            stale = not _alive(int(owner.group(1) or owner.group(2)))
+        elif re.fullmatch(r"\w+\.tmp", rest):
+            stale = time.time() - item.stat().st_mtime > STALE_UNOWNED_S
+        else:
+            continue
+        if stale and item.is_dir():
+            shutil.rmtree(item, ignore_errors=True)
+            removed.append(item)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:        # someone else's process
+        return True
+    return True
 
 
 def upsert_csv(path: str | Path, header: list[str], body: str, key: str = "file") -> Path:

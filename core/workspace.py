@@ -141,6 +141,8 @@ class Workspace:
     @property
     def lock_file(self) -> Path: return self.root / ".writer.lock"      # writer_lock: who writes now
     @property
+    def install_marker(self) -> Path: return self.root / "install.json"  # core.protocol.demo_models
+    @property
     def classes_file(self) -> Path: return self.data_dir / "classes.json"  # ordered class names
     @property
     def split_protocol_file(self) -> Path: return self.data_dir / "split_protocol.json"
@@ -216,6 +218,20 @@ class Workspace:
     def relative(self, path: str | Path) -> str:
         """A path inside the workspace as the workspace-relative POSIX string tables store."""
         return Path(path).resolve().relative_to(self.root).as_posix()
+
+    def stored_paths(self, paths) -> list[str]:
+        """Paths as tables store them: relative to the workspace when inside it (a moved or
+        installed workspace stays auditable), absolute otherwise (your own data folders)."""
+        out = []
+        for text in paths:
+            p = Path(str(text))
+            out.append(p.relative_to(self.root).as_posix() if p.is_absolute() and p.is_relative_to(self.root)
+                       else str(text))
+        return out
+
+    def resolved_paths(self, paths) -> list[str]:
+        """Stored table paths as absolute ones (relative ones are taken from the workspace)."""
+        return [str(text) if Path(str(text)).is_absolute() else str(self.root / str(text)) for text in paths]
 
     def ensure(self) -> "Workspace":
         self.root.mkdir(parents=True, exist_ok=True)

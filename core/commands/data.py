@@ -58,6 +58,11 @@ def _print_check(report: dict) -> None:
     usable = [name for name, n in report.get("classes", {}).items() if n > 0 and not name.startswith("test/")]
     if report.get("format", "").startswith("folder (") and len(usable) < 2:
         print(f"  WARNING: {len(usable)} usable class(es); a classifier needs at least 2, so `run` will refuse this set")
+    outside = report.get("symlinks_out", [])
+    if outside:
+        print(f"  followed {len(outside)} symlink(s) out of the folder (their files are used):")
+        for item in outside[:MAX_LISTED]:
+            print(f"    {item['path']} -> {item['target']}")
     skipped = report.get("skipped", [])
     print(f"  skipped: {len(skipped)}")
     for item in skipped[:MAX_LISTED]:
@@ -107,6 +112,8 @@ def cli(argv: list[str]) -> int:
         print(f"empty class folders: {', '.join(result['empty_classes'])}")
     if result["skipped"]:
         print(f"skipped {len(result['skipped'])} file(s); `python -m core data check PATH` lists them")
+    for item in result["symlinks_out"]:
+        print(f"followed a symlink out of the labeled folder: {item['path']} -> {item['target']}")
     if args.unlabeled:
         with ProgressReporter() as progress:
             pools = prepare_pools(ws, cfg, args.unlabeled, progress=progress)

@@ -132,23 +132,25 @@ def budget_labels(ws: Workspace, cfg: LabConfig) -> tuple[pd.DataFrame, list[str
     from core.data.tables import load_splits
     splits, classes = load_splits(ws)
     labels = draw_labels(splits, classes, budget_of(ws, cfg), cfg.data.seed)
-    text = labels.to_csv(index=False)
+    text = labels.assign(path=ws.stored_paths(labels["path"])).to_csv(index=False)
     if not ws.labels_file.exists() or ws.labels_file.read_text(encoding="utf-8") != text:
         atomic_write_text(ws.labels_file, text)
     return labels, classes
 
 
-def write_labels(folder, labels: pd.DataFrame) -> None:
+def write_labels(folder, labels: pd.DataFrame, ws: Workspace) -> None:
     """labels.csv beside a model or run: the exact labeled images it trained and selected on.
 
     Args:
         folder (`str` or `Path`): the model or run folder.
         labels (`pd.DataFrame`): the labeled subset; its LABEL_COLUMNS are written.
+        ws (`Workspace`): the workspace; paths inside it are stored relative to it.
 
     Returns:
         `None`: writes folder's labels.csv atomically.
     """
-    atomic_write_text(Workspace.labels_of(folder), labels[LABEL_COLUMNS].to_csv(index=False))
+    stored = labels[LABEL_COLUMNS].assign(path=ws.stored_paths(labels["path"]))
+    atomic_write_text(Workspace.labels_of(folder), stored.to_csv(index=False))
 
 
 def realised(labels: pd.DataFrame, splits: pd.DataFrame, value: float) -> dict:

@@ -175,8 +175,9 @@ def _write_labeled(ws: Workspace, cfg: LabConfig, frame: pd.DataFrame, image: np
             rel_paths.append(rel)
         out = frame.assign(path=[str(final / r) for r in rel_paths])
         # where each patch came from, in source pixels: shows (and tests) the bands are disjoint
-        atomic_write_text(Workspace.patches_of(tmp), out[[
-            "path", "class_name", "split", "box_x0", "box_y0", "box_x1", "box_y1"]].to_csv(index=False))
+        boxes = out[["path", "class_name", "split", "box_x0", "box_y0", "box_x1", "box_y1"]]
+        atomic_write_text(Workspace.patches_of(tmp),
+                          boxes.assign(path=ws.stored_paths(boxes["path"])).to_csv(index=False))
         save_config(cfg, tmp)
     return out[["path", "class_name", "split"]]
 
@@ -192,8 +193,8 @@ def _write_pools(ws: Workspace, cfg: LabConfig, progress=None) -> dict:
         sizes[pool.name] = len(names)
         if progress:
             progress({"stage": "data", "step": len(sizes), "total": len(DEMO_POOLS), "pool": pool.name})
-    atomic_write_text(ws.pools_file, pd.DataFrame(rows, columns=["path", "pool", "weight"])
-                      .to_csv(index=False))
+    frame = pd.DataFrame(rows, columns=["path", "pool", "weight"])
+    atomic_write_text(ws.pools_file, frame.assign(path=ws.stored_paths(frame["path"])).to_csv(index=False))
     return sizes
 
 

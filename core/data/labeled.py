@@ -25,7 +25,8 @@ PATHMNIST_CLASSES = ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "
 
 def scan_labeled(root: str | Path, max_pixels: int | None = None) -> dict:
     """Index an ImageFolder: {"frame": DataFrame(path, class_name, split|None), "classes",
-    "skipped": [{"path", "reason"}], "empty_classes", "layout": "classes"|"splits"}.
+    "skipped": [{"path", "reason"}], "empty_classes", "layout": "classes"|"splits",
+    "symlinks_out": [{"path", "target"}]} (symlinks that lead out of `root`: followed, and named).
     A folder without any usable image is a UserError naming it; a file over `max_pixels`
     (data.max_image_pixels) is skipped with its reason before it is decoded.
 
@@ -44,7 +45,8 @@ def scan_labeled(root: str | Path, max_pixels: int | None = None) -> dict:
         raise UserError(f"labeled data folder not found: {root}")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     split_dirs = [p for p in subdirs if p.name.lower() in SPLITS]
-    rows, skipped, empty = [], [], []
+    rows, skipped, empty, outside = [], [], [], []
+    inside = root.resolve()
     layout = "splits" if split_dirs and len(split_dirs) == len(subdirs) else "classes"
     groups = [(d.name.lower(), c) for d in split_dirs for c in _class_dirs(d)] if layout == "splits" \
         else [(None, c) for c in subdirs]
@@ -55,6 +57,8 @@ def scan_labeled(root: str | Path, max_pixels: int | None = None) -> dict:
             empty.append(class_dir.name if split is None else f"{split}/{class_dir.name}")
         rows += [{"path": str(Path(g["path"]).resolve()), "class_name": class_dir.name,
                   "split": split, "width": g["width"], "height": g["height"]} for g in good]
+        outside += [{"path": g["path"], "target": str(Path(g["path"]).resolve())} for g in good
+                    if not Path(g["path"]).resolve().is_relative_to(inside)]
     loose = [p for p in root.iterdir() if p.is_file() and is_image_path(p)]
     if loose:
         skipped += [{"path": str(p), "reason": "image outside a class folder (ROOT/CLASS/*.png expected)"}
@@ -65,7 +69,7 @@ def scan_labeled(root: str | Path, max_pixels: int | None = None) -> dict:
     frame = pd.DataFrame(rows)
     classes = sorted(frame["class_name"].unique())
     return {"frame": frame, "classes": classes, "skipped": skipped, "empty_classes": empty,
-            "layout": layout}
+            "layout": layout, "symlinks_out": outside}
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -143,7 +147,7 @@ def prepare_labeled(ws: Workspace, cfg: LabConfig, labeled: str | Path,
     """
     d, labeled = cfg.data, Path(labeled).expanduser()
     ws.ensure()
-    notes, skipped, empty = [], [], []
+    notes, skipped, empty, outside = [], [], [], []
     if labeled.suffix.lower() == ".npz":
         npz = read_npz(labeled)
         frame = _npz_frame(npz)
@@ -157,7 +161,7 @@ def prepare_labeled(ws: Workspace, cfg: LabConfig, labeled: str | Path,
     else:
         scan = scan_labeled(labeled, d.max_image_pixels)
         frame, classes = scan["frame"], scan["classes"]
-        skipped, empty = scan["skipped"], scan["empty_classes"]
+        skipped, empty, outside = scan["skipped"], scan["empty_classes"], scan["symlinks_out"]
         has_test = scan["layout"] == "splits" and (frame["split"] == "test").any() and test is None
         if test is not None:
             frame = frame[frame["split"] != "test"].copy()
@@ -173,6 +177,7 @@ def prepare_labeled(ws: Workspace, cfg: LabConfig, labeled: str | Path,
                             + (f" ({'; '.join(why)})" if why else ""))
         frame = pd.concat([frame, test_scan["frame"].assign(split="test")], ignore_index=True)
         skipped += test_scan["skipped"]
+        outside += test_scan["symlinks_out"]
         empty += [f"test/{c}" for c in test_scan["empty_classes"]]
     elif not has_test:
         frame = split_off(frame, d.test_fraction, d.seed, "test")
@@ -184,11 +189,11 @@ def prepare_labeled(ws: Workspace, cfg: LabConfig, labeled: str | Path,
     write_manifest(ws, frame, classes, {
         "source": str(labeled.resolve()), "test_source": str(Path(test).resolve()) if test else None,
         "val_fraction": d.val_fraction, "seed": d.seed,
-        "notes": notes, "skipped": len(skipped)})
+        "notes": notes, "skipped": len(skipped), "symlinks_out": len(outside)})
     save_config(cfg, ws.data_dir)
     counts = frame.groupby(["split", "class_name"]).size().unstack(fill_value=0)
     return {"classes": classes, "notes": notes, "skipped": skipped, "empty_classes": empty,
-            "counts": {s: {c: int(v) for c, v in row.items()} for s, row in counts.iterrows()}}
+            "symlinks_out": outside, "counts": {s: {c: int(v) for c, v in row.items()} for s, row in counts.iterrows()}}
 
 
 def _first_reason(skipped: list[dict], class_name: str) -> str:

@@ -117,7 +117,7 @@ def prepare_pools(ws: Workspace, cfg: LabConfig, sources, progress=None, stop=No
         if progress:
             progress({"stage": "data", "step": k + 1, "total": len(sources), "pool": name})
     frame = pd.DataFrame(rows, columns=POOL_COLUMNS)
-    atomic_write_text(ws.pools_file, frame.to_csv(index=False))
+    atomic_write_text(ws.pools_file, frame.assign(path=ws.stored_paths(frame["path"])).to_csv(index=False))
     if ws.unlabeled_dir.exists():
         save_config(cfg, ws.unlabeled_dir)
     return {"pools": sizes, "skipped": skipped, "notes": notes}

@@ -72,7 +72,8 @@ def write_manifest(ws: Workspace, frame: pd.DataFrame, classes: list[str], proto
         **protocol, "classes": classes, "empty_splits": missing,
         "counts": {s: {c: int(v) for c, v in row.items()} for s, row in counts.iterrows()}})
     atomic_write_json(ws.classes_file, classes)
-    atomic_write_text(ws.split_manifest, frame[SPLIT_COLUMNS].to_csv(index=False))
+    stored = frame[SPLIT_COLUMNS].assign(path=ws.stored_paths(frame["path"]))
+    atomic_write_text(ws.split_manifest, stored.to_csv(index=False))
     return ws.split_manifest
 
 

@@ -39,6 +39,7 @@ def load_splits(ws: Workspace) -> tuple[pd.DataFrame, list[str]]:
         raise UserError(f"no labeled data in workspace {ws.root}: {ws.split_manifest} is missing "
                         "(run `python -m core data demo` or `python -m core run --labeled PATH`)")
     frame = pd.read_csv(ws.split_manifest)
+    frame["path"] = ws.resolved_paths(frame["path"])       # stored relative to the workspace when inside it
     classes_file = ws.classes_file
     if classes_file.exists():
         classes = json.loads(classes_file.read_text())
@@ -63,7 +64,9 @@ def load_pools(ws: Workspace) -> pd.DataFrame:
     if not path.exists():
         raise UserError(f"no unlabeled pools in workspace {ws.root}: {path} is missing "
                         "(run `python -m core data demo` or pass --unlabeled PATH)")
-    return pd.read_csv(path)
+    frame = pd.read_csv(path)
+    frame["path"] = ws.resolved_paths(frame["path"])
+    return frame
 
 
 def check(path: str | Path, max_pixels: int | None = None) -> dict:
@@ -99,16 +102,17 @@ def check(path: str | Path, max_pixels: int | None = None) -> dict:
         for name in scan["empty_classes"]:
             classes[name] = 0
         skipped, empty, layout = scan["skipped"], scan["empty_classes"], scan["layout"]
+        outside = scan["symlinks_out"]
     else:
         good, skipped = scan_images(path, max_pixels=max_pixels)
         if not good:
             raise UserError(f"no usable images in {path} ({len(skipped)} file(s) skipped)")
         frame = pd.DataFrame(good)
-        classes, empty, layout = {}, [], "flat"
+        classes, empty, layout, outside = {}, [], "flat", []
     sizes = Counter(f"{w}x{h}" for w, h in zip(frame["width"], frame["height"]))
     return {"path": str(path), "format": f"folder ({layout})", "images": int(len(frame)),
             "classes": dict(sorted(classes.items())), "sizes": dict(sizes.most_common()),
-            "skipped": skipped, "empty_classes": empty}
+            "skipped": skipped, "empty_classes": empty, "symlinks_out": outside}
 
 
 def _check_file(path: Path, max_pixels: int | None) -> dict:

@@ -225,7 +225,10 @@ def save(ws: Workspace, result: dict) -> None:
     table = pd.DataFrame(result["rows"] + result["floor"])
     table["features"] = result["features"]
     atomic_write_text(ws.quality_csv, table.to_csv(index=False))
-    atomic_write_text(ws.quality_images_csv, result["images"].to_csv(index=False))
+    images = result["images"]
+    if "nn_path" in images:       # real images: relative to the workspace when inside it
+        images = images.assign(nn_path=ws.stored_paths(images["nn_path"]))
+    atomic_write_text(ws.quality_images_csv, images.to_csv(index=False))
 
 
 def floor_for(result: dict, row: dict) -> dict:

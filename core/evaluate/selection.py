@@ -302,11 +302,12 @@ def val_confidences(ws: Workspace, cfg: LabConfig) -> tuple[pd.DataFrame, list[s
     if ws.val_scores.exists():
         old = pd.read_csv(ws.val_scores, keep_default_na=False, na_values=[""],
                           dtype={"file": str, "class": str, "error": str})
+        old["file"] = ws.resolved_paths(old["file"])       # real images: stored relative to the workspace
         if (old["filter_hash"].astype(str) == made_by).all() and set(SCORE_COLUMNS) <= set(old.columns) and \
                 sorted(zip(old["file"], old["class"])) == sorted(zip(images["file"], images["class"])):
             return old, classes
     scored = _score(ws, images, load_judge(ws, cfg), None, None, 64)
-    atomic_write_text(ws.val_scores, scored.to_csv(index=False))
+    atomic_write_text(ws.val_scores, scored.assign(file=ws.stored_paths(scored["file"])).to_csv(index=False))
     return scored, classes
 
 

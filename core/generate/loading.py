@@ -20,7 +20,7 @@ from core.config.lab_config import LabConfig, SamplingConfig
 from core.generate.pipeline import GuidedLatentPipeline, PipelineSettings, component_hashes
 from core.io import atomic_write_json
 from core.models.latent_classifier import LatentClassifier
-from core.models.load import check_models
+from core.models.load import check_models, from_folder
 from core.models.unet import prefers_channels_last
 from core.workspace import Workspace
 
@@ -109,9 +109,9 @@ def _load(ws: Workspace, folders: dict[str, Path], device: torch.device,
     write_model_index(root.models_dir)
     overrides = {}
     if folders["latent_classifier"] != root.latent_classifier_dir:
-        overrides["latent_classifier"] = LatentClassifier.from_pretrained(folders["latent_classifier"])
+        overrides["latent_classifier"] = from_folder(LatentClassifier, folders["latent_classifier"])
     if folders["unet"] != root.unet_dir:
-        overrides["unet"] = UNet2DModel.from_pretrained(folders["unet"])
+        overrides["unet"] = from_folder(UNet2DModel, folders["unet"])
     pipe = GuidedLatentPipeline.from_pretrained(root.models_dir, **overrides, **dataclasses.asdict(settings),
                                                 model_hashes=component_hashes(folders)).to(device)
     if prefers_channels_last(device, "bf16"):

@@ -37,6 +37,7 @@ from core.io import folder_hash
 from core.models.autoencoder import decode
 from core.models.compile import CompiledOrEager, compilable
 from core.models.latent_classifier import LatentClassifier
+from core.models.load import refuse_pickled
 from core.models.unet import prefers_channels_last
 from core.precision import autocast, autocast_dtype
 from core.workspace import Workspace
@@ -120,7 +121,10 @@ class GuidedLatentPipeline(DiffusionPipeline):
         folder = Path(str(pretrained_model_name_or_path))
         if "model_hashes" not in kwargs and folder.is_dir() and not set(kwargs) & set(COMPONENTS):
             kwargs["model_hashes"] = component_hashes({name: folder / name for name in COMPONENTS})
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        for name in COMPONENTS:       # safetensors only: diffusers would fall back to a pickled file
+            if name not in kwargs and (folder / name).is_dir():
+                refuse_pickled(folder / name)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, use_safetensors=True, **kwargs)
         # Sampling never updates weights: frozen, the classifier's backward computes only
         # d log p / d z and its graph holds no weight edges.
         for module in (pipe.unet, pipe.vae, pipe.latent_classifier):

@@ -2,10 +2,13 @@
 (`image_params`) are the ones that remake it (`png_params` -> `request_from_params`)."""
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from core.config.requests import (MAX_IMAGES, MAX_ITEMS, RequestError, request_count, request_list, request_seed,
+                                  request_text, request_value)
 from core.errors import UserError
 from core.generate.guidance import check_interval
 from core.io import read_png_params
@@ -73,9 +76,52 @@ def png_params(path: str | Path) -> dict:
     return params
 
 
+def sampling_request(class_name: Any, guidance_scale: Any, steps: Any, eta: Any, seed: Any, num_images: Any = 1,
+                     batch_size: Any = 1, guidance_interval: Any = None,
+                     classes: Sequence[str] | None = None) -> SamplingRequest:
+    """A request from raw values (the app's widgets, the named API, a PNG's parameters), each
+    checked once (core.config.requests: the config's declarations and the request caps) before
+    anything is converted or run; RequestError, one line, naming the first bad parameter.
+    Seed -1 (or none) draws a random seed; `classes`, when given, are the ones allowed."""
+    seed = -1 if seed is None else request_seed("seed", seed)
+    try:
+        interval = check_interval(guidance_interval)
+    except (TypeError, ValueError) as e:
+        raise RequestError(f"guidance_interval: {e}") from None
+    return SamplingRequest(
+        class_name=request_text("class_name", class_name, classes),
+        guidance_scale=request_value("guidance_scale", guidance_scale, "sampling.guidance_scale"),
+        steps=request_value("steps", steps, "sampling.steps"),
+        eta=request_value("eta", eta, "sampling.eta"),
+        seed=random.randrange(0, 2 ** 31 - 1) if seed == -1 else seed,
+        num_images=request_count("num_images", num_images, MAX_IMAGES),
+        batch_size=request_value("batch_size", batch_size, "sampling.batch_size"),
+        guidance_interval=interval)
+
+
+def grid_request(classes: Any, scales_text: Any, seed: Any, steps: Any, eta: Any,
+                 known: Sequence[str]) -> dict[str, Any]:
+    """The class x guidance-scale grid's parameters, each checked as `sampling_request` checks
+    them: classes among `known` (none: all of them), at most MAX_ITEMS scales."""
+    classes = request_list("classes", list(classes or []) or list(known), lambda n, v: request_text(n, v, known))
+    try:
+        text = request_text("guidance_scales", scales_text)
+        parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+        scales = request_list("guidance_scales", parts,
+                              lambda n, v: request_value(n, v, "sampling.guidance_scale"), MAX_ITEMS)
+    except RequestError as e:
+        raise RequestError(f"guidance scales must be numbers separated by commas ({e})") from None
+    if not scales:
+        raise RequestError(f"guidance scales must be one or more numbers separated by commas, got {text!r}")
+    checked = sampling_request(classes[0] if classes else "", scales[0], steps, eta, seed, classes=None)
+    return {"classes": classes, "scales": [float(s) for s in scales], "seed": checked.seed,
+            "steps": checked.steps, "eta": checked.eta}
+
+
 def request_from_params(params: dict) -> SamplingRequest:
     """The request that remakes the image exactly: its whole batch when it was sampled in one
-    (consecutive seeds, as the app samples them), else the seed alone.
+    (consecutive seeds, as the app samples them), else the seed alone. The parameters are
+    checked as any request's (they may come from a script through /regenerate).
 
     Args:
         params (`dict`): a PNG's parameters (`png_params`).
@@ -84,19 +130,21 @@ def request_from_params(params: dict) -> SamplingRequest:
         `SamplingRequest`
 
     Raises:
-        UserError: a field is missing or of the wrong type.
+        RequestError: a field is missing, of the wrong type or out of its range.
     """
-    try:
-        seed = int(params["seed"])
-        batch = [int(b) for b in params.get("batch_seeds") or [seed]]
-        if seed not in batch or batch != list(range(batch[0], batch[0] + len(batch))):
-            batch = [seed]
-        return SamplingRequest(class_name=str(params["class"]), guidance_scale=float(params["guidance_scale"]),
-                               steps=int(params["steps"]), eta=float(params["eta"]), seed=batch[0],
-                               num_images=len(batch), batch_size=len(batch),
-                               guidance_interval=check_interval(params.get("guidance_interval")))
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"the PNG parameters lack a usable field: {e}") from e
+    if not isinstance(params, dict):
+        raise RequestError(f"params: expected the parameters object of a PNG, got {type(params).__name__}")
+    missing = [k for k in ("class", "seed", "guidance_scale", "steps", "eta") if k not in params]
+    if missing:
+        raise RequestError(f"params: the PNG parameters lack {', '.join(missing)}")
+    seed = request_seed("seed", params["seed"], random_allowed=False)
+    batch = params.get("batch_seeds") or [seed]
+    batch = request_list("batch_seeds", batch, lambda n, v: request_seed(n, v, random_allowed=False), MAX_IMAGES)
+    if seed not in batch or batch != list(range(batch[0], batch[0] + len(batch))):
+        batch = [seed]
+    return sampling_request(params["class"], params["guidance_scale"], params["steps"], params["eta"], batch[0],
+                            num_images=len(batch), batch_size=len(batch),
+                            guidance_interval=params.get("guidance_interval"))
 
 
 def parse_interval(text: str | None) -> tuple[int, int] | None:

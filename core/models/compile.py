@@ -10,6 +10,12 @@ import warnings
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
+# What torch.compile prints that a user of the lab cannot act on (Dynamo tracing through a
+# library's lru_cache: once per cached function, dozens per `core run`): kept out of user logs
+KNOWN_NOISE = (r"Dynamo detected a call to a `functools\.lru_cache`-wrapped function",)
+for _pattern in KNOWN_NOISE:
+    warnings.filterwarnings("ignore", message=_pattern)
+
 
 class CompiledOrEager:
     """`torch.compile(module)` that falls back to the eager module, once and with a warning, when

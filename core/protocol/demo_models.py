@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import UserError
-from core.io import atomic_dir, atomic_write_json, file_sha256
-from core.workspace import LEGACY_MODEL_DIRS, Workspace, migrate_layout
+from core.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256
+from core.workspace import LEGACY_MODEL_DIRS, Workspace, migrate_layout, writer_lock
 
 MODEL_FILES = ("*.safetensors", "*.json", "*.csv")
 MANIFEST = "bundle.json"
@@ -138,6 +138,7 @@ def export_demo(ws: Workspace, to: str | Path, include_images: bool = True) -> d
             for _, view in budget_views(ws, load_config(ws.config_file)):
                 # the bundle has a workspace's layout: the same view of it names its tables
                 _filter_tables(Workspace(tmp, view.scope), _current_files(view))
+        relative_paths(tmp, str(ws.root))     # tables written before paths were stored relative
         for top, files in parts.items():
             for _, rel in files:
                 dest_rel = rel if top == "." else f"{top}/{rel}"
@@ -205,10 +206,23 @@ def verify_bundle(bundle: str | Path) -> dict:
     return info
 
 
+def install_state(ws: Workspace) -> str | None:
+    """"installed", "installing" (a process was killed halfway: `install_demo(..., overwrite=True)`
+    repairs it) or None (no bundle was installed here)."""
+    try:
+        return json.loads(ws.install_marker.read_text()).get("state")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def install_demo(bundle: str | Path, ws: Workspace, overwrite: bool = False, build_data: bool = True) -> dict:
     """Lay a verified bundle into `ws`: models, synthetic set + scores, results, stage markers,
     config; then the demo data is rebuilt from assets/ (deterministic, seconds) so the data and
     results views work. Existing trained models are never replaced unless `overwrite`.
+
+    Only the files the bundle lists are installed, each folder replaced whole, under the
+    workspace's writer lock. The install is one unit: install.json says "installing" until its
+    last step, so one killed halfway is seen (`install_state`) and repaired by installing again.
 
     Args:
         bundle (`str` or `Path`): the bundle folder (`export_demo`).
@@ -223,48 +237,83 @@ def install_demo(bundle: str | Path, ws: Workspace, overwrite: bool = False, bui
     Raises:
         UserError: the bundle fails `verify_bundle`, or the workspace has models and not `overwrite`.
     """
+    from core.protocol.sources import sources
     bundle = Path(bundle)
     info = verify_bundle(bundle)
     ws.ensure()
-    existing = [p for p in _shared_models(ws) + _label_models(Workspace(ws.root)) if p.exists()]
-    if existing and not overwrite:
-        raise UserError(f"workspace {ws.root} already has models ({', '.join(p.name for p in existing)}); "
-                        "pass overwrite=True (CLI: --overwrite) to replace them")
-    tops = sorted({rel.split("/", 1)[0] if "/" in rel else "." for rel in info["files"]})
-    for top in tops:
-        if top == ".":
-            continue
-        if top == "models":
-            _install_models(bundle / top, ws.models_dir)
-            continue
-        with atomic_dir(ws.root / top) as tmp:
-            shutil.copytree(bundle / top, tmp, dirs_exist_ok=True)
-            for rel, stored in info.get("copies", {}).items():
-                if rel.startswith(top + "/"):
-                    dest = tmp / rel.split("/", 1)[1]
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(bundle / stored, dest)
-    migrate_layout(ws.root)     # a bundle exported with older folder names brings them
-    source = Workspace(bundle, migrate=False)      # the bundle has a workspace's layout; never written
-    for path in (source.config_file, source.labels_file):
-        if path.exists():
-            shutil.copy2(path, ws.root / source.relative(path))
-    data = None
-    if build_data:
-        from core.config.store import load_config
-        from core.data.demo import build_demo
-        data = build_demo(ws, load_config(ws.config_file))
+    with writer_lock(ws.root, "install the demo models"):
+        existing = [p for p in _shared_models(ws) + _label_models(Workspace(ws.root)) if p.exists()]
+        if existing and not overwrite:
+            raise UserError(f"workspace {ws.root} already has models ({', '.join(p.name for p in existing)}); "
+                            "pass overwrite=True (CLI: --overwrite) to replace them")
+        atomic_write_json(ws.install_marker, {"state": "installing", "bundle": str(bundle.resolve())})
+        for top, names in _listed(info).items():
+            _install_top(bundle, info, top, names, ws)
+        migrate_layout(ws.root)     # a bundle exported with older folder names brings them
+        relative_paths(ws.root, info.get("source_workspace"))
+        data = None
+        if build_data:
+            from core.config.store import load_config
+            from core.data.demo import build_demo
+            data = build_demo(ws, load_config(ws.config_file))
+            atomic_write_json(ws.data_sources_file, sources())
+        atomic_write_json(ws.install_marker, {"state": "installed", "bundle": str(bundle.resolve()),
+                                              "files": len(info["files"])})
     return {"installed": len(info["files"]), "bytes": info["bytes"], "workspace": str(ws.root),
             "data": None if data is None else {k: data.get(k) for k in ("classes", "counts", "skipped")}}
 
 
-def _install_models(src: Path, models: Path) -> None:
-    """Each model folder replaced whole (under its current name), then the pipeline's own files."""
-    for item in sorted(src.iterdir()):
-        if item.is_dir():
-            with atomic_dir(models / LEGACY_MODEL_DIRS.get(item.name, item.name)) as tmp:
-                shutil.copytree(item, tmp, dirs_exist_ok=True)
-    for item in sorted(src.iterdir()):
-        if item.is_file():
-            shutil.copy2(item, models / item.name)
+def _listed(info: dict) -> dict[str, list[str]]:
+    """The bundle's listed files by top folder, the root's own files (".": config, labels) last."""
+    out: dict[str, list[str]] = {}
+    for rel in sorted(info["files"], key=lambda r: ("/" not in r, r)):
+        out.setdefault(rel.split("/", 1)[0] if "/" in rel else ".", []).append(rel)
+    return out
 
+
+def _copy(bundle: Path, info: dict, rel: str, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(bundle / info.get("copies", {}).get(rel, rel), dest)
+
+
+def _install_top(bundle: Path, info: dict, top: str, names: list[str], ws: Workspace) -> None:
+    """One top folder of the bundle, replaced whole; model folders each replaced whole."""
+    if top == ".":
+        for rel in names:
+            atomic_write_bytes(ws.root / rel, (bundle / info.get("copies", {}).get(rel, rel)).read_bytes())
+        return
+    if top != "models":
+        with atomic_dir(ws.root / top) as tmp:
+            for rel in names:
+                _copy(bundle, info, rel, tmp / rel.split("/", 1)[1])
+        return
+    parts: dict[str, list[str]] = {}
+    for rel in names:
+        inner = rel.split("/", 1)[1]
+        parts.setdefault(inner.split("/", 1)[0] if "/" in inner else "", []).append(rel)
+    for name, rels in sorted(parts.items()):
+        if not name:
+            continue
+        with atomic_dir(ws.models_dir / LEGACY_MODEL_DIRS.get(name, name)) as tmp:
+            for rel in rels:
+                _copy(bundle, info, rel, tmp / rel.split("/", 2)[2])
+    for rel in parts.get("", []):        # the pipeline's own files (model_index.json, the model card)
+        _copy(bundle, info, rel, ws.root / rel)
+
+
+def relative_paths(root: str | Path, written_in: str | None) -> list[Path]:
+    """Tables and stage markers under `root` that name files by the absolute path of the workspace
+    they were written in (`written_in`, a bundle's build machine): rewritten relative to the
+    workspace, so an installed workspace's audit trail names its own files. Model folders keep
+    their bytes (their hashes are stage outputs)."""
+    root = Path(root)
+    if not written_in:
+        return []
+    prefix, changed = str(written_in).rstrip("/") + "/", []
+    tables = [*root.rglob("*.csv"), *root.glob("stages/*.json"), *root.glob("budgets/*/stages/*.json")]
+    for path in tables:
+        text = path.read_text(encoding="utf-8")
+        if prefix in text:
+            atomic_write_text(path, text.replace(prefix, ""))
+            changed.append(path)
+    return changed

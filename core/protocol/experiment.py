@@ -59,7 +59,7 @@ def source_fingerprint(paths) -> list:
 
 def run_data(ws: Workspace, cfg: LabConfig, labeled, test, unlabeled, progress=None, stop=None) -> dict:
     from core.data.demo import build_demo
-    from core.data.tables import load_splits
+    from core.data.tables import load_pools, load_splits
     from core.data.labeled import prepare_labeled
     from core.data.pools import prepare_pools
     if labeled is None:
@@ -74,8 +74,8 @@ def run_data(ws: Workspace, cfg: LabConfig, labeled, test, unlabeled, progress=N
         pool = splits[splits.split.isin(("train", "val"))]
         rows = pd.DataFrame({"path": pool["path"], "pool": "labeled_images_unlabeled", "weight": 1.0})
         if unlabeled:
-            rows = pd.concat([pd.read_csv(ws.pools_file), rows], ignore_index=True)
-        atomic_write_text(ws.pools_file, rows.to_csv(index=False))
+            rows = pd.concat([load_pools(ws), rows], ignore_index=True)
+        atomic_write_text(ws.pools_file, rows.assign(path=ws.stored_paths(rows["path"])).to_csv(index=False))
         result.setdefault("pools", {}).setdefault("pools", {})["labeled_images_unlabeled"] = len(pool)
     elif not unlabeled:
         raise UserError("no unlabeled data for pre-training: pass --unlabeled PATH, or leave "
@@ -308,4 +308,6 @@ def data_report(ws: Workspace) -> list[str]:
     lines = [f"skipped {s['path']}: {s['reason']}" for s in skipped if isinstance(s, dict)] \
         if isinstance(skipped, list) else []
     lines += [f"empty class folder (no usable image): {c}" for c in labeled.get("empty_classes") or []]
+    lines += [f"followed a symlink out of the labeled folder: {s['path']} -> {s['target']}"
+              for s in labeled.get("symlinks_out") or []]
     return lines

@@ -110,11 +110,14 @@ def run_one(ws: Workspace, bws: Workspace, cfg: LabConfig, run: dict, key: str, 
         return None
     m = metrics_on_test(model, test, classes, cfg.downstream)
     run_dir = ws.run_dir(key)
-    write_labels(run_dir, labels)
+    write_labels(run_dir, labels, ws)
     if added is not None:
-        named = added.assign(class_name=[classes[k] for k in added["label"]])
+        named = added.assign(class_name=[classes[k] for k in added["label"]], path=ws.stored_paths(added["path"]))
         atomic_write_text(ws.run_synthetic(key), named.to_csv(index=False))
-    atomic_write_text(ws.run_predictions(key), m["predictions"].to_csv(index=False))
+    predictions = m["predictions"]
+    if "path" in predictions:       # the test images: relative to the workspace when inside it
+        predictions = predictions.assign(path=ws.stored_paths(predictions["path"]))
+    atomic_write_text(ws.run_predictions(key), predictions.to_csv(index=False))
     a = history.attrs
     val_score = a["best_val_balanced_accuracy"]
     source = added["source"] if added is not None else pd.Series(dtype=str)

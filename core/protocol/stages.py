@@ -72,15 +72,33 @@ def output_hash(ws: Workspace, stage: str, cfg: LabConfig | None = None) -> str 
                 return None
             parts.append(folder_hash(p, "*.safetensors") + folder_hash(p, "*.json"))
         elif p.is_file():
-            # tables hold absolute paths: hash them relative to the workspace, so a workspace
-            # moved or installed elsewhere (core.protocol.demo_models) keeps its stage markers valid
+            # paths inside the workspace hash as "<ws>/..." whether a table stores them absolute
+            # (as it once did) or relative (as now), so a workspace moved or installed elsewhere
+            # (core.protocol.demo_models) and one written before keep their stage markers valid
             text = p.read_text(encoding="utf-8").replace(str(ws.root), "<ws>")
+            if p in (ws.split_manifest, ws.pools_file):
+                text = _workspace_paths_marked(text)
             if cfg is not None and p.parent == ws.synthetic_dir:
                 text = _rows_made_by(ws, cfg, text)
             parts.append(config_hash(text))
         else:
             return None
     return config_hash(parts)
+
+
+def _workspace_paths_marked(text: str) -> str:
+    """A table whose first column is `path`, each relative path as "<ws>/path": the text the
+    same table had when it stored absolute paths with the workspace root replaced by "<ws>"."""
+    lines = text.splitlines(keepends=True)
+    if not lines or not lines[0].startswith("path,"):
+        return text
+    out = [lines[0]]
+    for line in lines[1:]:
+        quote = '"' if line.startswith('"') else ""
+        cell = line[len(quote):]
+        relative = cell.strip() and not cell.startswith(("/", "<ws>"))
+        out.append(f"{quote}<ws>/{cell}" if relative else line)
+    return "".join(out)
 
 
 def _rows_made_by(ws: Workspace, cfg: LabConfig, text: str) -> str:

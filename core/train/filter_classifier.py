@@ -94,7 +94,7 @@ def train_filter_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
             save_file({"centroids": cent.contiguous()}, str(Workspace.centroids_of(folder)))
             history.to_csv(Workspace.history_of(folder), index=False)
         atomic_write_json(Workspace.config_of(tmp), info)
-        write_labels(tmp, labels)
+        write_labels(tmp, labels, ws)
         save_config(cfg, tmp, LAB_CONFIG)
     skipped = {k: v for _, h, _ in trained for k, v in h.attrs["skipped"].items()}
     return {"stopped": False, "classes": classes, "best_step": info["best_step"], "members": len(trained),

@@ -78,7 +78,7 @@ def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=N
 
         def write(tmp):
             final.save_pretrained(tmp, safe_serialization=True)
-            write_labels(tmp, budget_labels(ws, cfg)[0])     # the budget images it trained on
+            write_labels(tmp, budget_labels(ws, cfg)[0], ws)     # the budget images it trained on
         trainer.save(ws.finetuned_unet_dir, write)
     trainer.end()
     return result

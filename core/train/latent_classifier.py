@@ -147,7 +147,7 @@ def train_latent_classifier(ws: Workspace, cfg: LabConfig, progress=None, stop=N
         def write(tmp):
             net.save_pretrained(tmp)
             atomic_write_text(Workspace.accuracy_by_t_of(tmp), table.to_csv(index=False))
-            write_labels(tmp, budget_labels(ws, cfg)[0])
+            write_labels(tmp, budget_labels(ws, cfg)[0], ws)
         trainer.save(ws.latent_classifier_dir, write)
     trainer.end()
     table.attrs["stopped"] = result["stopped"]

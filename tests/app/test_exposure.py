@@ -72,3 +72,50 @@ def test_output_galleries_take_no_uploads(lab_ctx):
     demo = create_app(lab_ctx)
     galleries = [b for b in demo.blocks.values() if isinstance(b, gr.Gallery)]
     assert len(galleries) == 2 and all(g.interactive is False for g in galleries)
+
+
+def test_login_comes_from_a_file_or_the_environment(app_main, tmp_path, capsys, monkeypatch):
+    """Credentials out of the process list: --auth-file or LAB_AUTH; a malformed entry is one
+    line naming where it is, never echoing a password."""
+    main, launched = app_main
+    ws = str(tmp_path / "ws")
+    (tmp_path / "auth").write_text("# the lab's login\nann:s3cret word\n")
+    assert main(["--workspace", ws, "--no-setup", "--host", "0.0.0.0", "--auth-file", str(tmp_path / "auth")]) == 0
+    assert launched[-1]["auth"] == ("ann", "s3cret word")
+    monkeypatch.setenv("LAB_AUTH", "bob:pw1\ncid:pw2")
+    assert main(["--workspace", ws, "--no-setup", "--share"]) == 0
+    assert launched[-1]["auth"] == [("bob", "pw1"), ("cid", "pw2")] and "warning" not in capsys.readouterr().err
+    monkeypatch.delenv("LAB_AUTH")
+    (tmp_path / "bad").write_text("ann:fine\nno-colon-secret\n")
+    assert main(["--workspace", ws, "--no-setup", "--share", "--auth-file", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'bad'}:2: expected user:password (a user name, a colon, a password)"]
+    assert len(launched) == 2
+
+
+def test_failed_logins_from_one_client_wait_longer_and_longer(lab_ctx):
+    """120 wrong passwords no longer fit in 1.6 s: after n failures the next attempt waits
+    0.5 * 2^(n-1) s; the right password still gets in, and resets the count."""
+    import time
+
+    import httpx
+
+    from app import create_app, launch_kwargs
+    from served import free_port
+    demo = create_app(lab_ctx)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                auth=("ann", "right"), **launch_kwargs(lab_ctx))
+    try:
+        url = demo.local_url.rstrip("/") + "/login"
+        took = []
+        for password in ("w1", "w2", "w3", "w4", "right", "w5"):
+            t0 = time.perf_counter()
+            status = httpx.post(url, data={"username": "ann", "password": password}, timeout=60).status_code
+            took.append((status, time.perf_counter() - t0))
+        assert [s for s, _ in took] == [400, 400, 400, 400, 200, 400]
+        waits = [t for _, t in took]
+        assert waits[1] >= 0.5 and waits[2] >= 1.0 and waits[3] >= 2.0 and waits[4] >= 4.0, waits
+        assert waits[5] < 2.0, waits                    # the success reset the count
+    finally:
+        demo.close()

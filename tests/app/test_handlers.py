@@ -189,6 +189,10 @@ def test_one_click_experiment_starts_and_stops(tmp_path):
     ctx = AppContext.create(tmp_path / "ws", preset_name="tiny")
     build_demo(ctx.workspace, ctx.config)
     save_config(ctx.config, ctx.workspace.root)
+    for bad in (float("nan"), float("inf"), 1e30, -3, "abc", [1] * 5000):     # refused before anything runs
+        with pytest.raises(UserError, match="^seeds: "):
+            tab_results.start_experiment(ctx, seeds=bad)
+    assert ctx.runner.status()["state"] == "idle"
     assert "experiment started" in tab_results.start_experiment(ctx, seeds=1)
     with pytest.raises(UserError, match="'experiment' is running"):
         tab_results.start_experiment(ctx)

@@ -84,3 +84,31 @@ def test_a_decompression_bomb_is_skipped_and_the_check_and_prepare_go_on(tmp_pat
     result = prepare_labeled(Workspace(tmp_path / "ws"), preset("tiny"), tmp_path / "lab")
     assert [Path(s["path"]).name for s in result["skipped"]] == ["bomb.png"]
     assert "too large" in result["skipped"][0]["reason"]
+
+
+def test_symlinks_out_of_a_labeled_folder_are_followed_counted_and_named(tmp_path, capsys):
+    import os
+
+    from core.config.presets import preset
+    from core.data.labeled import prepare_labeled
+    from core.workspace import Workspace
+    from image_files import he_array
+    outside = tmp_path / "elsewhere"
+    (outside / "C").mkdir(parents=True)
+    for cls in ("A", "B"):
+        (tmp_path / "lab" / cls).mkdir(parents=True)
+        for k in range(6):
+            Image.fromarray(np.roll(he_array(32, 32), k, axis=0)).save(tmp_path / "lab" / cls / f"{k}.png")
+    for k in range(6):
+        Image.fromarray(np.roll(he_array(32, 32), k, axis=1)).save(outside / "C" / f"{k}.png")
+    Image.fromarray(he_array(32, 32)).save(outside / "x.png")
+    os.symlink(outside / "x.png", tmp_path / "lab" / "A" / "link.png")     # a file out of the folder
+    os.symlink(outside / "C", tmp_path / "lab" / "C")                       # a whole class folder
+    assert cli(["check", str(tmp_path / "lab")]) == 0
+    out = capsys.readouterr().out
+    assert "followed 7 symlink(s) out of the folder" in out
+    assert f"{tmp_path / 'lab' / 'A' / 'link.png'} -> {outside / 'x.png'}" in out
+    result = prepare_labeled(Workspace(tmp_path / "ws"), preset("tiny"), tmp_path / "lab")
+    assert len(result["symlinks_out"]) == 7 and result["counts"]       # followed: their images are used
+    assert {"path": str(tmp_path / "lab" / "C" / "0.png"), "target": str(outside / "C" / "0.png")} \
+        in result["symlinks_out"]

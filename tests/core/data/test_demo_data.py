@@ -62,6 +62,8 @@ def test_patch_labels_match_the_annotation(tiny_workspace):
     annotations = load_annotations()
     labels, classes = label_map(annotations, (1280, 960), 1.0)
     patches = pd.read_csv(tiny_workspace.labeled_dir / "patches.csv").sample(60, random_state=1)
+    assert not patches["path"].str.startswith("/").any()     # stored relative to the workspace
+    patches["path"] = tiny_workspace.resolved_paths(patches["path"])
     for row in patches.itertuples():
         window = labels[row.box_y0:row.box_y1, row.box_x0:row.box_x1]
         inside = (window == classes.index(row.class_name) + 1).mean()
@@ -101,5 +103,5 @@ def test_demo_preset_is_one_physical_scale_and_rebuild_is_skipped(tmp_path):
     assert not first["skipped"]
     patches = pd.read_csv(ws.labeled_dir / "patches.csv")
     assert ((patches.box_x1 - patches.box_x0) == 64).all()     # 64 px at 1 um/px = 64 um, like tiny
-    assert Image.open(patches.path.iloc[0]).size == (64, 64)
+    assert Image.open(ws.root / patches.path.iloc[0]).size == (64, 64)
     assert build_demo(ws, cfg)["skipped"]

@@ -12,6 +12,7 @@ from PIL import Image
 from core.errors import UserError
 from core.io import read_png_params
 from core.data.pools import parse_source, pool_sampler_weights, prepare_pools
+from core.data.tables import load_pools
 from core.data.tiling import ink_mask, open_source, tile_to_folder, tissue_mask
 from core.workspace import Workspace
 
@@ -112,8 +113,10 @@ def test_pools_mix_folders_and_large_images_with_weights(tmp_path, tiny_cfg):
     before = sorted(p.name for p in (tmp_path / "patches").rglob("*"))
     result = prepare_pools(ws, tiny_cfg, [(tmp_path / "patches", 3.0), f"{big}:1"])
     assert sorted(p.name for p in (tmp_path / "patches").rglob("*")) == before   # nothing written there
-    frame = pd.read_csv(ws.data_dir / "pools.csv")
+    frame = load_pools(ws)              # pools.csv, its workspace paths stored relative, read absolute
     assert list(frame.columns) == ["path", "pool", "weight"]
+    stored = pd.read_csv(ws.data_dir / "pools.csv")["path"]
+    assert stored[frame.pool == "big"].str.startswith("data/unlabeled/big/").all()
     assert result["pools"]["patches"] == 6 and result["pools"]["big"] > 0
     assert any("broken.png" in s["path"] for s in result["skipped"])
     assert all(Path(p).parent == ws.unlabeled_dir / "big" for p in frame[frame.pool == "big"].path)

@@ -177,8 +177,8 @@ def test_calibration_reads_the_budgets_validation_images_only(tmp_path, tiny_cfg
     first = load_thresholds(ws)
     assert first["n_val_images"].tolist() == [6, 6] and first["class"].tolist() == ["tumor", "stroma"]
     assert (first["threshold"] <= 0.95).all() and first["rule"].str.startswith(("q0.5 of 6", "global (q")).all()
-    val = pd.read_csv(ws.val_scores)
-    assert set(val["file"]) == set(splits.loc[splits.split == "val", "path"])
+    val = pd.read_csv(ws.val_scores)              # workspace paths are stored relative to it
+    assert set(ws.resolved_paths(val["file"])) == set(splits.loc[splits.split == "val", "path"])
 
     # every test image redrawn in the other class's colour and relabelled: nothing moves
     rng, test = np.random.default_rng(5), splits.split == "test"

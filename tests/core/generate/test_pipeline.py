@@ -231,3 +231,38 @@ def test_an_interrupt_stops_only_the_call_of_its_own_thread(pipe):
         thread.join(60)
     assert results["stopped"].interrupted and not results["running"].interrupted
     assert results["running"].images.shape[0] == 1
+
+
+class _Planted:
+    """Unpickling this touches a file: proof that a pickled weight file was never loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        from pathlib import Path
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("where", ["beside", "instead"])
+def test_a_pickled_weight_file_in_a_model_folder_is_refused_in_one_line(ws, tiny_cfg, where, capsys):
+    """A diffusion_pytorch_model.bin beside the UNet's safetensors (or instead of them): diffusers
+    would fall back to it; every load refuses it in one line naming the folder, never unpickling it."""
+    import pickle
+
+    from core.__main__ import main
+    from core.config.store import save_config
+    from core.errors import UserError
+    from core.models import load_autoencoder, load_unet
+    marker = ws.root / "unpickled"
+    (ws.unet_dir / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"w": _Planted(marker)}))
+    if where == "instead":
+        (ws.unet_dir / "diffusion_pytorch_model.safetensors").unlink()
+    load_autoencoder(ws)                                   # a clean folder still loads
+    with pytest.raises(UserError, match="diffusion_pytorch_model.bin: pickled weights"):
+        load_unet(ws)
+    save_config(replace(tiny_cfg, sampling=replace(tiny_cfg.sampling, mixed_precision="no")), ws.root)
+    assert main(["sample", "--workspace", str(ws.root), "--class", "tumor", "--num", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pickled weights" in err[0] and str(ws.unet_dir) in err[0]
+    assert not marker.exists()

@@ -17,6 +17,7 @@ from core.commands import run as run_cmd
 from core.config.checks import apply_overrides
 from core.config.presets import preset
 from core.config.store import config_hash as cfg_hash
+from core.data.tables import load_splits
 from core.evaluate.summary import main_cell
 from core.workspace import Workspace
 from labdata import copy_workspace, image_folder, make_splits, make_synthetic
@@ -156,7 +157,8 @@ def test_competitor_arms_share_seeds_steps_real_batches_and_counts(tmp_path, tin
         assert by.loc["pseudo", "n_synthetic"] == 0 and 0 <= by.loc["pseudo", "pseudo_label_accuracy"] <= 1
         drawn = pd.read_csv(ws.run_synthetic(by.loc["pseudo", "run_key"]))
         budget = pd.read_csv(ws.labels_file)
-        splits = pd.read_csv(ws.split_manifest)
+        drawn["path"], budget["path"] = ws.resolved_paths(drawn["path"]), ws.resolved_paths(budget["path"])
+        splits, _ = load_splits(ws)                 # workspace paths are stored relative to it
         assert not drawn["path"].isin(budget["path"]).any()          # label-hidden images only
         assert drawn["path"].isin(splits[splits.split != "test"]["path"]).all()
     arms = main_cell(summary)["arms"]
@@ -286,7 +288,7 @@ def test_after_a_top_up_the_draw_delivers_the_ratio_and_names_the_short_class(to
     from core.evaluate.summary import _shortfall
     from core.protocol.topup import accepted_images
     ws, cfg = topped_up.ws, topped_up.cfg
-    real = pd.read_csv(ws.split_manifest).query("split == 'train'")
+    real = load_splits(ws)[0].query("split == 'train'")
     _, report = experiment.draw_synthetic(accepted_images(ws, cfg), real, 0.5, seed=0)
     assert report[0]["drawn"] == 6 and report[1]["drawn"] < 6
     text = _shortfall({"synthetic": {"tumor": report[0], "stroma": report[1]}}, 0.5, 2)

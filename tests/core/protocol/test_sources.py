@@ -39,8 +39,13 @@ def until_autoencoder(monkeypatch):
 def test_a_run_without_labeled_goes_on_with_the_workspaces_own_data(tmp_path, tiny_cfg, until_autoencoder, capsys):
     mine = _folder(tmp_path / "mine", ["adipose", "tumor"], 0)
     other = _folder(tmp_path / "other", ["mucus", "stroma"], 1)
-    ws = Workspace(tmp_path / "ws")
-    assert experiment.run_all(ws, tiny_cfg, labeled=mine) == {"stopped": True, "stage": "autoencoder"}
+    outside = tmp_path / "elsewhere.png"
+    tile(np.random.default_rng(5), 1, 32).save(outside)
+    (mine / "tumor" / "link.png").symlink_to(outside)                  # a symlink out of the folder
+    ws, lines = Workspace(tmp_path / "ws"), []
+    assert experiment.run_all(ws, tiny_cfg, labeled=mine, notify=lines.append) == {"stopped": True,
+                                                                                  "stage": "autoencoder"}
+    assert lines == [f"followed a symlink out of the labeled folder: {mine / 'tumor' / 'link.png'} -> {outside}"]
     splits, data_marker = ws.split_manifest.read_text(), read_marker(ws, "data")
     ws.autoencoder_dir.mkdir(parents=True)
     (ws.autoencoder_dir / "config.json").write_text("{}")          # a model trained on my data

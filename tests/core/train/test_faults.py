@@ -199,3 +199,94 @@ def test_full_disk_and_read_only_at_random_writes(trained_ws, tmp_path, monkeypa
                 and read_jsonl(ws.metrics_file("pretrain"))[-1]["step"] == 40)
     _count(fault, survived, f"at write #{at}")
     assert survived, (fault, at, rc, err, saved, rc2, before_fault)
+
+
+INSTALL = ("import sys\nfrom core.protocol.demo_models import install_demo\nfrom core.workspace import Workspace\n"
+           "install_demo(sys.argv[1], Workspace(sys.argv[2]))\n")
+
+
+def _killed_install(ws: Path) -> bool:
+    """Start a real install of the bundled demo and kill -9 it once models/ is being filled;
+    False when the install had already finished (the kill came too late to mean anything)."""
+    from core.protocol.demo_models import install_state
+    from core.workspace import Workspace
+    bundle = ROOT / "assets" / "demo_models"
+    proc = subprocess.Popen([sys.executable, "-c", INSTALL, str(bundle), str(ws)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    end = time.time() + 300
+    while time.time() < end and proc.poll() is None and not (ws / "models").exists():
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return install_state(Workspace(ws)) == "installing"
+
+
+def test_kill_minus_9_during_the_demo_install_is_repaired_at_the_next_start(tmp_path):
+    """A first install killed while models/ is filled: the next start of the lab installs again
+    (never serves the half), and the killed process's temp folders are gone."""
+    import importlib.util
+
+    from app.context import AppContext
+    from core.models import missing_models
+    from core.protocol.demo_models import install_state
+    from core.workspace import Workspace
+    ws = next((tmp_path / f"ws{k}" for k in range(5) if _killed_install(tmp_path / f"ws{k}")), None)
+    assert ws is not None, "every install finished before its kill"
+    _count("kill -9 during the demo install", True, "(killed half-way)")
+    spec = importlib.util.spec_from_file_location("app_main", ROOT / "app.py")
+    app_main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app_main)
+    done = app_main.prepare_workspace(AppContext.create(ws), bundle=ROOT / "assets" / "demo_models")
+    survived = done[0].startswith("repaired a half-finished install") and install_state(Workspace(ws)) == "installed"
+    _count("restart after a killed install", survived and not missing_models(Workspace(ws)))
+    assert survived and not missing_models(Workspace(ws)), done
+    assert not [p for p in ws.rglob("*.tmp")], "a killed install's temp folders were left"
+
+
+def _core(*argv: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "core", *argv], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)}, **kw)
+
+
+def test_two_writers_on_one_workspace_one_writes_the_other_exits_at_once(tmp_path):
+    """Two real `data demo` processes on one workspace: the second, started while the first
+    holds the workspace, exits at once naming it; the first's tables list each file once."""
+    import json
+
+    import pandas as pd
+    from core.workspace import Workspace
+    ws = Workspace(tmp_path / "ws")
+    first = _core("data", "demo", "--workspace", str(ws.root), "--preset", "demo")
+    end = time.time() + 300
+    while time.time() < end and first.poll() is None and not (ws.lock_file.exists() and ws.lock_file.read_text()):
+        time.sleep(0.01)
+    assert json.loads(ws.lock_file.read_text())["pid"] == first.pid
+    t0 = time.perf_counter()
+    second = _core("data", "demo", "--workspace", str(ws.root), "--preset", "demo")
+    _, err = second.communicate(timeout=300)
+    refused_s, first_still_writing = time.perf_counter() - t0, first.poll() is None
+    busy = second.returncode == 2 and err.strip().startswith(f"error: workspace busy: pid {first.pid}, ")
+    assert first.wait(600) == 0
+    _count("a second writer on one workspace", busy and first_still_writing, f"({refused_s:.1f} s to refuse)")
+    assert first_still_writing, "the second writer waited for the first instead of exiting at once"
+    assert busy and len(err.strip().splitlines()) == 1, err
+    splits = pd.read_csv(ws.split_manifest)
+    assert splits["path"].is_unique and len(splits) > 0
+
+
+def test_a_decompression_bomb_in_a_labeled_folder_is_skipped_by_a_real_data_check(tmp_path):
+    """`python -m core data check` on a folder holding a 30000 x 30000 PNG (a few hundred KB):
+    exit 0, the bomb skipped with its reason before it is decoded, the other images listed."""
+    from PIL import Image
+    from image_files import bomb_png, he_array
+    for cls in ("A", "B"):
+        (tmp_path / "lab" / cls).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(np.roll(he_array(32, 32), k, axis=1)).save(tmp_path / "lab" / cls / f"{k}.png")
+    bomb_png(tmp_path / "lab" / "A" / "bomb.png", 30000)
+    check = _core("data", "check", str(tmp_path / "lab"))
+    out, err = check.communicate(timeout=300)
+    survived = check.returncode == 0 and "bomb.png: too large" in out and "Traceback" not in err
+    _count("decompression bomb in data check", survived)
+    assert survived, (check.returncode, out[-2000:], err[-2000:])
+    assert "images: 6" in out

@@ -101,6 +101,7 @@ def test_filter_classifier_roundtrip_never_reads_test(ws, cfg, monkeypatch):
     assert out["stopped"] is False and out["classes"] == ["tumor", "stroma"]
     # labels.csv is exactly what it trained and selected on: the budget's train + val images
     labels = pd.read_csv(ws.filter_classifier_dir / "labels.csv")
+    labels["path"] = ws.resolved_paths(labels["path"])     # stored relative to the workspace
     pool = splits[splits.split != "test"]
     assert set(labels.path) == set(pool.path) == set(read)
     assert (labels.set_index("path").loc[pool.path, "split"].to_numpy() == pool.split.to_numpy()).all()
@@ -119,10 +120,11 @@ def test_filter_classifier_trains_on_the_budget_subset(ws, cfg):
     half = apply_overrides(cfg, ["experiment.label_fractions=0.5"])
     train_filter_classifier(ws, half)
     labels = pd.read_csv(ws.filter_classifier_dir / "labels.csv")
+    assert pd.read_csv(ws.labels_file).equals(labels)
+    labels["path"] = ws.resolved_paths(labels["path"])     # stored relative to the workspace
     assert labels.groupby(["class_name", "split"]).size().to_dict() == {
         (c, s): n for c in ("tumor", "stroma") for s, n in (("train", 10), ("val", 5))}
     assert set(labels.path) <= set(splits[splits.split != "test"].path)
-    assert pd.read_csv(ws.labels_file).equals(labels)
 
 
 def test_stop_event_returns_early(ws, cfg):

@@ -172,3 +172,30 @@ def test_compile_is_a_speed_setting_of_every_trainer_section(tiny_cfg):
         on = apply_overrides(tiny_cfg, [f"{section}.compile=true"])
         assert getattr(on, section).compile is True and getattr(tiny_cfg, section).compile is False
         assert identity(getattr(on, section)) == identity(getattr(tiny_cfg, section))   # stage keys unchanged
+
+
+NOISE = """import functools, sys
+import torch
+if sys.argv[1] == "lab":
+    import core.models.compile  # noqa: F401  (what every compiled stage imports)
+@functools.lru_cache
+def scale():
+    return 2.0
+print(torch.compile(lambda x: x * scale(), backend="eager")(torch.ones(2)))
+"""
+
+
+def test_known_noise_of_torch_compile_stays_out_of_user_logs(tmp_path):
+    """Dynamo's notice about tracing through an lru_cache (dozens per `core run` log) is printed
+    by plain torch and filtered once the lab's compile helper is loaded."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[3]
+    (tmp_path / "noise.py").write_text(NOISE)
+    logs = {how: subprocess.run([sys.executable, str(tmp_path / "noise.py"), how], cwd=repo, capture_output=True,
+                                text=True, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=600)
+            for how in ("plain", "lab")}
+    assert all(run.returncode == 0 for run in logs.values()), logs
+    assert "functools.lru_cache" in logs["plain"].stderr and "functools.lru_cache" not in logs["lab"].stderr
