@@ -134,25 +134,31 @@ def _delta_hover(r) -> str:
         else "no interval over seeds (fewer than 2 paired seeds)"
     images = f"{blo:+.3f} .. {bhi:+.3f} over {int(r['n_test'])} test images (paired bootstrap)" \
         if blo is not None else "no interval over test images"
-    realised = _num(r["realised_ratio"])
-    return (f"{r['budget']}<br>Δ accuracy (augmented − baseline): {d:+.3f}<br>95% CI {seeds}<br>95% CI {images}"
-            + (f"<br>synthetic ratio realised: {realised:.2f}" if realised is not None else "")
+    realised, mde = _num(r["realised_ratio"]), _num(r.get("mde"))
+    return (f"{r['budget']} · {r['line']}<br>Δ accuracy (arm − baseline): {d:+.3f}<br>95% CI {seeds}"
+            f"<br>95% CI {images}"
+            + (f"<br>minimum detectable difference (80% power): {mde:.3f}" if mde is not None else "")
+            + (f"<br>added ratio realised: {realised:.2f}" if realised is not None else "")
             + (f"<br>status: {r['status']}" if r["status"] != "ok" else ""))
 
 
-NUDGE = 1.06     # x step (log axis) between the intervals drawn at one label budget
+def _colours(lines) -> dict:
+    palette = itertools.cycle(qualitative.Plotly)
+    return {line: "black" if i == 0 else next(palette) for i, line in enumerate(lines)}
 
 
 def accuracy_curve(table: pd.DataFrame, x_title: str) -> go.Figure:
-    """Test accuracy against the label budget, one line per arm (mean over seeds, ± std bars),
-    and beside it the paired difference augmented − baseline per budget with its two 95%
-    intervals: over seeds (Student t) and over test images (bootstrap). Columns as
-    app.tab_results.curve_table; × marks a cell whose status says it is not a result."""
+    """Test accuracy against the label budget, one line per arm (mean over seeds, ± std bars; the
+    baseline first, in black), and beside it each arm's paired difference to the baseline per
+    budget with its two 95% intervals: over seeds (Student t, circles) and over test images
+    (bootstrap, diamonds), side by side within the budget. Columns as app.tab_results.curve_table;
+    × marks a cell whose status says it is not a result."""
     if table.empty:
         return _empty("accuracy vs label budget", "no results yet: run the augmented experiment")
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.1,
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45], horizontal_spacing=0.1,
                         subplot_titles=("test accuracy (mean ± std over seeds)",
-                                        "paired Δ accuracy, augmented − baseline (95% CIs)"))
+                                        "paired Δ to the baseline (95% CIs: ● over seeds, ◆ over test images)"))
+    colour = _colours(table["line"].drop_duplicates())
     for line, part in table.groupby("line", sort=False):
         symbols = ["circle" if s == "ok" else "x" for s in part["status"]]
         hover = [f"{r['budget']}<br>{line}<br>accuracy {r['mean']:.3f} ± {(_num(r['std']) or 0):.3f} "
@@ -160,33 +166,33 @@ def accuracy_curve(table: pd.DataFrame, x_title: str) -> go.Figure:
                  + (f"<br>{r['shortfall']}" if isinstance(r["shortfall"], str) else "")
                  for _, r in part.iterrows()]
         fig.add_trace(go.Scatter(x=part["x"], y=part["mean"], mode="lines+markers", name=str(line),
-                                 legendgroup=str(line), marker=dict(symbol=symbols, size=9),
+                                 legendgroup=str(line), marker=dict(symbol=symbols, size=9, color=colour[line]),
+                                 line=dict(color=colour[line]),
                                  error_y=dict(type="data", array=part["std"].fillna(0).tolist()),
                                  hovertext=hover, hoverinfo="text"), row=1, col=1)
-    aug = table[table["arm"] == "augmented"]
-    lines = aug["line"].nunique()
-    for i, (line, part) in enumerate(aug.groupby("line", sort=False)):
+    budgets = table.drop_duplicates("x").sort_values("x")
+    where = {x: i for i, x in enumerate(budgets["x"])}
+    arms = table[table["arm"] != "baseline"]
+    lines = list(arms["line"].drop_duplicates())
+    slot = 0.8 / max(len(lines), 1)          # each line's share of a budget's width on the Δ panel
+    for j, (line, part) in enumerate(arms.groupby("line", sort=False)):
         hover = [_delta_hover(r) for _, r in part.iterrows()]
         d = part["delta"].astype(float)
-        nudge = NUDGE ** (2 * i)        # each ratio's pair of intervals beside the previous one
-        fig.add_trace(go.Scatter(
-            x=part["x"] * nudge, y=d, mode="markers", name=f"Δ {line}: 95% CI over seeds", hovertext=hover,
-            hoverinfo="text", marker=dict(size=9), error_y=dict(
-                type="data", array=(part["delta_high"].astype(float) - d).fillna(0).tolist(),
-                arrayminus=(d - part["delta_low"].astype(float)).fillna(0).tolist())), row=1, col=2)
-        # beside the seed interval (x nudged 6% on the log axis), so neither hides the other
-        fig.add_trace(go.Scatter(
-            x=part["x"] * nudge * NUDGE, y=d, mode="markers", name=f"Δ {line}: 95% CI over test images",
-            hovertext=hover, hoverinfo="text", marker=dict(size=7, symbol="diamond"), error_y=dict(
-                type="data", array=(part["boot_high"].astype(float) - d).fillna(0).tolist(),
-                arrayminus=(d - part["boot_low"].astype(float)).fillna(0).tolist())), row=1, col=2)
+        centre = np.array([where[x] for x in part["x"]]) - 0.4 + (j + 0.5) * slot
+        for kind, shift, low, high, symbol in (("seeds", -0.2, "delta_low", "delta_high", "circle"),
+                                               ("test images", 0.2, "boot_low", "boot_high", "diamond")):
+            fig.add_trace(go.Scatter(
+                x=centre + shift * slot, y=d, mode="markers", name=f"Δ {line}: 95% CI over {kind}",
+                legendgroup=str(line), showlegend=False, hovertext=hover, hoverinfo="text",
+                marker=dict(size=8, symbol=symbol, color=colour[line]), error_y=dict(
+                    type="data", array=(part[high].astype(float) - d).fillna(0).tolist(),
+                    arrayminus=(d - part[low].astype(float)).fillna(0).tolist())), row=1, col=2)
     fig.add_hline(y=0, line=dict(color="grey", dash="dash", width=1), row=1, col=2)
-    budgets = table.drop_duplicates("x").sort_values("x")
-    # a fixed margin around the budgets (log units): autorange would spread one budget's nudged
-    # interval across the whole panel
-    span = [math.log10(budgets["x"].min()) - 0.2, math.log10(budgets["x"].max() * NUDGE ** (2 * max(lines, 1))) + 0.2]
+    span = [math.log10(budgets["x"].min()) - 0.2, math.log10(budgets["x"].max()) + 0.2]
     fig.update_xaxes(type="log", title_text=x_title, tickvals=budgets["x"].tolist(),
-                     ticktext=budgets["budget"].tolist(), range=span)
+                     ticktext=budgets["budget"].tolist(), range=span, row=1, col=1)
+    fig.update_xaxes(title_text="label budget", tickvals=list(range(len(budgets))), ticktext=budgets["budget"].tolist(),
+                     range=[-0.5, len(budgets) - 0.5], row=1, col=2)
     fig.update_yaxes(title_text="test accuracy", row=1, col=1)
     fig.update_yaxes(title_text="Δ accuracy", row=1, col=2)
     notes = []
@@ -194,12 +200,12 @@ def accuracy_curve(table: pd.DataFrame, x_title: str) -> go.Figure:
         notes.append(f"one label budget ({budgets['budget'].iloc[0]}) gives no curve: "
                      "add budgets to experiment.label_fractions")
     if (table["status"] != "ok").any():
-        notes.append("× = not a result (status in the hover and summary.md)")
+        notes.append("× = not a result (status in the hover and the table)")
     for i, text in enumerate(notes):
         fig.add_annotation(text=text, showarrow=False, x=0, y=-0.28 - 0.08 * i, xref="paper",
                            yref="paper", xanchor="left", font=dict(size=11, color="#b5651d"))
     fig.update_annotations(font_size=11)
-    fig.update_layout(**dict(_LAYOUT, height=400 + 25 * len(notes), margin=dict(l=50, r=10, t=50, b=90 + 25 * len(notes)),
+    fig.update_layout(**dict(_LAYOUT, height=430 + 25 * len(notes), margin=dict(l=50, r=10, t=50, b=90 + 25 * len(notes)),
                              legend=dict(orientation="h", y=-0.35 - 0.08 * len(notes))))
     return fig
 

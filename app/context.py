@@ -37,7 +37,7 @@ class AppContext:
                 raise UserError(f"--data-root {root} is not a folder")
             roots.append(path)
         return cls(workspace=ws, config=config_for(ws, preset_name, overrides),
-                   data_roots=tuple(roots), runner=runner or JobRunner())
+                   data_roots=tuple(roots), runner=runner or JobRunner(workspace=ws.root))
 
     @property
     def allowed_roots(self) -> tuple[Path, ...]:

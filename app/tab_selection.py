@@ -3,7 +3,10 @@
 Moving the slider never recomputes a classifier: the scores table is read once (cached by the
 file's mtime and size) and re-filtered with core.evaluate.selection.apply_threshold. Under
 `selection.calibration` the per-class thresholds are core's (synthetic/thresholds.csv, written
-when the scores are), with the slider as their cap (core.evaluate.selection.thresholds_at).
+when the scores are), with the slider as their cap (core.evaluate.selection.thresholds_at). The
+counts table says per class how many images pass each check (confidence, centroid, and the
+realism checks against the real class when the scores carry them), and how many of the budget's
+real validation images the same rule keeps (synthetic/val_scores.csv, as core wrote it).
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import pandas as pd
 
 from app import charts, quality_panel
 from app.context import COMPUTE, AppContext, FileCache, job_markdown
+from app.widgets import bounds, options
+from core.config.lab_config import REALISM_CHECKS
 from core.errors import UserError
 from core.protocol.jobs import JobBusy
 
@@ -49,12 +54,21 @@ def _scores_for_browsing(ctx: AppContext, path: Path) -> pd.DataFrame:
     return frame.sort_values(["class", "confidence"], ascending=[True, False], kind="stable")
 
 
-def accepted_mask(scores: pd.DataFrame, threshold: float, strategy: str, quota: int,
-                  per_class: dict[str, float] | None = None) -> pd.Series:
-    """Boolean mask over `scores` of what core.evaluate.selection.apply_threshold keeps."""
+def selected(scores: pd.DataFrame, threshold: float, strategy: str, quota: int,
+             per_class: dict[str, float] | None = None, realism=()) -> pd.DataFrame:
+    """core.evaluate.selection.apply_threshold's table: `kept` and a pass_* column per check."""
     from core.evaluate.selection import apply_threshold
-    kept = apply_threshold(scores, float(threshold), strategy, int(quota or 0), per_class)
-    return kept["kept"].astype(bool)
+    return apply_threshold(scores, float(threshold), strategy, int(quota or 0), per_class, tuple(realism or ()))
+
+
+def usable_checks(scores: pd.DataFrame, realism) -> tuple[tuple[str, ...], str]:
+    """(the realism checks the stored scores carry, a note on any they lack)."""
+    from core.evaluate.selection import REALISM_COLUMNS
+    have = tuple(c for c in realism or () if REALISM_COLUMNS[c] in scores)
+    lacking = [c for c in realism or () if c not in have]
+    note = (f" · the stored scores predate the {'/'.join(lacking)} check: press **Score synthetic images**"
+            if lacking else "")
+    return have, note
 
 
 def class_bars(thresholds: pd.DataFrame | None) -> dict[str, float] | None:
@@ -67,7 +81,7 @@ def calibration(ctx: AppContext, threshold: float, strategy: str,
     sel = ctx.config.selection
     if sel.calibration == "none":
         return None, ""
-    from core.evaluate.selection import FLOOR, MIN_VAL_IMAGES, load_thresholds, thresholds_at
+    from core.evaluate.selection import MIN_VAL_IMAGES, load_thresholds, thresholds_at
     stored = load_thresholds(ctx.workspace)
     if strategy != "threshold":
         return None, " · per-class thresholds are not used by the centroid rule"
@@ -83,27 +97,56 @@ def calibration(ctx: AppContext, threshold: float, strategy: str,
     n = int(table["n_val_images"].sum())
     fallback = int((table["n_val_images"] < MIN_VAL_IMAGES).sum())
     note = (f" · **per-class thresholds calibrated on {n} validation images** (q{sel.calibration_quantile:g}"
-            f" of each class's real validation confidences, at most the slider's {float(threshold):.2f},"
-            f" at least {FLOOR:g}; each class's rule in the table)")
+            f" of each class's real validation confidences, at most the slider's {float(threshold):.2f};"
+            " each class's rule in the table)")
     if fallback:
         note += f"; {fallback} class(es) with fewer than {MIN_VAL_IMAGES} validation images keep the slider's"
     return table, note
 
 
-def counts_table(scores: pd.DataFrame, mask: pd.Series, classes: list[str],
-                 thresholds: pd.DataFrame | None = None) -> pd.DataFrame:
-    grouped = pd.DataFrame({"class": scores["class"], "accepted": mask.astype(int)})
-    table = grouped.groupby("class")["accepted"].agg(["sum", "count"]).reindex(classes, fill_value=0)
-    table = table.rename(columns={"sum": "accepted", "count": "total"})
-    table["rejected"] = table["total"] - table["accepted"]
-    table.loc["all"] = table.sum()
-    table = table.reset_index().rename(columns={"index": "class"})[["class", "accepted", "rejected", "total"]]
+CHECK_TITLES = {"confidence": "pass confidence", "centroid": "pass centroid", "knn": "pass k-NN realism",
+                "colour": "pass colour range"}
+
+
+def counts_table(chosen: pd.DataFrame, classes: list[str], thresholds: pd.DataFrame | None = None,
+                 real: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per class and "all": accepted / rejected / total, how many pass each check the scores
+    carry, and (`real`, the same rule over the real validation images) how many of those it keeps."""
+    from core.evaluate.selection import REALISM_COLUMNS, check_counts
+    counts = check_counts(chosen, classes)
+    counts.loc["all"] = counts.sum()
+    table = pd.DataFrame({"class": counts.index, "accepted": counts["kept"].to_numpy(),
+                          "rejected": (counts["images"] - counts["kept"]).to_numpy(),
+                          "total": counts["images"].to_numpy()})
+    for check, title in CHECK_TITLES.items():
+        if check not in REALISM_COLUMNS or REALISM_COLUMNS[check] in chosen:
+            table[title] = counts[check].to_numpy()
+    if real is not None:
+        val = check_counts(real, classes)
+        val.loc["all"] = val.sum()
+        table["real val kept"] = [f"{k} of {n}" for k, n in zip(val["kept"], val["images"])]
     if thresholds is None:
         return table
     # what each class was held to and why: a calibrated bar, or the global one when it could not be
     rows = thresholds.set_index(thresholds["class"].astype(str))
     return table.assign(threshold=table["class"].map(rows["threshold"].round(3)),
                         rule=table["class"].map(rows["rule"]).fillna(""))
+
+
+def real_validation(ctx: AppContext, scores: pd.DataFrame, rule: tuple) -> pd.DataFrame | None:
+    """The budget's real validation images under the same rule, when core has scored them with
+    the filter classifier that scored the synthetic images (synthetic/val_scores.csv)."""
+    from core.evaluate.selection import SCORE_COLUMNS, apply_threshold
+    path = ctx.workspace.val_scores
+    if not path.exists():
+        return None
+    val = pd.read_csv(path, keep_default_na=False, na_values=[""],
+                      dtype={"class": str, "nearest_class": str, "error": str})
+    made_by = set(scores["filter_hash"].astype(str)) if "filter_hash" in scores else set()
+    if not set(SCORE_COLUMNS) <= set(val.columns) or set(val["filter_hash"].astype(str)) != made_by:
+        return None
+    threshold, strategy, _, bars, realism = rule
+    return apply_threshold(val, threshold, strategy, 0, bars, realism)
 
 
 def gallery_items(scores: pd.DataFrame, mask: pd.Series, show: str, class_filter: str,
@@ -120,8 +163,9 @@ def gallery_items(scores: pd.DataFrame, mask: pd.Series, show: str, class_filter
 
 
 def refilter(ctx: AppContext, threshold: float, strategy: str, quota: int, show: str = "accepted",
-             class_filter: str = ALL, per_class: int = 8):
-    """Slider handler: (summary markdown, counts table, gallery, histograms, acceptance curve)."""
+             class_filter: str = ALL, per_class: int = 8, realism=None):
+    """Slider handler: (summary markdown, counts table, gallery, histograms, acceptance curve).
+    `realism`: the checks against the real class to require too (None: the config's)."""
     scores = cached_scores(ctx)
     if scores.empty:
         empty = pd.DataFrame(columns=["class", "accepted", "rejected", "total"])
@@ -130,13 +174,17 @@ def refilter(ctx: AppContext, threshold: float, strategy: str, quota: int, show:
     classes = sorted(scores["class"].unique())
     thresholds, note = calibration(ctx, threshold, strategy, scores)
     bars = class_bars(thresholds)
-    mask = accepted_mask(scores, threshold, strategy, quota, bars)
-    table = counts_table(scores, mask, classes, thresholds)
+    checks, lacking = usable_checks(scores, ctx.config.selection.realism if realism is None else realism)
+    chosen = selected(scores, threshold, strategy, quota, bars, checks)
+    mask = chosen["kept"].astype(bool)
+    real = real_validation(ctx, scores, (float(threshold), strategy, 0, bars, checks))
+    table = counts_table(chosen, classes, thresholds, real)
     total = int(table["total"].iloc[-1])
     accepted = int(table["accepted"].iloc[-1])
     at = f"per-class thresholds (global {float(threshold):.2f})" if bars else f"threshold {float(threshold):.2f}"
     summary = f"**{accepted} accepted / {total - accepted} rejected** of {total} stored images at {at} ({strategy})"
-    summary += note
+    summary += f" · also required: {' + '.join(checks)} against the real class" if checks else ""
+    summary += note + lacking
     copies = quality_panel.likely_copies(ctx)
     if copies:
         summary += f" · {len(copies)} likely copies of real images (nearest-neighbour audit)"
@@ -164,14 +212,15 @@ def figures(ctx: AppContext, scores: pd.DataFrame, classes: list[str], threshold
                      for f in figs)
 
 
-def export(ctx: AppContext, threshold: float, strategy: str, quota: int) -> str:
+def export(ctx: AppContext, threshold: float, strategy: str, quota: int, realism=None) -> str:
     """Write the accepted set (accepted/CLASS/*.png + manifest) through core.evaluate.selection."""
-    from core.evaluate.selection import apply_threshold, export_accepted
+    from core.evaluate.selection import export_accepted
     scores = cached_scores(ctx)
     if scores.empty:
         raise UserError(hint(ctx))
     thresholds, _ = calibration(ctx, threshold, strategy, scores)
-    kept = apply_threshold(scores, float(threshold), strategy, int(quota or 0), class_bars(thresholds))
+    checks, _ = usable_checks(scores, ctx.config.selection.realism if realism is None else realism)
+    kept = selected(scores, threshold, strategy, quota, class_bars(thresholds), checks)
     try:                    # replacing accepted/ must not race a job that reads it
         with ctx.runner.hold("export"):
             out = export_accepted(ctx.workspace, kept)
@@ -208,10 +257,13 @@ def hint(ctx: AppContext) -> str:
 def build(ctx: AppContext) -> dict:
     sel = ctx.config.selection
     with gr.Row():
-        threshold = gr.Slider(0, 1, value=sel.threshold, step=0.01, label="confidence threshold",
-                              elem_id="threshold-slider")
-        strategy = gr.Radio(["threshold", "centroid"], value=sel.strategy, label="strategy")
-        quota = gr.Number(sel.quota_per_class, label="quota per class (0 = none)", precision=0, minimum=0)
+        threshold = gr.Slider(**bounds(sel, "threshold"), value=sel.threshold, step=0.01,
+                              label="confidence threshold", elem_id="threshold-slider")
+        strategy = gr.Radio(options(sel, "strategy"), value=sel.strategy, label="strategy")
+        quota = gr.Number(sel.quota_per_class, label="quota per class (0 = none)", precision=0,
+                          **bounds(sel, "quota_per_class"))
+        realism = gr.CheckboxGroup(list(REALISM_CHECKS), value=list(sel.realism),
+                                   label="also require (vs the class's real images)")
     with gr.Row():
         show = gr.Radio(["accepted", "rejected", "all"], value="accepted", label="gallery shows")
         class_filter = gr.Dropdown(class_choices(ctx), value=ALL, label="class")
@@ -229,12 +281,12 @@ def build(ctx: AppContext) -> dict:
         score_btn = gr.Button("Score synthetic images")
         export_btn = gr.Button("Export accepted set", variant="primary")
     note = gr.Markdown()
-    controls = [threshold, strategy, quota, show, class_filter, per_class]
+    controls = [threshold, strategy, quota, show, class_filter, per_class, realism]
     outputs = [summary, counts, gallery, hist, curve_plot]
 
-    def on_change(threshold, strategy, quota, show, class_name, per_class):
+    def on_change(threshold, strategy, quota, show, class_name, per_class, realism):
         try:
-            return refilter(ctx, threshold, strategy, quota, show, class_name, per_class)
+            return refilter(ctx, threshold, strategy, quota, show, class_name, per_class, realism)
         except UserError as e:
             raise gr.Error(str(e)) from e
 
@@ -244,9 +296,9 @@ def build(ctx: AppContext) -> dict:
                     api_name="refilter" if comp is threshold else None,
                     api_visibility="public" if comp is threshold else "private")
 
-    def on_export(threshold, strategy, quota):
+    def on_export(threshold, strategy, quota, realism):
         try:
-            return export(ctx, threshold, strategy, quota)
+            return export(ctx, threshold, strategy, quota, realism)
         except UserError as e:
             raise gr.Error(str(e)) from e
 
@@ -256,7 +308,7 @@ def build(ctx: AppContext) -> dict:
         except UserError as e:
             raise gr.Error(str(e)) from e
 
-    export_btn.click(on_export, [threshold, strategy, quota], note, concurrency_id=COMPUTE,
+    export_btn.click(on_export, [threshold, strategy, quota, realism], note, concurrency_id=COMPUTE,
                      concurrency_limit=1, api_name="export_accepted")
     score_btn.click(on_score, None, note, concurrency_id=COMPUTE, concurrency_limit=1, api_name="score")
 

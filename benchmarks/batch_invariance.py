@@ -2,7 +2,7 @@
 
 `python -m benchmarks.batch_invariance [--steps 25]` on the bundled demo models: seed 6 alone vs
 inside batches of 2 and 8 (max |difference| in 1/255 over the 64x64x3 image) in bf16 and fp32
-autocast, and images/s of 16 images at batch_size 1 vs 16 (issue 14, item 8).
+autocast, and images/s of 16 images at batch_size 1 vs 16.
 """
 from __future__ import annotations
 

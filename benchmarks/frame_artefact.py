@@ -1,4 +1,4 @@
-"""Issue #15: the pale frame at the tile border. Measures it on real tiles, autoencoder
+"""The pale frame at the tile border. Measures it on real tiles, autoencoder
 reconstructions and generated samples, and tries two inference-only fixes:
 
 A(p): decode a latent reflect-padded by p latent pixels, then crop the p * 4 px border;
@@ -25,7 +25,7 @@ CLASSES = ("background", "stratum_corneum", "epidermis", "dermis")
 
 
 def model_dir(models: Path, new: str, old: str) -> Path:
-    """The component folder, under its name since issue 13 or its legacy name (read-only: no migration)."""
+    """The component folder, under its current name or its legacy one (read-only: no migration)."""
     return models / new if (models / new).exists() else models / old
 
 

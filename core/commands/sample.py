@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.cli import ProgressReporter, guarded
-from core.config.checks import apply_overrides
+from core.config.checks import apply_overrides, choices
 from core.commands import budget_parser, parse_budget
 from core.generate.sampling import generate_images, generate_dataset
 
@@ -19,7 +19,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--guidance-scale", type=float, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eta", type=float, default=None)
-    parser.add_argument("--sampler", "--scheduler", dest="sampler", choices=("ddim", "ddpm"), default=None,
+    parser.add_argument("--sampler", "--scheduler", dest="sampler", choices=choices("sampling", "sampler"), default=None,
                         help="default: sampling.sampler")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--num", type=int, default=None)

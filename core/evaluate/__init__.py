@@ -6,7 +6,8 @@ from core.evaluate.metrics import at_chance, classification_metrics, paired_boot
 from core.evaluate.quality import measure_quality, quality_summary, real_reference
 from core.evaluate.selection import (apply_threshold, calibrate, current_selection, export_accepted,
                                      load_thresholds, score_synthetic, select)
-from core.evaluate.summary import markdown_table, summarize
+from core.evaluate.summary import summarize
+from core.evaluate.summary_tables import markdown_table
 
 __all__ = ["apply_threshold", "at_chance", "calibrate", "classification_metrics", "current_selection",
            "embed_files", "export_accepted", "feature_space", "load_images", "load_thresholds", "markdown_table",

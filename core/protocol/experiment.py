@@ -3,10 +3,10 @@
 Shared stages (data, autoencoder, pretrain) run once; the label-trained ones (latent classifier,
 filter classifier, sampling, scoring, selection) once per label budget, each on exactly the
 budget's labeled subset (core.data.budget), skipped when their marker says done (core.protocol.stages). Then
-each budget's short classes are topped up (core.protocol.topup) and the grid runs: a baseline and an
-augmented run per seed and ratio, on the budget's labels, for the same optimizer steps. Each run
-appends one row to results/runs.csv and writes results/runs/KEY/ (labels.csv, synthetic.csv,
-predictions.csv); a rerun skips rows whose run key is already there.
+each budget's short classes are topped up (core.protocol.topup) and the grid runs (core.protocol.grid):
+per seed a baseline and each arm per ratio, on the budget's labels and the baseline's real batches.
+Each run appends one row to results/runs.csv and writes results/runs/KEY/; a rerun skips rows
+whose run key is already there.
 """
 from __future__ import annotations
 
@@ -16,16 +16,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.data.budget import budget_labels, budget_name, budget_views, realised, write_labels
+from core.data.budget import budget_labels, budget_name, budget_views, realised
 from core.errors import UserError
 from core.config.lab_config import LabConfig
-from core.config.store import config_hash, identity, save_config, to_dict
+from core.config.store import save_config, to_dict
 from core.io import atomic_write_json, atomic_write_text
 from core.evaluate.metrics import at_chance
 from core.evaluate.selection import current_selection
+from core.protocol.sources import choose_sources
 from core.protocol.stages import PER_BUDGET, SHARED, is_done, mark_done, read_marker
-from core.evaluate.summary import markdown_table, summarize
-from core.protocol.topup import accepted_images, class_wants, draw_synthetic, threshold_of, top_up
+from core.evaluate.summary import summarize
+from core.evaluate.summary_tables import markdown_table
+from core.protocol import grid
+from core.protocol.grid import plan_runs, run_keys, selection_checks  # noqa: F401  (public: core.protocol.experiment.run_keys)
+from core.protocol.topup import class_wants, draw_synthetic, threshold_of, top_up  # noqa: F401
 from core.workspace import Workspace
 
 def _stopped(result, stop) -> bool:
@@ -101,128 +105,20 @@ def stage_functions(labeled, test, unlabeled):
     }
 
 
-# --- the protocol grid ------------------------------------------------------------------------
-
-def plan_runs(cfg: LabConfig) -> list[dict]:
-    """Every run: a baseline per (fraction, seed) and an augmented run per (fraction, ratio, seed)."""
-    e = cfg.experiment
-    runs = []
-    for f in e.label_fractions:
-        for seed in e.seeds:
-            runs.append({"arm": "baseline", "label_fraction": f, "synthetic_ratio": 0.0, "seed": seed})
-            runs += [{"arm": "augmented", "label_fraction": f, "synthetic_ratio": r, "seed": seed}
-                     for r in e.synthetic_ratios]
-    return runs
-
-
-def run_keys(ws: Workspace, cfg: LabConfig, plan: list[dict]) -> list[str]:
-    """Each grid run's key in results/runs.csv: the run, the configs it reads, its inputs' hashes
-    (the data, and the scores of its budget's synthetic images)."""
-    views = dict(budget_views(ws, cfg))
-    base = {"classify": identity(cfg.downstream), "selection": identity(cfg.selection),
-            "sampling": identity(cfg.sampling),           # which synthetic images the runs drew from
-            "topup_rounds": cfg.experiment.topup_rounds, "subset_seed": cfg.data.seed,
-            "data": read_marker(ws, "data").get("output_hash")}
-    return [config_hash(base, r, read_marker(views[r["label_fraction"]], "scoring").get("output_hash"))
-            for r in plan]
-
-
-INT_COLUMNS = ("seed", "n_real", "n_val", "n_synthetic", "n_synthetic_wanted", "n_test", "steps",
-               "batch_size", "best_step", "skipped_files")
-
-
-def _write_runs(path: Path, runs: pd.DataFrame) -> None:
-    # a resumed table must not turn counts into floats (NaN-free int columns stay int)
-    runs = runs.copy()
-    for col in INT_COLUMNS:
-        if col in runs and runs[col].notna().all():
-            runs[col] = runs[col].astype("int64")
-    atomic_write_text(path, runs.to_csv(index=False))
-
-
-def _run_once(ws: Workspace, bws: Workspace, cfg: LabConfig, run: dict, key: str, labels: pd.DataFrame,
-              accepted: pd.DataFrame, test: pd.DataFrame, classes: list[str], report, stop):
-    """Train and test one run; write its folder; its runs.csv row, or None when stopped."""
-    from core.train.image_classifier import test_metrics, train_image_classifier
-    real, val = labels[labels.split == "train"], labels[labels.split == "val"]
-    extra, per_class = draw_synthetic(accepted, real, run["synthetic_ratio"], run["seed"]) \
-        if run["arm"] == "augmented" else (None, {})
-    t0 = time.perf_counter()
-    model, history = train_image_classifier(real, val, classes, cfg.downstream, run["seed"], extra_df=extra,
-                                      progress=report, stop=stop, stage="downstream")
-    if history.attrs["stopped"]:
-        return None
-    m = test_metrics(model, test, classes, cfg.downstream)
-    run_dir = ws.run_dir(key)
-    write_labels(run_dir, labels)
-    if extra is not None:
-        named = extra.assign(class_name=[classes[k] for k in extra["label"]])
-        atomic_write_text(ws.run_synthetic(key), named.to_csv(index=False))
-    atomic_write_text(ws.run_predictions(key), m["predictions"].to_csv(index=False))
-    val_score = history.attrs["best_val_balanced_accuracy"]
-    return {"run_key": key, **run, "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
-            "macro_f1": m["macro_f1"], **{f"recall_{c}": v for c, v in m["per_class_recall"].items()},
-            "n_real": len(real), "n_val": len(val), "n_synthetic": 0 if extra is None else len(extra),
-            "n_synthetic_wanted": sum(v["wanted"] for v in per_class.values()),
-            "synthetic_per_class": json.dumps({classes[k]: v for k, v in per_class.items()}),
-            "n_test": m["n"], "steps": history.attrs["steps"], "batch_size": history.attrs["batch_size"],
-            "compute": cfg.downstream.compute, "best_step": history.attrs["best_step"],
-            "val_balanced_accuracy": val_score,
-            "at_chance": at_chance(val_score, len(classes), len(val)),
-            "labels": ws.relative(Workspace.labels_of(run_dir)),
-            "latent_classifier": ws.relative(bws.latent_classifier_dir),
-            "filter_classifier": ws.relative(bws.filter_classifier_dir),
-            "skipped_files": len(history.attrs["skipped"]) + len(m["skipped"]),
-            "confusion_matrix": json.dumps(m["confusion_matrix"]),
-            "seconds": round(time.perf_counter() - t0, 2)}
-
+# --- the protocol grid (core.protocol.grid) ----------------------------------------------------
 
 def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, budgets: dict | None = None) -> pd.DataFrame:
+    """The grid's runs not yet done, the summary rewritten after each ("partial" until complete)."""
     from core.data.tables import load_splits
-    splits, classes = load_splits(ws)
-    test = splits[splits.split == "test"]
-    if test.empty:
-        raise UserError(f"{ws.split_manifest}: the test split is empty (pass --test PATH)")
-    plan = plan_runs(cfg)
-    keys = run_keys(ws, cfg, plan)
-    runs_csv, archive_csv = ws.runs_csv, ws.runs_archive_csv
-    # rows of other configs move to the archive (kept, not mixed in) and come back if that config does
-    known = pd.concat([_read_runs(runs_csv), _read_runs(archive_csv)], ignore_index=True)
-    known = known.drop_duplicates("run_key", keep="first")
-    done = known[known["run_key"].isin(keys)]
-    done = done.set_index("run_key").loc[[k for k in keys if k in set(done["run_key"])]].reset_index()
-    _write_runs(archive_csv, known[~known["run_key"].isin(keys)])
-    _write_runs(runs_csv, done)
-    views, inputs = dict(budget_views(ws, cfg)), {}
-    for i, (run, key) in enumerate(zip(plan, keys)):
-        if key in set(done["run_key"]):
-            continue
-        if stop is not None and stop.is_set():
-            break
-        bws = views[run["label_fraction"]]
-        if bws not in inputs:
-            inputs[bws] = (budget_labels(bws, cfg)[0], accepted_images(bws, cfg))
-
-        def report(p, i=i):
-            if progress is not None:
-                progress({**p, "stage": "experiment", "run": i + 1, "runs": len(plan), **run})
-        row = _run_once(ws, bws, cfg, run, key, *inputs[bws], test, classes, report, stop)
-        if row is None:
-            break
-        done = pd.DataFrame([row]) if done.empty else pd.concat([done, pd.DataFrame([row])], ignore_index=True)
-        _write_runs(runs_csv, done)
-        write_summary(ws, cfg, done, classes, budgets, planned=len(plan))
-    return done
-
-
-def _read_runs(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["run_key"])
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
-        return pd.DataFrame(columns=["run_key"])     # a damaged table: its runs are redone
+    _, classes = load_splits(ws)
+    planned = len(plan_runs(cfg))
+    return grid.run_grid(ws, cfg, progress, stop,
+                         after_run=lambda done: write_summary(ws, cfg, done, classes, budgets, planned))
 
 
 def synthetic_summary(ws: Workspace, cfg: LabConfig) -> dict:
+    """The first budget's synthetic set under the config's rule, and `checks`: per budget and
+    class, how many images pass each check, beside what the real validation images pass."""
     kept = current_selection(ws, cfg)
     by = kept.groupby(kept["class"].astype(str))
     errors = kept["error"].fillna("").astype(str) if "error" in kept else pd.Series("", index=kept.index)
@@ -231,7 +127,9 @@ def synthetic_summary(ws: Workspace, cfg: LabConfig) -> dict:
             "rule": to_dict(cfg.selection),
             "per_class": {c: {"generated": len(g), "accepted": int(g["kept"].sum()),
                               "mean_confidence": float(g["confidence"].mean()),
-                              "threshold": threshold_of(g)} for c, g in by}}
+                              "threshold": threshold_of(g)} for c, g in by},
+            "checks": {budget_name(v): selection_checks(bws, cfg) for v, bws in budget_views(ws, cfg)
+                       if bws.synthetic_scores.exists()}}
 
 
 def calibration_record(ws: Workspace, cfg: LabConfig) -> dict | None:
@@ -307,12 +205,14 @@ def prepare_budgets(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> 
 
 
 def run_all(ws: Workspace, cfg: LabConfig, labeled=None, test=None, unlabeled=(), progress=None,
-            stop=None, notify=None) -> dict:
+            stop=None, notify=None, switch_data: bool = False) -> dict:
     """Every stage (skipped when done for this config), top-up, the grid, then results/summary.json.
+    Without `labeled` the workspace's remembered data sources are used (core.protocol.sources);
+    other sources in a workspace with models need `switch_data` (the old models are archived).
     `notify(line)` hears what the data stage skipped and why, as soon as it is known."""
     ws = Workspace(ws.root).ensure()
+    labeled, test, unlabeled = choose_sources(ws, labeled, test, unlabeled, switch_data)
     save_config(cfg, ws.root)
-    unlabeled = tuple(str(u) for u in unlabeled or ())
     sources = data_sources(labeled, test, unlabeled)
     functions = stage_functions(labeled, test, unlabeled)
     timings, steps = {}, _steps(ws, cfg)

@@ -1,9 +1,13 @@
 """Training and testing an image classifier (a timm backbone): the grid's downstream classifiers
 and the filter classifier both go through `train_image_classifier`.
 
-Every run of the protocol grid gets the same optimizer-step budget, augmentations and seeds for
-the baseline and the augmented arm; the weights kept are those of the best VALIDATION balanced
-accuracy (the test split is only touched by `test_metrics` at the very end).
+A run trains on its real images and, for the arms of the grid, an added set (synthetic or
+pseudo-labelled images). Every step takes the real batch the seed's real stream gives, whatever
+is added (core.train.batches), so each arm of a seed sees exactly its baseline's real images in
+the same order and the same augmentation; the added images ride along at their realised ratio.
+BatchNorm statistics follow `norm` (core.train.normalization). The weights kept are those of the
+best validation balanced accuracy, or the last step's where validation is too small to choose
+(`model_selection`); the test split is only touched by `metrics_on_test` at the very end.
 """
 from __future__ import annotations
 
@@ -17,78 +21,112 @@ import torch.nn.functional as F
 from accelerate.utils import broadcast
 from torchvision.transforms import v2
 
-from core.errors import UserError
 from core.config.lab_config import ImageClassifierConfig
+from core.data.augment import he_augment
+from core.errors import UserError
 from core.evaluate.inference import _to_input, load_images, predict
 from core.evaluate.metrics import classification_metrics
 from core.models import build_backbone
+from core.train.batches import ADDED_STREAM, plan_batches
+from core.train.normalization import batch_norms, forward_parts, recompute_running_stats
 from core.train.trainer import Trainer, TrainSpec
 
+AUGMENT_STREAM = 7_919      # the augmentation's generators: apart from the batch streams'
 
-def _augmenter() -> v2.Compose:
+
+def _light_augmenter() -> v2.Compose:
     # Tissue has no canonical orientation: flips + 90-degree turns; light jitter for stain variation.
     rot90 = v2.RandomChoice([v2.Lambda(lambda x, k=k: torch.rot90(x, k, dims=(-2, -1))) for k in range(4)])
     return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), rot90,
                        v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02)])
 
 
-def _augment(batch_u8: torch.Tensor, aug: v2.Compose) -> torch.Tensor:
-    # v2 transforms draw one set of parameters per call, so each image gets its own call.
-    return torch.stack([aug(img) for img in batch_u8])
+def augmenter(cfg: ImageClassifierConfig, device):
+    """augment(uint8 batch, generator) -> (model input, parameters drawn per image). "light"
+    draws from torch's global generator, one torchvision call per image (v2 draws one set of
+    parameters per call) and reports no parameters; "he" draws from `generator`, batched."""
+    if cfg.augment == "he":
+        def he(batch_u8, gen):
+            x, params = he_augment(batch_u8, gen, cfg.stain_jitter)
+            return x.to(device).contiguous(memory_format=torch.channels_last), params
+        return he
+    light = _light_augmenter()
+    return lambda batch_u8, gen: (_to_input(torch.stack([light(img) for img in batch_u8]), device),
+                                  torch.zeros(len(batch_u8), 0))
+
+
+def selection_rule(cfg: ImageClassifierConfig, y_val, num_classes: int) -> str:
+    """"validation" or "last (why)": how the kept weights are chosen for this validation set."""
+    if cfg.model_selection == "last":
+        return "last"
+    counts = np.bincount(np.asarray(y_val, dtype=np.int64), minlength=num_classes)
+    if not len(y_val):
+        return "last (no validation image)"
+    if cfg.model_selection == "auto" and counts.min() < cfg.min_val_per_class:
+        return (f"last ({int(counts.min())} validation images in a class, fewer than "
+                f"min_val_per_class={cfg.min_val_per_class})")
+    return "validation"
+
+
+def _images(df: pd.DataFrame | None, size: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    if df is None or not len(df):
+        return torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.long), {}
+    x, keep, skipped = load_images(df["path"], size)
+    return x, torch.as_tensor(df["label"].to_numpy()[keep], dtype=torch.long), skipped
 
 
 def train_image_classifier(train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str],
                            cfg: ImageClassifierConfig, seed: int, extra_df: pd.DataFrame | None = None,
                            progress=None, stop=None, stage: str = "downstream"):
-    """Train `cfg.backbone` on train_df (+ extra_df, e.g. accepted synthetic images).
-
-    Frames need `path` and `label`. `cfg.compute == "steps"`: exactly `cfg.steps` optimizer steps
-    whatever the data size (equal compute for every arm); "epochs": `cfg.epochs` passes. The
-    batch is capped at the training set's size. Validation runs `cfg.evals` times; the weights of
-    the best validation balanced accuracy are returned. Returns (model, history); history.attrs
-    holds best_step, best_val_balanced_accuracy, steps, batch_size, skipped files and stopped.
-    """
-    frames = [train_df] + ([extra_df] if extra_df is not None and len(extra_df) else [])
-    full = pd.concat([f[["path", "label"]] for f in frames], ignore_index=True)
-    x_train, keep, skipped = load_images(full["path"], cfg.image_size)
-    y_train = torch.as_tensor(full["label"].to_numpy()[keep], dtype=torch.long)
-    x_val, vkeep, vskipped = load_images(val_df["path"], cfg.image_size)
-    y_val = val_df["label"].to_numpy()[vkeep]
+    """Train `cfg.backbone` on train_df's real images plus extra_df's added ones (synthetic or
+    pseudo-labelled), on the batch plan of core.train.batches. Frames need `path` and `label`.
+    Validation runs `cfg.evals` times. Returns (model, history); history.attrs holds best_step,
+    best_val_balanced_accuracy, model_selection, steps, batch sizes, the real views per image, the
+    added share, the real sequence's fingerprint, skipped files and stopped."""
+    x_real, y_real, skipped = _images(train_df, cfg.image_size)
+    x_added, y_added, more = _images(extra_df, cfg.image_size)
+    x_val, y_val, vskipped = _images(val_df, cfg.image_size)
+    y_val = y_val.numpy()
+    skipped.update(more)
     skipped.update(vskipped)
-    n = len(x_train)
+    n = len(x_real)
     if n < 2:   # BatchNorm cannot train on a single image
         raise UserError(f"training needs at least 2 readable images, got {n} ({len(skipped)} skipped)")
-    batch = min(cfg.batch_size, n)
-    total = cfg.steps if cfg.compute == "steps" else cfg.epochs * (n // batch)
+    plan = plan_batches(n, len(x_added), cfg.compute, cfg.steps, cfg.epochs, cfg.batch_size, seed)
+    rule = selection_rule(cfg, y_val, len(classes))
+    total = plan.steps
     eval_at = set(np.linspace(total / cfg.evals, total, cfg.evals).round().astype(int).tolist())
     # Kept in memory, never checkpointed: a grid run is minutes long and restarted whole. The
     # Accelerator is what lets it use several GPUs (torchrun / accelerate launch).
     trainer = Trainer(TrainSpec(stage=stage, steps=total, seed=seed, precision=cfg.mixed_precision,
-                                batch_size=batch, schedule="cosine", warmup_steps=total // 10,
+                                batch_size=plan.batch_size, schedule="cosine", warmup_steps=total // 10,
                                 compile=cfg.compile))
     acc = trainer.acc
-    model = build_backbone(cfg.backbone, len(classes), cfg.pretrained_path, getattr(cfg, "section", "downstream"))
+    model = build_backbone(cfg.backbone, len(classes), cfg.pretrained_path, getattr(cfg, "section", "downstream"),
+                           group_norm=cfg.norm == "group")
     model = model.to(acc.device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = trainer.prepare(model, opt)
     forward = trainer.compiled(model)
-    gen = torch.Generator().manual_seed(seed)   # not per rank: all ranks walk one order of the data
-    aug = _augmenter()
-    order, cursor = torch.randperm(n, generator=gen), 0
+    norms = batch_norms(acc.unwrap_model(model))
+    split, recompute = cfg.norm in ("split", "split_recompute"), cfg.norm in ("recompute", "split_recompute")
+    augment = augmenter(cfg, acc.device)
+    real_gen = torch.Generator().manual_seed(seed + AUGMENT_STREAM)         # not per rank: all ranks
+    added_gen = torch.Generator().manual_seed(seed + AUGMENT_STREAM + ADDED_STREAM)   # draw alike
     rows, best, best_state, best_step = [], -1.0, None, None
     window = {"loss": 0.0, "steps": 0, "t0": time.perf_counter()}
+    mine = slice(acc.process_index, None, acc.num_processes)   # this rank's slice of the global batch
 
     def step_fn(step: int) -> torch.Tensor:
-        nonlocal order, cursor
-        if cursor + batch > n:     # a new pass; the remainder is dropped so every batch is full
-            order, cursor = torch.randperm(n, generator=gen), 0
-        # this rank's slice of the global batch: the step budget and batch stay those of one device
-        idx = order[cursor:cursor + batch][acc.process_index::acc.num_processes]
-        cursor += batch
+        real, added = plan.next()
         model.train()
-        x = _to_input(_augment(x_train[idx], aug), acc.device)
+        xr, params = augment(x_real[real], real_gen)
+        plan.record(params)
+        xa = augment(x_added[added], added_gen)[0][mine] if len(added) else None
+        y = torch.cat([y_real[real][mine], y_added[added][mine]]).to(acc.device)
         with acc.autocast():
-            loss = F.cross_entropy(forward(x).float(), y_train[idx].to(acc.device), label_smoothing=cfg.label_smoothing)
+            logits = forward_parts(forward, norms, xr[mine], xa, split)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt.step()
@@ -100,12 +138,15 @@ def train_image_classifier(train_df: pd.DataFrame, val_df: pd.DataFrame, classes
         if step not in eval_at:
             return
         net = acc.unwrap_model(model)
+        if recompute:
+            recompute_running_stats(net, x_real, plan.real_batch)
         accuracy, balanced = _validate(acc, net, x_val, y_val, classes, cfg)
-        rows.append({"step": step, "epoch": step * batch / n, "train_loss": window["loss"] / window["steps"],
+        rows.append({"step": step, "epoch": step * plan.real_batch / n if plan.compute == "steps"
+                     else step * plan.real_batch / (n + len(x_added)), "train_loss": window["loss"] / window["steps"],
                      "lr": trainer.lr, "val_accuracy": accuracy, "val_balanced_accuracy": balanced,
-                     "images_per_s": window["steps"] * batch / max(time.perf_counter() - window["t0"], 1e-9)})
+                     "images_per_s": window["steps"] * plan.batch_size / max(time.perf_counter() - window["t0"], 1e-9)})
         window.update(loss=0.0, steps=0, t0=time.perf_counter())
-        score = balanced if len(x_val) else step   # no val: keep the last
+        score = balanced if rule == "validation" else step
         if score > best:
             best, best_state, best_step = score, copy.deepcopy(net.state_dict()), step
 
@@ -115,10 +156,13 @@ def train_image_classifier(train_df: pd.DataFrame, val_df: pd.DataFrame, classes
     if best_state is not None:
         model.load_state_dict(best_state)
     history = pd.DataFrame(rows)
-    has_val = len(x_val) > 0 and best_state is not None
-    history.attrs.update(best_step=best_step, best_val_balanced_accuracy=float(best) if has_val else None,
-                         steps=result["step"], batch_size=batch, compute=cfg.compute,
-                         skipped=skipped, stopped=result["stopped"], n_train=int(n), n_val=int(len(x_val)))
+    best_val = history.loc[history["step"] == best_step, "val_balanced_accuracy"] if len(history) else []
+    has_val = len(x_val) > 0 and best_state is not None and len(best_val) and np.isfinite(best_val.iloc[0])
+    history.attrs.update(best_step=best_step, best_val_balanced_accuracy=float(best_val.iloc[0]) if has_val else None,
+                         model_selection=rule, steps=result["step"], batch_size=plan.batch_size,
+                         compute=cfg.compute, norm=cfg.norm, skipped=skipped, stopped=result["stopped"],
+                         n_train=int(n + len(x_added)), n_real=int(n), n_added=int(len(x_added)),
+                         n_val=int(len(x_val)), **plan.report())
     return model.eval(), history
 
 
@@ -142,7 +186,7 @@ def evaluate_arrays(model, images: torch.Tensor, labels, classes: list[str], cfg
     return out
 
 
-def test_metrics(model: torch.nn.Module, df: pd.DataFrame, classes: list[str], cfg: ImageClassifierConfig) -> dict:
+def metrics_on_test(model: torch.nn.Module, df: pd.DataFrame, classes: list[str], cfg: ImageClassifierConfig) -> dict:
     """Test metrics (accuracy, balanced accuracy, macro-F1, per-class recall, confusion matrix)."""
     images, keep, skipped = load_images(df["path"], cfg.image_size)
     if len(images) == 0:

@@ -1,4 +1,4 @@
-"""Issue 15 in the app: the Selection tab shows core's per-class calibrated thresholds, and the
+"""The Selection tab shows core's per-class calibrated thresholds, and the
 results tab draws accuracy against the label budget from summary.json alone."""
 from __future__ import annotations
 
@@ -76,11 +76,13 @@ def test_selection_tab_without_calibration_is_unchanged(tmp_path):
     ctx = _scored_workspace(tmp_path, overrides=())
     _write_thresholds(ctx)                      # a table on disk is not applied when the config says none
     summary, counts, _, hist, _ = tab_selection.refilter(ctx, 0.9, "threshold", 0)
-    assert "calibrat" not in summary and list(counts.columns) == ["class", "accepted", "rejected", "total"]
+    assert "calibrat" not in summary      # the scores carry no realism column: those checks are not counted
+    assert list(counts.columns) == ["class", "accepted", "rejected", "total", "pass confidence", "pass centroid"]
     assert counts.set_index("class").loc["a", "accepted"] == 2 and _lines(hist) == {"a": 0.9, "b": 0.9}
 
 
 def test_accuracy_curve_reads_the_bundled_summary():
+    from core.evaluate.summary import cell_arms
     summary = json.loads(BUNDLE_SUMMARY.read_text())
     table = tab_results.curve_table(summary)
     budgets = sorted({c["label_fraction"] for c in summary["grid"]})
@@ -88,27 +90,30 @@ def test_accuracy_curve_reads_the_bundled_summary():
     for cell in summary["grid"]:
         at = table[table["label_fraction"] == cell["label_fraction"]]
         base = at[at["arm"] == "baseline"].iloc[0]
-        aug = at[(at["arm"] == "augmented") & (at["synthetic_ratio"] == cell["synthetic_ratio"])].iloc[0]
-        for arm, row in (("baseline", base), ("augmented", aug)):
-            assert row["mean"] == cell[arm]["accuracy"]["mean"]
-            assert row["std"] == cell[arm]["accuracy"]["std"]
-        assert (aug["delta"], aug["delta_low"], aug["delta_high"]) == \
-            tuple(cell["delta"]["accuracy"][k] for k in ("mean", "low", "high"))
-        assert (aug["boot_low"], aug["boot_high"]) == \
-            (cell["bootstrap"]["accuracy"]["low"], cell["bootstrap"]["accuracy"]["high"])
+        assert (base["mean"], base["std"]) == (cell["baseline"]["accuracy"]["mean"], cell["baseline"]["accuracy"]["std"])
+        for arm, a in cell_arms(cell).items():
+            row = at[(at["arm"] == arm) & (at["synthetic_ratio"] == cell["synthetic_ratio"])].iloc[0]
+            assert (row["mean"], row["std"]) == (a["metrics"]["accuracy"]["mean"], a["metrics"]["accuracy"]["std"])
+            assert (row["delta"], row["delta_low"], row["delta_high"]) == \
+                tuple(a["delta"]["accuracy"][k] for k in ("mean", "low", "high"))
+            assert (row["boot_low"], row["boot_high"]) == \
+                (a["bootstrap"]["accuracy"]["low"], a["bootstrap"]["accuracy"]["high"])
     fig = charts.accuracy_curve(table, tab_results.budget_axis(summary)[1])
     traces = {t.name: t for t in fig.data}
     base = traces["baseline (real only)"]
     assert list(base.x) == budgets and base.xaxis == "x"                      # a line over the budgets
     by_budget = {c["label_fraction"]: c for c in summary["grid"] if c["synthetic_ratio"] == 1}
     assert list(base.error_y.array) == [by_budget[b]["baseline"]["accuracy"]["std"] for b in budgets]
-    seeds = traces["Δ augmented (synthetic ×1 asked): 95% CI over seeds"]
-    images = traces["Δ augmented (synthetic ×1 asked): 95% CI over test images"]
+    seeds = traces["Δ selected (×1 asked): 95% CI over seeds"]
+    images = traces["Δ selected (×1 asked): 95% CI over test images"]
     assert seeds.xaxis == images.xaxis == "x2"                                # the second subplot
-    low = [by_budget[b]["delta"]["accuracy"]["low"] for b in budgets]
+    selected = [cell_arms(by_budget[b])["selected"] for b in budgets]
+    low = [a["delta"]["accuracy"]["low"] for a in selected]
     assert np.allclose(np.asarray(seeds.y) - np.asarray(seeds.error_y.arrayminus), low)
-    boot_high = [by_budget[b]["bootstrap"]["accuracy"]["high"] for b in budgets]
+    boot_high = [a["bootstrap"]["accuracy"]["high"] for a in selected]
     assert np.allclose(np.asarray(images.y) + np.asarray(images.error_y.array), boot_high)
+    # each budget's intervals sit inside that budget's slot, the seeds' left of the test images'
+    assert all(i - 0.5 < x < i + 0.5 for i, x in enumerate(seeds.x)) and all(np.asarray(seeds.x) < np.asarray(images.x))
     assert "95% CI" in seeds.hovertext[0] and "test images" in seeds.hovertext[0]
     assert not any("no curve" in a.text for a in fig.layout.annotations)
     assert fig.layout.xaxis.type == "log"
@@ -126,16 +131,25 @@ def test_one_budget_still_renders_and_says_it_is_no_curve():
 
 
 def test_budgets_in_images_per_class_and_a_not_ok_cell():
+    from core.evaluate.summary import cell_arms
     summary = json.loads(BUNDLE_SUMMARY.read_text())
     counts = copy.deepcopy(summary)
     for cell, n in zip(counts["grid"], (20, 50)):
         cell["label_fraction"] = n
     counts["grid"] = counts["grid"][:2]
-    counts["grid"][0]["status"] = "no synthetic images: the augmented arm equals the baseline, not a result"
+    not_ok = "no images added: the arm equals the baseline, not a result"
+    if "arms" in counts["grid"][0]:
+        counts["grid"][0]["arms"]["selected"]["status"] = not_ok
+    else:                                           # a summary of the older layout keeps it in the cell
+        counts["grid"][0]["status"] = not_ok
     x_key, title = tab_results.budget_axis(counts)
     assert "images per class" in title
     fig = charts.accuracy_curve(tab_results.curve_table(counts), title)
-    assert list(fig.data[0].x) == [20.0, 50.0] and list(fig.data[0].marker.symbol) == ["x", "circle"]
+    traces = {t.name: t for t in fig.data}
+    assert list(traces["baseline (real only)"].x) == [20.0, 50.0]
+    ratios = [c["synthetic_ratio"] for c in counts["grid"]]
+    assert list(traces[f"selected (×{ratios[0]:g} asked)"].marker.symbol)[0] == "x"
+    assert list(traces[f"selected (×{ratios[1]:g} asked)"].marker.symbol)[-1] == "circle"
     assert any("not a result" in a.text for a in fig.layout.annotations)
 
 

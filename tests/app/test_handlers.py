@@ -146,20 +146,23 @@ def test_results_summary_recall_and_confusion(lab_ctx):
     runs, written = tab_results.load_runs(lab_ctx), tab_results.load_summary(lab_ctx)
     summary = tab_results.accuracy_table(written).set_index("arm")
     assert summary.loc["baseline", "mean"] == pytest.approx(0.61)
-    assert summary.loc["augmented", "mean ± std"] == "0.710 ± 0.014"
+    assert summary.loc["selected", "mean ± std"] == "0.710 ± 0.014"
     recall = tab_results.recall_table(written)
-    assert set(recall["arm"]) == {"baseline", "augmented"} and len(recall) == 2 * runs.filter(like="recall_").shape[1]
+    assert set(recall["arm"]) == {"baseline", "selected"} and len(recall) == 2 * runs.filter(like="recall_").shape[1]
     mats = tab_results.confusion_by_arm(runs, written)
     n = len(mats["baseline"][1])
     assert mats["baseline"][0].shape == (n, n)
     assert mats["baseline"][0].sum() == 2 * (5 * n + n * n)       # summed over the two seeds
     out = tab_results.refresh(lab_ctx)
-    assert out[-1].endswith("runs.csv") and "0.710 ± 0.014" in out[2]
+    table = out[4].set_index("arm")
+    assert out[-1].endswith("runs.csv") and table.loc["selected", "accuracy"] == "0.710 ± 0.014"
+    assert table.loc["selected", "Δ accuracy (points)"] == "+10.0" and table.loc["selected", "seeds"] == 2
 
 
 def test_results_tab_shows_the_summary_core_wrote(lab_ctx, tmp_path):
-    """summary.json/.md are the contract: the tab shows them as written, even beside a runs.csv
-    that says otherwise, and re-derives nothing from it."""
+    """summary.json is the contract: the tab shows it as written (the tables summary.md holds),
+    even beside a runs.csv that says otherwise, and re-derives nothing from it."""
+    from core.evaluate.summary_tables import results_frame
     import shutil
 
     from app.context import AppContext
@@ -168,10 +171,12 @@ def test_results_tab_shows_the_summary_core_wrote(lab_ctx, tmp_path):
     runs = pd.read_csv(ctx.workspace.runs_csv)
     runs.assign(accuracy=0.1, **{c: 0.1 for c in runs.filter(like="recall_")}).to_csv(ctx.workspace.runs_csv, index=False)
     out = tab_results.refresh(ctx)
-    assert out[2] == ctx.workspace.summary_md.read_text(encoding="utf-8")
-    assert out[-2].set_index("arm").loc["augmented", "mean ± std"] == "0.710 ± 0.014"
+    assert out[4].equals(results_frame(tab_results.load_summary(ctx)))
+    assert out[4].set_index("arm").loc["selected", "accuracy"] == "0.710 ± 0.014"
+    assert out[4].to_csv() in "".join(ctx.workspace.summary_md.read_text(encoding="utf-8")) or \
+        "| selected | 2 | 0.710 ± 0.014 |" in ctx.workspace.summary_md.read_text(encoding="utf-8")
     recall = tab_results.recall_table(tab_results.load_summary(ctx)).groupby("arm")["recall"].mean()
-    assert recall.to_dict() == pytest.approx({"baseline": 0.6, "augmented": 0.7})
+    assert recall.to_dict() == pytest.approx({"baseline": 0.6, "selected": 0.7})
 
 
 def test_one_click_experiment_starts_and_stops(tmp_path):

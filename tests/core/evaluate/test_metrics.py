@@ -60,38 +60,80 @@ def test_paired_interval():
         paired_interval([0.1, 0.2], [0.1])
 
 
-def test_summarize_pairs_by_seed_and_flags_shortfall(tiny_cfg):
-    import pandas as pd
+def test_min_detectable_difference_matches_a_hand_computation():
+    """MDE = (t(0.975, n-1) + t(0.80, n-1)) * s / sqrt(n), quantiles from a t table."""
+    from core.evaluate.metrics import min_detectable_difference, seeds_needed
+    # n = 5: t(0.975, 4) = 2.7764, t(0.80, 4) = 0.9410; s = 3 points
+    assert min_detectable_difference(0.03, 5) == pytest.approx((2.7764 + 0.9410) * 0.03 / math.sqrt(5), abs=1e-5)
+    # n = 20: t(0.975, 19) = 2.0930, t(0.80, 19) = 0.8610
+    assert min_detectable_difference(0.05, 20) == pytest.approx((2.0930 + 0.8610) * 0.05 / math.sqrt(20), abs=1e-5)
+    # many seeds: the normal 1.96 + 0.84 = 2.80 of n = ((1.96 + 0.84) s / d)^2
+    assert min_detectable_difference(0.04, 4000) == pytest.approx(2.8016 * 0.04 / math.sqrt(4000), rel=2e-3)
+    assert min_detectable_difference(0.03, 1) is None and min_detectable_difference(None, 5) is None
+    n = seeds_needed(0.03, 0.02)
+    assert min_detectable_difference(0.03, n) <= 0.02 < min_detectable_difference(0.03, n - 1)
 
-    from core.config.checks import apply_overrides
-    from core.evaluate.summary import markdown_table, summarize
-    cfg = apply_overrides(tiny_cfg, ["experiment.seeds=0,1,2", "experiment.synthetic_ratios=0.5,1.0"])
+
+def _grid_runs():
+    """Three seeds, one budget, two ratios: a baseline, a selected and an unselected arm each."""
+    import json
+
+    import pandas as pd
     rows = []
-    for seed, (b, a05, a1) in enumerate([(0.60, 0.62, 0.70), (0.50, 0.55, 0.58), (0.70, 0.69, 0.75)]):
-        common = {"label_fraction": 1.0, "seed": seed, "n_real": 10, "balanced_accuracy": 0.5, "macro_f1": 0.5}
-        rows += [{**common, "arm": "baseline", "synthetic_ratio": 0.0, "accuracy": b,
-                  "n_synthetic": 0, "n_synthetic_wanted": 0},
-                 {**common, "arm": "augmented", "synthetic_ratio": 0.5, "accuracy": a05,
-                  "n_synthetic": 5, "n_synthetic_wanted": 5,
-                  "synthetic_per_class": '{"a": {"wanted": 5, "drawn": 5, "accepted": 9}}'},
-                 {**common, "arm": "augmented", "synthetic_ratio": 1.0, "accuracy": a1,
-                  "n_synthetic": 7, "n_synthetic_wanted": 10,
-                  "synthetic_per_class": '{"a": {"wanted": 5, "drawn": 5, "accepted": 9}, '
-                                         '"b": {"wanted": 5, "drawn": 2, "accepted": 2}}'}]
-    runs = pd.DataFrame(rows[::-1])                       # order must not matter
-    s = summarize(runs, ["a", "b"], cfg, {"generated": 20, "accepted": 7})
+    for seed, (b, s05, s1, u1) in enumerate([(0.60, 0.62, 0.70, 0.61), (0.50, 0.55, 0.58, 0.49), (0.70, 0.69, 0.75, 0.72)]):
+        common = {"label_fraction": 1.0, "seed": seed, "n_real": 10, "balanced_accuracy": 0.5, "macro_f1": 0.5,
+                  "real_sequence": f"seq{seed}", "real_views_per_image": 30.0, "real_batch": 10, "steps": 30,
+                  "model_selection": "validation"}
+        added = lambda part, got: json.dumps({part: {"a": {"wanted": 5, "drawn": 5, "accepted": 9},  # noqa: E731
+                                                     "b": {"wanted": 5, "drawn": got, "accepted": got}}})
+        rows += [{**common, "arm": "baseline", "synthetic_ratio": 0.0, "accuracy": b, "n_synthetic": 0,
+                  "n_pseudo": 0, "added_share": 0.0, "added_batch": 0},
+                 {**common, "arm": "selected", "synthetic_ratio": 0.5, "accuracy": s05, "n_synthetic": 5, "n_pseudo": 0,
+                  "added_per_class": json.dumps({"synthetic": {"a": {"wanted": 3, "drawn": 3, "accepted": 9},
+                                                               "b": {"wanted": 2, "drawn": 2, "accepted": 2}}}),
+                  "added_share": 1 / 3, "added_batch": 5},
+                 {**common, "arm": "selected", "synthetic_ratio": 1.0, "accuracy": s1, "n_synthetic": 7, "n_pseudo": 0,
+                  "added_per_class": added("synthetic", 2), "added_share": 0.41, "added_batch": 7},
+                 {**common, "arm": "unselected", "synthetic_ratio": 1.0, "accuracy": u1, "n_synthetic": 7, "n_pseudo": 0,
+                  "added_per_class": added("unselected", 2), "added_share": 0.41, "added_batch": 7,
+                  "real_sequence": f"seq{seed}" if seed else "other"}]
+    return pd.DataFrame(rows[::-1])                       # order must not matter
+
+
+def test_summarize_pairs_each_arm_with_its_baseline_by_seed(tiny_cfg):
+    from core.config.checks import apply_overrides
+    from core.evaluate.summary import main_cell, summarize
+    from core.evaluate.summary_tables import exposure_frame, markdown_table, results_frame
+    cfg = apply_overrides(tiny_cfg, ["experiment.seeds=0,1,2", "experiment.synthetic_ratios=0.5,1.0",
+                                     "experiment.arms=selected,unselected"])
+    s = summarize(_grid_runs(), ["a", "b"], cfg, {"generated": 20, "accepted": 7})
     assert s["main_cell"] == {"label_fraction": 1.0, "synthetic_ratio": 1.0}
-    assert s["baseline"]["accuracy"]["runs"] == pytest.approx([0.60, 0.50, 0.70])
-    assert s["augmented"]["accuracy"]["mean"] == pytest.approx((0.70 + 0.58 + 0.75) / 3)
-    assert s["augmented"]["accuracy"]["std"] == pytest.approx(np.std([0.70, 0.58, 0.75], ddof=1))
-    assert s["delta"]["accuracy"]["diffs"] == pytest.approx([0.10, 0.08, 0.05])
-    assert s["delta"]["macro_f1"]["mean"] == pytest.approx(0.0)
-    assert s["grid"][1]["shortfall"] == ("ratio 1 not met for 1 class(es) after 2 top-up round(s): "
-                                         "b: 2 of 5 wanted (2 accepted)") and s["grid"][0]["shortfall"] is None
-    assert s["grid"][1]["realised_ratio"] == pytest.approx(0.7) and s["grid"][0]["status"] == "ok"
-    assert s["synthetic"]["accepted"] == 7 and list(s["config"]["experiment"]["seeds"]) == [0, 1, 2]
-    table = markdown_table(s)
-    assert "0.600 ± 0.100" in table and "b: 2 of 5 wanted" in table and "1 (0.70)" in table
+    cell = main_cell(s)
+    assert cell["baseline"]["accuracy"]["runs"] == pytest.approx([0.60, 0.50, 0.70])
+    selected = cell["arms"]["selected"]
+    assert selected["metrics"]["accuracy"]["mean"] == pytest.approx((0.70 + 0.58 + 0.75) / 3)
+    assert selected["metrics"]["accuracy"]["std"] == pytest.approx(np.std([0.70, 0.58, 0.75], ddof=1))
+    d = selected["delta"]["accuracy"]
+    assert d["diffs"] == pytest.approx([0.10, 0.08, 0.05])
+    sd = np.std([0.10, 0.08, 0.05], ddof=1)
+    assert d["std"] == pytest.approx(sd) and d["mde"] == pytest.approx((4.3027 + 1.0607) * sd / math.sqrt(3), abs=1e-4)
+    assert selected["delta"]["macro_f1"]["mean"] == pytest.approx(0.0)
+    assert selected["power"].startswith("underpowered: with 3 seeds only a difference of")
+    assert selected["shortfall"] == ("ratio 1 not met for 1 class(es) after 2 top-up round(s): "
+                                     "b: 2 of 5 wanted (2 accepted)")
+    assert selected["realised_ratio"] == pytest.approx(0.7) and selected["status"] == "ok"
+    assert selected["real_batches_match_baseline"] is True
+    assert cell["arms"]["unselected"]["real_batches_match_baseline"] is False
+    assert s["grid"][0]["arms"]["selected"]["shortfall"] is None and "unselected" not in s["grid"][0]["arms"]
+    assert cell["model_selection"] == "validation" and s["synthetic"]["accepted"] == 7
+    table = results_frame(s)
+    assert table["arm"].tolist() == ["baseline", "selected", "selected", "unselected"]
+    row = table[(table.arm == "selected") & (table.ratio == "1")].iloc[0]
+    assert row["Δ accuracy (points)"] == "+7.7" and row["MDE (80% power)"] == f"{100 * d['mde']:.1f}"
+    assert "underpowered" in row["note"] and "b: 2 of 5 wanted" in row["note"]
+    assert exposure_frame(s)["real batches = baseline's"].tolist() == ["", "yes", "yes", "NO"]
+    text = markdown_table(s)
+    assert "0.600 ± 0.100" in text and "| selected |" in text and "Power: minimum detectable difference" in text
 
 
 def test_paired_bootstrap_matches_a_plain_resampling_loop():
