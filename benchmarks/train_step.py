@@ -209,10 +209,14 @@ def levers(cfg, device, rounds: int) -> list[dict]:
     return rows
 
 
-def print_profile(cfg, device, calls: int) -> None:
-    """The UNet step's profile, eager and compiled: phases, kinds of operators, the top operators."""
-    import torch._inductor.config as inductor_config
-    inductor_config.cpp.enable_kernel_profile = True      # inductor's fused C++ kernels by name
+def print_profile(cfg, device, calls: int, kernel_names: bool = False) -> None:
+    """The UNet step's profile, eager and compiled: phases, kinds of operators, the top operators.
+    `kernel_names` profiles inductor's fused C++ kernels one by one; it changes inductor's config,
+    so nothing compiled before is reused (on 2 loaded cores the tiny preset's compile did not end
+    in 14 minutes with it, against 23-107 s without)."""
+    if kernel_names:
+        import torch._inductor.config as inductor_config
+        inductor_config.cpp.enable_kernel_profile = True
     for compile_ in (False, True):
         fn, _, batch = pretrain_step(cfg, compile_)
         fn(), fn()                                         # compile, warm up
@@ -236,6 +240,8 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="profile STEPS UNet steps (eager and compiled) and print where the time goes")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the table (and MFU) as JSON here")
+    parser.add_argument("--kernel-names", action="store_true",
+                        help="with --profile: name inductor's fused kernels (recompiles everything)")
     parser.add_argument("--levers", action="store_true",
                         help="the UNet step's levers side by side (each one change from the compiled step)")
     args = parser.parse_args(argv)
@@ -246,7 +252,7 @@ def main(argv=None) -> None:
         if args.levers:
             print(markdown_table(levers(cfg, device, args.steps)))
         if args.profile:
-            print_profile(cfg, device, args.profile)
+            print_profile(cfg, device, args.profile, args.kernel_names)
         return
     rows, flops_row = [], None
     for name in args.only.split(","):
