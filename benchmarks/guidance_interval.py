@@ -120,8 +120,8 @@ def main(argv=None) -> None:
     print(markdown_table(table))
     print(json.dumps(overall, indent=1))
     if args.out:
-        args.out.write_text(json.dumps({"per_class": table, "overall": overall, "floor": {
-            str(k): v for k, v in quality.get("floor", {}).items()}}, indent=1, default=str))
+        args.out.write_text(json.dumps({"per_class": table, "overall": overall, "floor": quality.get("floor")},
+                                       indent=1, default=str))
 
 
 if __name__ == "__main__":
