@@ -1,6 +1,7 @@
 """Shared benchmark helpers: matmul peak, FLOP counting, timing, markdown tables."""
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -9,9 +10,30 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def device_name(device: torch.device) -> str:
+    """The card's name, or the CPU's model with its bf16 matmul flags, cores and torch threads."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+    model, flags = "CPU", set()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:         # not Linux: the model stays unnamed
+        pass
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return (f"{model} ({', '.join(native) or 'no native bf16'}; {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads)")
+
+
+def load_note() -> str:
+    """The 1-minute load average against the cores: a shared machine's wall times are slower."""
+    try:
+        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    except OSError:
+        return "load average unknown"
 
 
 def sync(device: torch.device) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from PIL import Image
@@ -63,20 +64,26 @@ def make_step_fn(acc, unet, scheduler, optimizer, ema, latents, weights, cfg: Pr
     def step_fn(step: int) -> torch.Tensor:
         unet.train()
         losses = []
+        # the phases are named for torch.profiler (benchmarks/train_step.py --profile); unprofiled
+        # a record_function costs about a microsecond
         for micro in range(cfg.grad_accum):
-            idx = step_indices(weights, cfg.batch_size, cfg.seed, step, micro, acc.process_index,
-                               acc.num_processes)
-            g = step_generator(cfg.seed, step, micro, acc.process_index)
-            z0 = augment(torch.from_numpy(np.asarray(latents[idx])), g).to(acc.device)
+            with record_function("pretrain: data"):
+                idx = step_indices(weights, cfg.batch_size, cfg.seed, step, micro, acc.process_index,
+                                   acc.num_processes)
+                g = step_generator(cfg.seed, step, micro, acc.process_index)
+                z0 = augment(torch.from_numpy(np.asarray(latents[idx])), g).to(acc.device)
             with acc.accumulate(unet):
-                loss = diffusion_loss(forward, scheduler, z0, g, cfg, acc.autocast, channels_last)
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    acc.clip_grad_norm_(unet.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                with record_function("pretrain: forward + backward"):
+                    loss = diffusion_loss(forward, scheduler, z0, g, cfg, acc.autocast, channels_last)
+                    acc.backward(loss)
+                with record_function("pretrain: clip + optimizer"):
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(unet.parameters(), 1.0)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
-        ema.step(unet.parameters())
+        with record_function("pretrain: EMA"):
+            ema.step(unet.parameters())
         return torch.stack(losses).mean()
     return step_fn
 
