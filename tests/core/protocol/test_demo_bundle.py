@@ -111,8 +111,10 @@ def test_every_class_keeps_a_fifth_of_its_samples_at_the_bundled_threshold(demo_
 def test_bundle_carries_results_and_scored_synthetic_images(demo_ws):
     import json
     import pandas as pd
+    from core.evaluate.summary import cell_arms, main_cell
     summary = json.loads((demo_ws.results_dir / "summary.json").read_text())
-    assert summary["baseline"]["accuracy"]["runs"] and summary["augmented"]["accuracy"]["runs"]
+    cell = main_cell(summary)
+    assert cell["baseline"]["accuracy"]["runs"] and cell_arms(cell)["selected"]["metrics"]["accuracy"]["runs"]
     scores = pd.read_csv(demo_ws.synthetic_dir / "scores.csv")
     assert {"confidence", "class", "seed"} <= set(scores.columns) and len(scores) > 0
     assert (demo_ws.root / Path(scores["file"].iloc[0])).exists() or Path(scores["file"].iloc[0]).exists() \
@@ -155,7 +157,7 @@ def test_bundled_models_folder_loads_as_a_diffusers_pipeline_and_describes_itsel
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: diffusers\nlicense: other\n")
     assert "- diffusers:GuidedLatentPipeline" in card.split("---")[1]
-    assert "| cmu_he_skin |" in card and '"pretrain": {' in card and "| augmented |" in card
+    assert "| cmu_he_skin |" in card and '"pretrain": {' in card and "| selected |" in card
 
 
 def test_each_budget_samples_with_its_own_classifier(demo_ws):
