@@ -2,9 +2,10 @@
 path sandbox (a path typed into the UI resolves only inside the workspace or a --data-root)."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from core.errors import UserError
 from core.config.lab_config import LabConfig
@@ -36,7 +37,7 @@ class AppContext:
                 raise UserError(f"--data-root {root} is not a folder")
             roots.append(path)
         return cls(workspace=ws, config=config_for(ws, preset_name, overrides),
-                   data_roots=tuple(roots), runner=runner or JobRunner())
+                   data_roots=tuple(roots), runner=runner or JobRunner(workspace=ws.root))
 
     @property
     def allowed_roots(self) -> tuple[Path, ...]:
@@ -109,12 +110,43 @@ def progress_html(status: dict[str, Any]) -> str:
             f'style="width:100%"></progress> <span>{value:.0f}%</span></div>')
 
 
-def cached_entry(cache: dict, lock, path: Path) -> tuple[tuple[int, int], tuple | None]:
-    """(the file's stamp, the cache entry stored under `path` when it was made from this very
-    file version, else None): tables re-read only when their file changed."""
-    stat = path.stat()
-    stamp = (stat.st_mtime_ns, stat.st_size)
-    with lock:
-        hit = cache.get(str(path))
-    return stamp, (hit if hit and hit[0] == stamp else None)
+class FileCache:
+    """Values read from files, kept until the file changes (its mtime and size): the tables a tab
+    re-reads on every slider move. Safe across the server's threads; a module holds one."""
 
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[int, int], Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, read: Callable[[Path], Any]) -> Any:
+        """`read(path)`, or what it returned for this very version of the file."""
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            hit = self._entries.get(str(path))
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = read(path)
+        with self._lock:
+            self._entries[str(path)] = (stamp, value)
+        return value
+
+
+class SessionValues:
+    """A setting each browser session (or gradio_client) keeps on the server, for a value that is
+    not a parameter of the endpoints that use it; sessions that never set it get `default`."""
+
+    MAX_SESSIONS = 1000
+
+    def __init__(self, default: Any) -> None:
+        self.default, self._values, self._lock = default, {}, threading.Lock()
+
+    def get(self, request: Any) -> Any:
+        with self._lock:
+            return self._values.get(getattr(request, "session_hash", None), self.default)
+
+    def set(self, request: Any, value: Any) -> None:
+        with self._lock:
+            if len(self._values) >= self.MAX_SESSIONS:      # the oldest session's value goes
+                self._values.pop(next(iter(self._values)))
+            self._values[getattr(request, "session_hash", None)] = value

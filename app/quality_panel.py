@@ -6,7 +6,6 @@ The numbers come from core.evaluate.quality (results/quality.csv, results/qualit
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import gradio as gr
@@ -14,27 +13,20 @@ import pandas as pd
 from PIL import Image
 
 from app import charts
-from app.context import COMPUTE, AppContext, cached_entry, job_markdown, stop_job
+from app.context import COMPUTE, AppContext, FileCache, job_markdown, stop_job
 from core.config.presets import config_for
 from core.errors import UserError
 from core.protocol.jobs import JobBusy
 
 EVAL_JOB, TUNE_JOB = "quality", "tune-guidance"
-_cache: dict[str, tuple] = {}
-_lock = threading.Lock()
+_tables = FileCache()
 
 
 def _read(path: Path) -> pd.DataFrame:
     """A results table, cached until the file changes (the gallery asks on every slider move)."""
     if not path.exists():
         return pd.DataFrame()
-    key, hit = cached_entry(_cache, _lock, path)
-    if hit:
-        return hit[1]
-    frame = pd.read_csv(path)
-    with _lock:
-        _cache[str(path)] = (key, frame)
-    return frame
+    return _tables.get(path, pd.read_csv)
 
 
 def sweep_table(ctx: AppContext) -> pd.DataFrame:

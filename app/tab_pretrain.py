@@ -14,6 +14,7 @@ import pandas as pd
 
 from app import charts
 from app.context import COMPUTE, AppContext, job_markdown, progress_html, stop_job
+from app.widgets import bounds
 from core.errors import UserError
 from core.config.lab_config import PRESETS
 from core.errors import ConfigError
@@ -118,11 +119,13 @@ def build(ctx: AppContext) -> dict:
     with gr.Row():
         preset_box = gr.Dropdown(list(PRESETS), value=ctx.config.preset, label="preset (pretrain section)")
         fields = {
-            "steps": gr.Number(cfg.steps, label="steps", precision=0, minimum=1),
-            "batch_size": gr.Number(cfg.batch_size, label="batch size", precision=0, minimum=1),
-            "lr": gr.Number(cfg.lr, label="learning rate", minimum=0),
-            "checkpoint_every": gr.Number(cfg.checkpoint_every, label="checkpoint every", precision=0, minimum=1),
-            "sample_every": gr.Number(cfg.sample_every, label="sample grid every", precision=0, minimum=1),
+            "steps": gr.Number(cfg.steps, label="steps", precision=0, **bounds(cfg, "steps")),
+            "batch_size": gr.Number(cfg.batch_size, label="batch size", precision=0, **bounds(cfg, "batch_size")),
+            "lr": gr.Number(cfg.lr, label="learning rate", **bounds(cfg, "lr")),
+            "checkpoint_every": gr.Number(cfg.checkpoint_every, label="checkpoint every", precision=0,
+                                          **bounds(cfg, "checkpoint_every")),
+            "sample_every": gr.Number(cfg.sample_every, label="sample grid every", precision=0,
+                                      **bounds(cfg, "sample_every")),
         }
     with gr.Row():
         start_btn = gr.Button("Start / resume", variant="primary")

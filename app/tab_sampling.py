@@ -1,279 +1,19 @@
-"""Tab 2 — guidance-scale sampling: gallery filling as images finish, a streamed denoising preview,
-a class × guidance-scale grid at one seed, parameters in every PNG, regenerate one from its seed.
-
-Sampling runs in the shared JobRunner slot (so it never competes with a training run); the
-generator handlers below only read a queue the job fills and yield Gradio updates.
+"""Tab 2 — guidance-scale sampling, the layout: gallery filling as images finish, a streamed
+denoising preview, a class × guidance-scale grid at one seed, parameters in every PNG,
+regenerate one from its seed. The work is app/sampling_jobs.py's (jobs in the shared compute
+slot); the handlers here only turn widget values into its calls.
 """
 from __future__ import annotations
 
-import queue
-import random
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
-
 import gradio as gr
-from PIL import Image
 
 from app import quality_panel
-from app.previews import class_scale_grid, preview_image
-from app.context import COMPUTE, AppContext, job_markdown, stop_job
+from app.context import COMPUTE, AppContext, SessionValues, stop_job
+from app.sampling_jobs import (GRID_JOB, JOB, class_names, hint, params_of, pick_seed, sample_into_gallery,
+                               sample_scale_grid)
 from core.errors import UserError
-from core.io import read_png_params, save_png
-from core.protocol.jobs import JobBusy, JobStopped
-
-JOB = "sampling"
-# Gradio frees a cancelled or disconnected event's queue slot when it closes the handler, which
-# only asks the job to stop; the next request waits this long for that step to end.
-STOPPING_WAIT_S = 60.0
-
-
-@dataclass(frozen=True)
-class Request:
-    """One sampling request; its fields are the parameters written into every PNG."""
-    class_name: str
-    guidance_scale: float
-    steps: int
-    eta: float
-    seed: int
-    num_images: int = 1
-    batch_size: int = 1
-
-    def seeds(self) -> list[int]:
-        return [self.seed + i for i in range(self.num_images)]
-
-
-def class_names(ctx: AppContext) -> list[str]:
-    """Class names of the labeled set (the latent classifier was trained on them)."""
-    from core.data.tables import load_splits
-    try:
-        return list(load_splits(ctx.workspace)[1])
-    except UserError:
-        return []
-
-
-def missing_models(ctx: AppContext) -> list[str]:
-    from core.models import missing_models
-    # pre-training saves the scheduler with the UNet: the tab names both "unet"
-    names = {"vae": "autoencoder", "unet": "unet", "scheduler": "unet", "latent_classifier": "latent classifier"}
-    return list(dict.fromkeys(names[part] for part in missing_models(ctx.workspace, ctx.config)))
-
-
-def hint(ctx: AppContext) -> str:
-    missing = missing_models(ctx)
-    if missing:
-        return (f"No {', '.join(missing)} in {ctx.workspace.root}. Run `python -m core run "
-                f"--workspace {ctx.workspace.root}` (or pre-train in tab 1) before sampling.")
-    return "Models found. Pick a class and press **Generate**."
-
-
-def output_path(ctx: AppContext, req: Request, seed: int) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in req.class_name)
-    return (ctx.workspace.samples_dir / "lab" / safe /
-            f"{safe}_seed{seed}_g{req.guidance_scale:g}_n{req.steps}_eta{req.eta:g}.png")
-
-
-def image_params(ctx: AppContext, req: Request, seed: int, batch: list[int] | None = None) -> dict[str, Any]:
-    """What made the image: request, scheduler, the hashes of the models (cached pipeline) and
-    the seeds sampled in the same batch (batched kernels round differently: a seed alone can
-    differ from the same seed in a batch by a few 1/255, so regenerating re-runs the batch)."""
-    from core.generate.pipeline import load_pipeline
-    hashes = getattr(load_pipeline(ctx.workspace, ctx.config), "model_hashes", {})
-    return {"class": req.class_name, "seed": seed, "guidance_scale": req.guidance_scale,
-            "steps": req.steps, "eta": req.eta, "scheduler": ctx.config.sampling.sampler,
-            "preset": ctx.config.preset, "batch_seeds": list(batch or [seed]), **hashes}
-
-
-def preview_every(steps: int) -> int:
-    """Decode the x0 prediction about five times per run: often enough to watch it form, rare
-    enough that the VAE decode stays a small share of the sampling time."""
-    return max(1, int(steps) // 5)
-
-
-def sampling_job(ctx: AppContext, req: Request, events: "queue.Queue", progress=None, stop=None) -> dict:
-    """Sample `req` in batches, save each PNG with its parameters, push events to the UI queue."""
-    from app.sampler import sample_images
-    seeds = req.seeds()
-    done: list[str] = []
-    total_steps = req.steps * len(seeds)
-
-    size = max(1, req.batch_size)
-    for start in range(0, len(seeds), size):
-        batch = seeds[start:start + size]
-
-        def callback(step: int, total: int, preview: Any = None, _offset=start, _n=len(batch)) -> None:
-            images_done = _offset + _n * step / max(total, 1)          # fractional images so far
-            progress({"stage": JOB, "step": round(images_done * req.steps), "total": total_steps,
-                      "message": f"images {_offset + 1}-{_offset + _n} of {len(seeds)}: step "
-                                 f"{step}/{total}"})
-            if preview is not None:
-                events.put(("preview", preview))
-
-        images = sample_images(ctx.workspace, ctx.config, class_name=req.class_name, seeds=batch,
-                               guidance_scale=req.guidance_scale, steps=req.steps, eta=req.eta,
-                               callback=callback, preview_every=preview_every(req.steps), stop=stop)
-        # an interrupted call returns only whole finished images: those are kept and shown
-        for seed, image in zip(batch, images):
-            path = save_png(image, output_path(ctx, req, seed), image_params(ctx, req, seed, batch))
-            done.append(str(path))
-            events.put(("image", str(path)))
-        if stop is not None and stop.is_set():
-            raise JobStopped()
-    return {"paths": done}
-
-
-def stream(ctx: AppContext, name: str, job_fn, **kwargs) -> Iterator[tuple[str, Any]]:
-    """Start `job_fn` in the shared slot and yield its events until it ends.
-
-    If the consumer goes away (browser closed, client cancelled) the generator is closed and
-    the job is asked to stop, so an abandoned request never keeps the slot busy.
-    """
-    events: queue.Queue = queue.Queue()
-    try:
-        job_id = ctx.runner.start(name, job_fn, wait_if_stopping=STOPPING_WAIT_S, ctx=ctx, events=events,
-                                  **kwargs)
-    except JobBusy as e:
-        raise UserError(str(e)) from e
-    finished = False
-    try:
-        while True:
-            try:
-                yield events.get(timeout=0.1)
-                continue
-            except queue.Empty:
-                pass
-            status = ctx.runner.status()
-            if status["job_id"] != job_id or status["state"] != "running":
-                while not events.empty():
-                    yield events.get_nowait()
-                finished = True
-                yield ("end", status)
-                return
-    finally:
-        if not finished and ctx.runner.status().get("job_id") == job_id:
-            ctx.runner.stop()
-
-
-def generate(ctx: AppContext, req: Request) -> Iterator[tuple[list[str], Image.Image | None, str]]:
-    """Handler core: yields (gallery paths, preview, status) as the job advances."""
-    if missing_models(ctx):
-        raise UserError(hint(ctx))
-    if req.class_name not in class_names(ctx):
-        raise UserError(f"class {req.class_name!r} is not one of the data set's classes")
-    gallery: list[str] = []
-    preview = None
-    for kind, payload in stream(ctx, JOB, sampling_job, req=req):
-        if kind == "preview":
-            preview = preview_image(payload) or preview
-            yield gallery, preview, job_markdown(ctx.runner.status())
-        elif kind == "image":
-            gallery = [*gallery, payload]
-            yield gallery, preview, job_markdown(ctx.runner.status())
-        elif kind == "end":
-            if payload["state"] == "failed":
-                raise UserError(f"sampling failed: {payload['error']}")
-            yield gallery, preview, job_markdown(payload)
-
-
-def grid_job(ctx: AppContext, classes: list[str], scales: list[float], seed: int, steps: int,
-             eta: float, events: "queue.Queue", progress=None, stop=None) -> dict:
-    """One image per (class, scale) cell at the same seed; cells stream to the UI as they finish."""
-    from app.sampler import sample_images
-    total = len(classes) * len(scales)
-    for i, name in enumerate(classes):
-        for j, scale in enumerate(scales):
-            if stop is not None and stop.is_set():
-                raise JobStopped()
-            req = Request(name, scale, steps, eta, seed)
-
-            images = sample_images(ctx.workspace, ctx.config, class_name=name, seeds=[seed],
-                                   guidance_scale=scale, steps=steps, eta=eta, stop=stop)
-            if not images:                    # interrupted before the cell finished
-                raise JobStopped()
-            image = images[0]
-            save_png(image, output_path(ctx, req, seed), image_params(ctx, req, seed))
-            done = i * len(scales) + j + 1
-            progress({"stage": "grid", "step": done, "total": total,
-                      "message": f"cell {done}/{total}: {name} @ {scale:g}"})
-            events.put(("cell", (i, j, image)))
-    return {"cells": total}
-
-
-def parse_scales(text: str) -> list[float]:
-    try:
-        scales = [float(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
-    except ValueError as e:
-        raise UserError(f"guidance scales must be numbers separated by commas, got {text!r}") from e
-    if not scales or any(s < 0 for s in scales):
-        raise UserError(f"guidance scales must be one or more numbers >= 0, got {text!r}")
-    return scales
-
-
-def grid(ctx: AppContext, classes: list[str], scales_text: str, seed: int, steps: int,
-         eta: float) -> Iterator[tuple[Image.Image | None, str]]:
-    """Handler core: yields the growing class × guidance-scale grid and the status."""
-    scales = parse_scales(scales_text)
-    classes = classes or class_names(ctx)
-    if missing_models(ctx) or not classes:
-        raise UserError(hint(ctx))
-    canvas, cells = None, {}
-    for kind, payload in stream(ctx, "grid", grid_job, classes=classes, scales=scales, seed=int(seed),
-                                steps=int(steps), eta=float(eta)):
-        if kind == "cell":
-            i, j, image = payload
-            cells[i, j] = image
-            canvas = class_scale_grid(classes, scales, cells)
-            yield canvas, job_markdown(ctx.runner.status())
-        elif kind == "end":
-            if payload["state"] == "failed":
-                raise UserError(f"grid failed: {payload['error']}")
-            if canvas is not None and payload["state"] == "done":
-                params = {"grid": {"classes": classes, "guidance_scales": scales}, "seed": int(seed),
-                          "steps": int(steps), "eta": float(eta), "scheduler": ctx.config.sampling.sampler}
-                save_png(canvas, ctx.workspace.samples_dir / "lab" / f"grid_seed{int(seed)}.png", params)
-            yield canvas, job_markdown(payload)
-
-
-def params_of(ctx: AppContext, path_text: str) -> dict:
-    """Parameters stored in a PNG inside the workspace or a data root."""
-    path = ctx.resolve_path(path_text, field_name="PNG path")
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a PNG file")
-    try:
-        with open(path, "rb") as f:
-            is_png = f.read(8) == b"\x89PNG\r\n\x1a\n"
-        params = read_png_params(path) if is_png else None
-    except OSError as e:                 # unreadable, or a PNG signature on a broken file
-        raise UserError(f"{path} cannot be read as a PNG: {e}") from e
-    except ValueError as e:              # the parameters chunk is not JSON
-        raise UserError(f"{path} has a parameters text chunk that is not JSON: {e}") from e
-    if params is None:
-        raise UserError(f"{path} is not a PNG file")
-    if not isinstance(params, dict) or not params:
-        raise UserError(f"{path} carries no parameters text chunk")
-    return params
-
-
-def request_from_params(params: dict) -> Request:
-    """The request that remakes the image exactly: its whole batch when it was sampled in one
-    (consecutive seeds, as sampling_job makes them), else the seed alone."""
-    try:
-        seed = int(params["seed"])
-        batch = [int(b) for b in params.get("batch_seeds") or [seed]]
-        if seed not in batch or batch != list(range(batch[0], batch[0] + len(batch))):
-            batch = [seed]
-        return Request(class_name=str(params["class"]), guidance_scale=float(params["guidance_scale"]),
-                       steps=int(params["steps"]), eta=float(params["eta"]), seed=batch[0],
-                       num_images=len(batch), batch_size=len(batch))
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"the PNG parameters lack a usable field: {e}") from e
-
-
-def pick_seed(seed: float | int | None) -> int:
-    """-1 (or empty) means a fresh random seed, as in A1111; the seed used is shown and saved."""
-    if seed is None or int(seed) < 0:
-        return random.randrange(0, 2**31 - 1)
-    return int(seed)
+from core.generate.requests import SamplingRequest, parse_interval, request_from_params
+from core.io import read_png_params
 
 
 def build(ctx: AppContext) -> dict:
@@ -289,6 +29,10 @@ def build(ctx: AppContext) -> dict:
             "steps": gr.Slider(1, 200, value=cfg.steps, step=1, label="steps", elem_id="steps-slider"),
             "eta": gr.Slider(0, 1, value=cfg.eta, step=0.05, label="eta (DDIM)"),
         }
+        interval_text = gr.Textbox(", ".join(str(t) for t in cfg.guidance_interval), max_lines=1,
+                                   label="guidance interval: timesteps LO, HI (empty = every step)",
+                                   elem_id="guidance-interval")
+    intervals = SessionValues(interval_text.value)
     with gr.Row():
         fields["seed"] = gr.Number(-1, label="seed (-1 = random)", precision=0)
         fields["num_images"] = gr.Slider(1, 64, value=4, step=1, label="number of images",
@@ -318,7 +62,19 @@ def build(ctx: AppContext) -> dict:
     sweep = quality_panel.build_sweep(ctx)
 
     # Gradio names an endpoint's API parameters after the handler's own parameters
-    def on_generate(class_name, guidance_scale, steps, eta, seed, num_images, batch_size):
+    def on_interval(interval: str, request: gr.Request) -> None:
+        """Set the guidance interval this session's /sample, /grid use (the config's until set).
+
+        Args:
+            interval: "LO, HI" timesteps; empty for every timestep
+        """
+        try:
+            parse_interval(interval)
+        except UserError as e:
+            raise gr.Error(str(e)) from e
+        intervals.set(request, interval)
+
+    def on_generate(class_name, guidance_scale, steps, eta, seed, num_images, batch_size, request: gr.Request):
         """Sample images of one class with classifier guidance; streams (gallery, preview, status).
 
         Args:
@@ -329,12 +85,14 @@ def build(ctx: AppContext) -> dict:
             seed: seed of the first image (image k uses seed + k); -1 draws a random one
             num_images: how many images
             batch_size: images sampled together (a seed's pixels depend slightly on its batch)
+            request: the session, whose guidance interval is used (set by /guidance_interval)
         """
         try:
-            req = Request(class_name=class_name or "", guidance_scale=float(guidance_scale), steps=int(steps),
-                          eta=float(eta), seed=pick_seed(seed), num_images=int(num_images),
-                          batch_size=int(batch_size))
-            yield from generate(ctx, req)
+            req = SamplingRequest(class_name=class_name or "", guidance_scale=float(guidance_scale),
+                                  steps=int(steps), eta=float(eta), seed=pick_seed(seed),
+                                  num_images=int(num_images), batch_size=int(batch_size),
+                                  guidance_interval=parse_interval(intervals.get(request)))
+            yield from sample_into_gallery(ctx, req)
         except UserError as e:
             raise gr.Error(str(e)) from e
 
@@ -356,17 +114,21 @@ def build(ctx: AppContext) -> dict:
         except UserError as e:
             raise gr.Error("select an image or load a PNG's parameters first") from e
         try:
-            yield from generate(ctx, req)
+            yield from sample_into_gallery(ctx, req)
         except UserError as e:
             raise gr.Error(str(e)) from e
 
-    def on_grid(classes, guidance_scales, seed, steps, eta):
+    def on_grid(classes, guidance_scales, seed, steps, eta, request: gr.Request):
         try:
-            yield from grid(ctx, list(classes or []), guidance_scales, pick_seed(seed), steps, eta)
+            yield from sample_scale_grid(ctx, list(classes or []), guidance_scales, pick_seed(seed), steps, eta,
+                                         parse_interval(intervals.get(request)))
         except UserError as e:
             raise gr.Error(str(e)) from e
 
     outputs = [gallery, preview, status_md]
+    # not a /sample parameter: scripts keep calling /sample as they did (raw HTTP included)
+    interval_text.blur(on_interval, interval_text, None, queue=False, api_name="guidance_interval")
+    interval_text.submit(on_interval, interval_text, None, queue=False, api_visibility="private")
     gen = gen_btn.click(on_generate, list(fields.values()), outputs, concurrency_id=COMPUTE,
                         concurrency_limit=1, api_name="sample", show_progress="minimal")
     gallery.select(on_select, gallery, params_json, queue=False, api_visibility="private")
@@ -378,7 +140,7 @@ def build(ctx: AppContext) -> dict:
                              api_name="grid")
     # Stop sets the runner's event (the core loop ends within a step) AND cancels the streaming
     # events, whose closed generators would otherwise keep their queue slot until the job ends.
-    stop_btn.click(lambda: stop_job(ctx, (JOB, "grid")), None, status_md, queue=False,
+    stop_btn.click(lambda: stop_job(ctx, (JOB, GRID_JOB)), None, status_md, queue=False,
                    api_name="sample_stop", cancels=[gen, regen, grid_ev])
 
     refresh_sweep, sweep_outputs = sweep["refresh"]

@@ -3,7 +3,10 @@
 Moving the slider never recomputes a classifier: the scores table is read once (cached by the
 file's mtime and size) and re-filtered with core.evaluate.selection.apply_threshold. Under
 `selection.calibration` the per-class thresholds are core's (synthetic/thresholds.csv, written
-when the scores are), with the slider as their cap (core.evaluate.selection.thresholds_at).
+when the scores are), with the slider as their cap (core.evaluate.selection.thresholds_at). The
+counts table says per class how many images pass each check (confidence, centroid, and the
+realism checks against the real class when the scores carry them), and how many of the budget's
+real validation images the same rule keeps (synthetic/val_scores.csv, as core wrote it).
 """
 from __future__ import annotations
 
@@ -15,63 +18,57 @@ import numpy as np
 import pandas as pd
 
 from app import charts, quality_panel
-from app.context import COMPUTE, AppContext, cached_entry, job_markdown
+from app.context import COMPUTE, AppContext, FileCache, job_markdown
+from app.widgets import bounds, options
+from core.config.lab_config import REALISM_CHECKS
 from core.errors import UserError
 from core.protocol.jobs import JobBusy
 
 ALL = "all classes"
 CURVE_POINTS = np.round(np.linspace(0, 1, 51), 3)
-_cache: dict[str, tuple] = {}
-_figures: dict[tuple, tuple] = {}
-_cache_lock = threading.RLock()
+_tables = FileCache()
+_figures: dict[tuple, tuple] = {}      # (scores table, its figures): only their threshold lines move
+_figures_lock = threading.Lock()
 
 
 def scores_file(ctx: AppContext) -> Path:
     return ctx.workspace.synthetic_scores
 
 
-def load_scores(ctx: AppContext) -> pd.DataFrame:
-    """The stored scores with absolute image paths; cached until the file changes."""
+def cached_scores(ctx: AppContext) -> pd.DataFrame:
+    """The stored scores with absolute image paths, sorted for the gallery; cached until the file changes."""
     path = scores_file(ctx)
     if not path.exists():
         return pd.DataFrame(columns=["file", "class", "confidence"])
-    key, hit = cached_entry(_cache, _cache_lock, path)
-    if hit:
-        return hit[1]
-    from core.evaluate.selection import load_scores as read_scores, synthetic_path
-    frame = read_scores(ctx.workspace)
+    return _tables.get(path, lambda p: _scores_for_browsing(ctx, p))
+
+
+def _scores_for_browsing(ctx: AppContext, path: Path) -> pd.DataFrame:
+    from core.evaluate.selection import load_scores, synthetic_path
+    frame = load_scores(ctx.workspace)
     missing = {"file", "class", "confidence"} - set(frame.columns)
     if missing:
         raise UserError(f"{path} lacks column(s) {', '.join(sorted(missing))}")
     frame["class"] = frame["class"].astype(str)
     frame["image_path"] = [str(synthetic_path(ctx.workspace, f)) for f in frame["file"].astype(str)]
-    frame = frame.sort_values(["class", "confidence"], ascending=[True, False], kind="stable")
-    with _cache_lock:
-        _cache[str(path)] = (key, frame, None)
-    return frame
+    return frame.sort_values(["class", "confidence"], ascending=[True, False], kind="stable")
 
 
-def curve(ctx: AppContext, scores: pd.DataFrame) -> pd.DataFrame:
-    """Acceptance fraction against the threshold (cached with the scores; it does not move)."""
-    from core.evaluate.selection import acceptance_curve
-    path = str(scores_file(ctx))
-    with _cache_lock:
-        hit = _cache.get(path)
-        if hit and hit[2] is not None and hit[1] is scores:
-            return hit[2]
-    table = acceptance_curve(scores, CURVE_POINTS)
-    with _cache_lock:
-        if path in _cache and _cache[path][1] is scores:
-            _cache[path] = (_cache[path][0], scores, table)
-    return table
-
-
-def accepted_mask(scores: pd.DataFrame, threshold: float, strategy: str, quota: int,
-                  per_class: dict[str, float] | None = None) -> pd.Series:
-    """Boolean mask over `scores` of what core.evaluate.selection.apply_threshold keeps."""
+def selected(scores: pd.DataFrame, threshold: float, strategy: str, quota: int,
+             per_class: dict[str, float] | None = None, realism=()) -> pd.DataFrame:
+    """core.evaluate.selection.apply_threshold's table: `kept` and a pass_* column per check."""
     from core.evaluate.selection import apply_threshold
-    kept = apply_threshold(scores, float(threshold), strategy, int(quota or 0), per_class)
-    return kept["kept"].astype(bool)
+    return apply_threshold(scores, float(threshold), strategy, int(quota or 0), per_class, tuple(realism or ()))
+
+
+def usable_checks(scores: pd.DataFrame, realism) -> tuple[tuple[str, ...], str]:
+    """(the realism checks the stored scores carry, a note on any they lack)."""
+    from core.evaluate.selection import REALISM_COLUMNS
+    have = tuple(c for c in realism or () if REALISM_COLUMNS[c] in scores)
+    lacking = [c for c in realism or () if c not in have]
+    note = (f" · the stored scores predate the {'/'.join(lacking)} check: press **Score synthetic images**"
+            if lacking else "")
+    return have, note
 
 
 def class_bars(thresholds: pd.DataFrame | None) -> dict[str, float] | None:
@@ -84,7 +81,7 @@ def calibration(ctx: AppContext, threshold: float, strategy: str,
     sel = ctx.config.selection
     if sel.calibration == "none":
         return None, ""
-    from core.evaluate.selection import FLOOR, MIN_VAL_IMAGES, load_thresholds, thresholds_at
+    from core.evaluate.selection import MIN_VAL_IMAGES, load_thresholds, thresholds_at
     stored = load_thresholds(ctx.workspace)
     if strategy != "threshold":
         return None, " · per-class thresholds are not used by the centroid rule"
@@ -100,27 +97,56 @@ def calibration(ctx: AppContext, threshold: float, strategy: str,
     n = int(table["n_val_images"].sum())
     fallback = int((table["n_val_images"] < MIN_VAL_IMAGES).sum())
     note = (f" · **per-class thresholds calibrated on {n} validation images** (q{sel.calibration_quantile:g}"
-            f" of each class's real validation confidences, at most the slider's {float(threshold):.2f},"
-            f" at least {FLOOR:g}; each class's rule in the table)")
+            f" of each class's real validation confidences, at most the slider's {float(threshold):.2f};"
+            " each class's rule in the table)")
     if fallback:
         note += f"; {fallback} class(es) with fewer than {MIN_VAL_IMAGES} validation images keep the slider's"
     return table, note
 
 
-def counts_table(scores: pd.DataFrame, mask: pd.Series, classes: list[str],
-                 thresholds: pd.DataFrame | None = None) -> pd.DataFrame:
-    grouped = pd.DataFrame({"class": scores["class"], "accepted": mask.astype(int)})
-    table = grouped.groupby("class")["accepted"].agg(["sum", "count"]).reindex(classes, fill_value=0)
-    table = table.rename(columns={"sum": "accepted", "count": "total"})
-    table["rejected"] = table["total"] - table["accepted"]
-    table.loc["all"] = table.sum()
-    table = table.reset_index().rename(columns={"index": "class"})[["class", "accepted", "rejected", "total"]]
+CHECK_TITLES = {"confidence": "pass confidence", "centroid": "pass centroid", "knn": "pass k-NN realism",
+                "colour": "pass colour range"}
+
+
+def counts_table(chosen: pd.DataFrame, classes: list[str], thresholds: pd.DataFrame | None = None,
+                 real: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per class and "all": accepted / rejected / total, how many pass each check the scores
+    carry, and (`real`, the same rule over the real validation images) how many of those it keeps."""
+    from core.evaluate.selection import REALISM_COLUMNS, check_counts
+    counts = check_counts(chosen, classes)
+    counts.loc["all"] = counts.sum()
+    table = pd.DataFrame({"class": counts.index, "accepted": counts["kept"].to_numpy(),
+                          "rejected": (counts["images"] - counts["kept"]).to_numpy(),
+                          "total": counts["images"].to_numpy()})
+    for check, title in CHECK_TITLES.items():
+        if check not in REALISM_COLUMNS or REALISM_COLUMNS[check] in chosen:
+            table[title] = counts[check].to_numpy()
+    if real is not None:
+        val = check_counts(real, classes)
+        val.loc["all"] = val.sum()
+        table["real val kept"] = [f"{k} of {n}" for k, n in zip(val["kept"], val["images"])]
     if thresholds is None:
         return table
     # what each class was held to and why: a calibrated bar, or the global one when it could not be
     rows = thresholds.set_index(thresholds["class"].astype(str))
     return table.assign(threshold=table["class"].map(rows["threshold"].round(3)),
                         rule=table["class"].map(rows["rule"]).fillna(""))
+
+
+def real_validation(ctx: AppContext, scores: pd.DataFrame, rule: tuple) -> pd.DataFrame | None:
+    """The budget's real validation images under the same rule, when core has scored them with
+    the filter classifier that scored the synthetic images (synthetic/val_scores.csv)."""
+    from core.evaluate.selection import SCORE_COLUMNS, apply_threshold
+    path = ctx.workspace.val_scores
+    if not path.exists():
+        return None
+    val = pd.read_csv(path, keep_default_na=False, na_values=[""],
+                      dtype={"class": str, "nearest_class": str, "error": str})
+    made_by = set(scores["filter_hash"].astype(str)) if "filter_hash" in scores else set()
+    if not set(SCORE_COLUMNS) <= set(val.columns) or set(val["filter_hash"].astype(str)) != made_by:
+        return None
+    threshold, strategy, _, bars, realism = rule
+    return apply_threshold(val, threshold, strategy, 0, bars, realism)
 
 
 def gallery_items(scores: pd.DataFrame, mask: pd.Series, show: str, class_filter: str,
@@ -137,9 +163,10 @@ def gallery_items(scores: pd.DataFrame, mask: pd.Series, show: str, class_filter
 
 
 def refilter(ctx: AppContext, threshold: float, strategy: str, quota: int, show: str = "accepted",
-             class_filter: str = ALL, per_class: int = 8):
-    """Slider handler: (summary markdown, counts table, gallery, histograms, acceptance curve)."""
-    scores = load_scores(ctx)
+             class_filter: str = ALL, per_class: int = 8, realism=None):
+    """Slider handler: (summary markdown, counts table, gallery, histograms, acceptance curve).
+    `realism`: the checks against the real class to require too (None: the config's)."""
+    scores = cached_scores(ctx)
     if scores.empty:
         empty = pd.DataFrame(columns=["class", "accepted", "rejected", "total"])
         return (hint(ctx), empty, [], charts.confidence_histograms(scores, threshold, []),
@@ -147,13 +174,17 @@ def refilter(ctx: AppContext, threshold: float, strategy: str, quota: int, show:
     classes = sorted(scores["class"].unique())
     thresholds, note = calibration(ctx, threshold, strategy, scores)
     bars = class_bars(thresholds)
-    mask = accepted_mask(scores, threshold, strategy, quota, bars)
-    table = counts_table(scores, mask, classes, thresholds)
+    checks, lacking = usable_checks(scores, ctx.config.selection.realism if realism is None else realism)
+    chosen = selected(scores, threshold, strategy, quota, bars, checks)
+    mask = chosen["kept"].astype(bool)
+    real = real_validation(ctx, scores, (float(threshold), strategy, 0, bars, checks))
+    table = counts_table(chosen, classes, thresholds, real)
     total = int(table["total"].iloc[-1])
     accepted = int(table["accepted"].iloc[-1])
     at = f"per-class thresholds (global {float(threshold):.2f})" if bars else f"threshold {float(threshold):.2f}"
     summary = f"**{accepted} accepted / {total - accepted} rejected** of {total} stored images at {at} ({strategy})"
-    summary += note
+    summary += f" · also required: {' + '.join(checks)} against the real class" if checks else ""
+    summary += note + lacking
     copies = quality_panel.likely_copies(ctx)
     if copies:
         summary += f" · {len(copies)} likely copies of real images (nearest-neighbour audit)"
@@ -166,26 +197,30 @@ def figures(ctx: AppContext, scores: pd.DataFrame, classes: list[str], threshold
     """Histograms and acceptance curve as serialized plots; built once per scores table (and
     calibration), then only their threshold lines move (see charts.move_threshold)."""
     from gradio.components.plot import PlotData
-    key = (str(scores_file(ctx)), id(scores), tuple(sorted(per_class or ())))
-    with _cache_lock:
-        figs = _figures.get(key)
-        if figs is None:
+
+    from core.evaluate.selection import acceptance_curve
+    key = (str(scores_file(ctx)), tuple(sorted(per_class or ())))
+    with _figures_lock:
+        made_from, figs = _figures.get(key, (None, None))
+        if made_from is not scores:
             _figures.clear()
-            figs = _figures[key] = (charts.confidence_histograms(scores, threshold, classes, per_class),
-                                    charts.acceptance_curve(curve(ctx, scores), threshold, per_class))
+            figs = (charts.confidence_histograms(scores, threshold, classes, per_class),
+                    charts.acceptance_curve(acceptance_curve(scores, CURVE_POINTS), threshold, per_class))
+            _figures[key] = (scores, figs)
         # serialized under the lock: the cached figures are shared between sessions
         return tuple(PlotData(type="plotly", plot=charts.move_threshold(f, threshold, per_class).to_json())
                      for f in figs)
 
 
-def export(ctx: AppContext, threshold: float, strategy: str, quota: int) -> str:
+def export(ctx: AppContext, threshold: float, strategy: str, quota: int, realism=None) -> str:
     """Write the accepted set (accepted/CLASS/*.png + manifest) through core.evaluate.selection."""
-    from core.evaluate.selection import apply_threshold, export_accepted
-    scores = load_scores(ctx)
+    from core.evaluate.selection import export_accepted
+    scores = cached_scores(ctx)
     if scores.empty:
         raise UserError(hint(ctx))
     thresholds, _ = calibration(ctx, threshold, strategy, scores)
-    kept = apply_threshold(scores, float(threshold), strategy, int(quota or 0), class_bars(thresholds))
+    checks, _ = usable_checks(scores, ctx.config.selection.realism if realism is None else realism)
+    kept = selected(scores, threshold, strategy, quota, class_bars(thresholds), checks)
     try:                    # replacing accepted/ must not race a job that reads it
         with ctx.runner.hold("export"):
             out = export_accepted(ctx.workspace, kept)
@@ -207,7 +242,7 @@ def start_scoring(ctx: AppContext) -> str:
 
 
 def class_choices(ctx: AppContext) -> list[str]:
-    scores = load_scores(ctx)
+    scores = cached_scores(ctx)
     return [ALL, *sorted(scores["class"].unique())] if not scores.empty else [ALL]
 
 
@@ -222,10 +257,13 @@ def hint(ctx: AppContext) -> str:
 def build(ctx: AppContext) -> dict:
     sel = ctx.config.selection
     with gr.Row():
-        threshold = gr.Slider(0, 1, value=sel.threshold, step=0.01, label="confidence threshold",
-                              elem_id="threshold-slider")
-        strategy = gr.Radio(["threshold", "centroid"], value=sel.strategy, label="strategy")
-        quota = gr.Number(sel.quota_per_class, label="quota per class (0 = none)", precision=0, minimum=0)
+        threshold = gr.Slider(**bounds(sel, "threshold"), value=sel.threshold, step=0.01,
+                              label="confidence threshold", elem_id="threshold-slider")
+        strategy = gr.Radio(options(sel, "strategy"), value=sel.strategy, label="strategy")
+        quota = gr.Number(sel.quota_per_class, label="quota per class (0 = none)", precision=0,
+                          **bounds(sel, "quota_per_class"))
+        realism = gr.CheckboxGroup(list(REALISM_CHECKS), value=list(sel.realism),
+                                   label="also require (vs the class's real images)")
     with gr.Row():
         show = gr.Radio(["accepted", "rejected", "all"], value="accepted", label="gallery shows")
         class_filter = gr.Dropdown(class_choices(ctx), value=ALL, label="class")
@@ -243,12 +281,12 @@ def build(ctx: AppContext) -> dict:
         score_btn = gr.Button("Score synthetic images")
         export_btn = gr.Button("Export accepted set", variant="primary")
     note = gr.Markdown()
-    controls = [threshold, strategy, quota, show, class_filter, per_class]
+    controls = [threshold, strategy, quota, show, class_filter, per_class, realism]
     outputs = [summary, counts, gallery, hist, curve_plot]
 
-    def on_change(threshold, strategy, quota, show, class_name, per_class):
+    def on_change(threshold, strategy, quota, show, class_name, per_class, realism):
         try:
-            return refilter(ctx, threshold, strategy, quota, show, class_name, per_class)
+            return refilter(ctx, threshold, strategy, quota, show, class_name, per_class, realism)
         except UserError as e:
             raise gr.Error(str(e)) from e
 
@@ -258,9 +296,9 @@ def build(ctx: AppContext) -> dict:
                     api_name="refilter" if comp is threshold else None,
                     api_visibility="public" if comp is threshold else "private")
 
-    def on_export(threshold, strategy, quota):
+    def on_export(threshold, strategy, quota, realism):
         try:
-            return export(ctx, threshold, strategy, quota)
+            return export(ctx, threshold, strategy, quota, realism)
         except UserError as e:
             raise gr.Error(str(e)) from e
 
@@ -270,7 +308,7 @@ def build(ctx: AppContext) -> dict:
         except UserError as e:
             raise gr.Error(str(e)) from e
 
-    export_btn.click(on_export, [threshold, strategy, quota], note, concurrency_id=COMPUTE,
+    export_btn.click(on_export, [threshold, strategy, quota, realism], note, concurrency_id=COMPUTE,
                      concurrency_limit=1, api_name="export_accepted")
     score_btn.click(on_score, None, note, concurrency_id=COMPUTE, concurrency_limit=1, api_name="score")
 

@@ -1,5 +1,6 @@
-"""Lab latency: page ready after launch, a 4-image preview at the default steps, and a threshold
-slider update over 1,000 stored scores (handler and full HTTP round trip).
+"""Lab latency: page ready after launch, a 4-image preview at the default steps, a threshold
+slider update over 1,000 stored scores (handler and full HTTP round trip), and a short request
+right after a client dropped a long one (beside the same request on an idle slot).
 
 python -m benchmarks.app_latency [--workspace DIR] [--skip-page]
 
@@ -26,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "app"))
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))     # served, ldm_fixtures
 
 from benchmarks.common import markdown_table  # noqa: E402
 
@@ -80,24 +81,25 @@ def preview_workspace(root: Path):
         from core.workspace import Workspace
         install_demo(bundle, Workspace(root).ensure())
         return AppContext.create(root), "bundled demo models"
-    from conftest import lay_tiny_models
+    from ldm_fixtures import lay_untrained_models
     from core.data.demo import build_demo
     ctx = AppContext.create(root, preset_name="demo")
     build_demo(ctx.workspace, ctx.config)
     save_config(ctx.config, ctx.workspace.root)
-    lay_tiny_models(ctx.workspace, preset("demo"), load_splits(ctx.workspace)[1])
+    lay_untrained_models(ctx.workspace, preset("demo"), load_splits(ctx.workspace)[1])
     return ctx, "untrained demo-shape models (no assets/demo_models)"
 
 
 def preview_time(ctx, repeats: int = 3) -> dict:
-    from app.tab_sampling import Request, class_names, generate
+    from app.sampling_jobs import class_names, sample_into_gallery
+    from core.generate.requests import SamplingRequest as Request
     s = ctx.config.sampling
     req = Request(class_names(ctx)[0], s.guidance_scale, s.steps, s.eta, seed=0, num_images=4, batch_size=4)
     times = []
     for i in range(repeats + 1):
         t = time.perf_counter()
         first_preview = None
-        for _, preview, _ in generate(ctx, Request(**{**req.__dict__, "seed": i})):
+        for _, preview, _ in sample_into_gallery(ctx, Request(**{**req.__dict__, "seed": i})):
             if preview is not None and first_preview is None:
                 first_preview = time.perf_counter() - t
         times.append((time.perf_counter() - t, first_preview))
@@ -145,6 +147,48 @@ def threshold_time(ctx, rows: int = 1000) -> dict:
             "http_median_s": statistics.median(http), "http_max_s": max(http)}
 
 
+def after_disconnect_time(ctx, repeats: int = 3) -> dict:
+    """A 1-image /sample request on an idle slot, side by side with the same request sent right
+    after a client dropped a long one mid-stream (it waits while the dropped job stops). The tests
+    check that it is answered and that the dropped job stopped short; this says how long it took."""
+    import uuid
+
+    import httpx
+    from gradio_client import Client
+
+    from app.tab_sampling import class_names
+    from served import serve
+    short = dict(class_name=class_names(ctx)[0], guidance_scale=2.0, steps=2, eta=1.0, seed=5, num_images=1,
+                 batch_size=1)
+    long = {**short, "steps": 200, "num_images": 64, "seed": 1000}
+    with serve(ctx) as (_, url):
+        client = Client(url, verbose=False, download_files=False)
+        base = client.src.rstrip("/")
+        fn_index = next(i for i, d in enumerate(client.config["dependencies"]) if d.get("api_name") == "sample")
+        client.predict(**short, api_name="/sample")                     # models loaded
+        idle, after = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            client.predict(**short, api_name="/sample")
+            idle.append(time.perf_counter() - t0)
+            before = ctx.runner.status()["job_id"]
+            session = uuid.uuid4().hex
+            httpx.post(f"{base}/gradio_api/queue/join", json={
+                "data": list(long.values()), "fn_index": fn_index, "session_hash": session,
+                "event_data": None, "trigger_id": None}).raise_for_status()
+            with httpx.stream("GET", f"{base}/gradio_api/queue/data", params={"session_hash": session},
+                              timeout=30) as sse:
+                for line in sse.iter_lines():                           # the job streams: drop it
+                    if "process_generating" in line:
+                        break
+            while not (ctx.runner.status()["job_id"] != before and ctx.runner.status()["step"] > 0):
+                time.sleep(0.01)
+            t0 = time.perf_counter()
+            client.predict(**short, api_name="/sample")
+            after.append(time.perf_counter() - t0)
+    return {"idle_median_s": statistics.median(idle), "after_median_s": statistics.median(after)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--workspace", type=Path, default=None, help="reuse this workspace for the page test")
@@ -176,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
                      "budget_s": 0.3})
         rows.append({"measure": "threshold update, 1,000 scores: HTTP round trip (median)",
                      "value_s": thr["http_median_s"], "budget_s": 0.3})
+        drop = after_disconnect_time(ctx)
+        ratio = drop["after_median_s"] / drop["idle_median_s"]
+        rows.append({"measure": "1-image request, idle slot (median of 3)", "value_s": drop["idle_median_s"],
+                     "budget_s": None})
+        rows.append({"measure": f"the same right after a client dropped a long request ({ratio:.1f}x idle)",
+                     "value_s": drop["after_median_s"], "budget_s": None})
         for r in rows:
             r["value_s"] = None if r["value_s"] is None else round(r["value_s"], 3)
         import torch

@@ -2,7 +2,7 @@
 
 `python -m benchmarks.batch_invariance [--steps 25]` on the bundled demo models: seed 6 alone vs
 inside batches of 2 and 8 (max |difference| in 1/255 over the 64x64x3 image) in bf16 and fp32
-autocast, and images/s of 16 images at batch_size 1 vs 16 (issue 14, item 8).
+autocast, and images/s of 16 images at batch_size 1 vs 16.
 """
 from __future__ import annotations
 
@@ -26,16 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from core.config.store import load_config
     from core.protocol.demo_models import install_demo
-    from core.generate.pipeline import load_pipeline
+    from core.generate.loading import load_pipeline
     from core.workspace import Workspace
     ws = Workspace(Path(tempfile.mkdtemp()) / "ws")
     install_demo(ROOT / "assets" / "demo_models", ws)
     cfg = load_config(ws.root / "config.json")
-    pipe = load_pipeline(ws, cfg, sampler="ddim", compile=False)
-    label = pipe.get_label_ids(pipe.latent_classifier.config.class_names[0])[0]
+    base = load_pipeline(ws, cfg, sampler="ddim", compile=False)
+    label = base.get_label_ids(base.latent_classifier.config.class_names[0])[0]
 
     def run(seeds, batch, precision, steps=None):
-        pipe.configure(mixed_precision=precision)
+        pipe = base.with_settings(mixed_precision=precision)
         images = {}
         for lo in range(0, len(seeds), batch):
             out = pipe(label, seeds=seeds[lo:lo + batch], guidance_scale=cfg.sampling.guidance_scale,

@@ -1,4 +1,4 @@
-"""Issue #15: the pale frame at the tile border. Measures it on real tiles, autoencoder
+"""The pale frame at the tile border. Measures it on real tiles, autoencoder
 reconstructions and generated samples, and tries two inference-only fixes:
 
 A(p): decode a latent reflect-padded by p latent pixels, then crop the p * 4 px border;
@@ -25,7 +25,7 @@ CLASSES = ("background", "stratum_corneum", "epidermis", "dermis")
 
 
 def model_dir(models: Path, new: str, old: str) -> Path:
-    """The component folder, under its name since issue 13 or its legacy name (read-only: no migration)."""
+    """The component folder, under its current name or its legacy one (read-only: no migration)."""
     return models / new if (models / new).exists() else models / old
 
 
@@ -39,7 +39,7 @@ def load_parts(models: Path):
                  latent_classifier=LatentClassifier.from_pretrained(model_dir(models, "latent_classifier", "classifier")))
     for m in (parts["vae"], parts["unet"], parts["latent_classifier"]):
         m.eval().requires_grad_(False)
-    pipe = GuidedLatentPipeline(**parts).configure(mixed_precision="no", sampler="ddim")
+    pipe = GuidedLatentPipeline(**parts, mixed_precision="no", sampler="ddim")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

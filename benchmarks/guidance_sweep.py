@@ -21,7 +21,7 @@ from core.errors import UserError
 from core.config.store import load_config
 from core.config.presets import preset
 from core.train.latent_classifier import train_latent_classifier
-from core.generate.pipeline import load_pipeline
+from core.generate.loading import load_pipeline
 from core.generate.sampling import generate_images
 from core.evaluate.selection import score_synthetic
 from core.workspace import Workspace
@@ -37,7 +37,7 @@ def scratch_copy(ws: Workspace, into: Path) -> Workspace:
 
 
 def sweep(ws: Workspace, cfg, scales, num: int, threshold: float) -> pd.DataFrame:
-    classes = list(load_pipeline(ws, cfg.latent_classifier.config).latent_classifier.config.class_names)
+    classes = list(load_pipeline(ws, cfg).latent_classifier.config.class_names)
     for s in scales:
         for label, name in enumerate(classes):
             generate_images(ws, cfg, name, num, seed=cfg.sampling.seed + label * 1_000_000, guidance_scale=s)

@@ -125,10 +125,16 @@ def main(argv=None) -> None:
                                 scheduler=build_scheduler(cfg.pretrain), latent_classifier=clf)
     pipe.set_progress_bar_config(disable=True)
 
+    variants = {}      # one pipeline per setting: each compiles its modules once
+
     def ours(scale, compile=False, classifier_precision="no"):
         clf.requires_grad_(False)                                       # as from_pretrained does
-        pipe.configure(mixed_precision="bf16", classifier_precision=classifier_precision, compile=compile)
-        return torch.cat([pipe(ids[lo:lo + batch], seeds=seeds[lo:lo + batch], guidance_scale=scale,
+        key = (compile, classifier_precision)
+        if key not in variants:
+            variants[key] = pipe.with_settings(mixed_precision="bf16", classifier_precision=classifier_precision,
+                                               compile=compile)
+        run = variants[key]
+        return torch.cat([run(ids[lo:lo + batch], seeds=seeds[lo:lo + batch], guidance_scale=scale,
                                num_inference_steps=args.steps, eta=1.0, output_type="latent").images
                           for lo in range(0, len(seeds), batch)])
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import os
@@ -16,7 +17,11 @@ from core.config.lab_config import LabConfig
 from core.config.presets import config_for
 from core.errors import ConfigError, UserError
 from core.io import describe_write_error
-from core.workspace import Workspace
+from core.workspace import Workspace, writer_lock
+
+# what the running command holds until it returns (its workspace's writer lock): `guarded` opens
+# one stack per command, `workspace(args)` enters the lock into it
+_HELD: list[tuple[str, contextlib.ExitStack]] = []
 
 
 def add_common(parser: argparse.ArgumentParser, workspace_required: bool = True) -> None:
@@ -26,6 +31,8 @@ def add_common(parser: argparse.ArgumentParser, workspace_required: bool = True)
                         help="tiny | demo | paper (default: the workspace's config, else demo)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set pretrain.steps=100 (repeatable)")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another command writes to the workspace, wait for it instead of exiting")
 
 
 def resolve_config(args: argparse.Namespace) -> LabConfig:
@@ -34,16 +41,31 @@ def resolve_config(args: argparse.Namespace) -> LabConfig:
 
 
 def workspace(args: argparse.Namespace) -> Workspace:
-    return Workspace(args.workspace).ensure()
+    """The command's workspace, with its writer lock held until the command returns: a second
+    writer exits at once ("workspace busy: pid N, `command`") or, with --wait, waits. Under
+    torchrun the ranks are one command: rank 0 holds the lock for them."""
+    ws = Workspace(args.workspace).ensure()
+    if _HELD and int(os.environ.get("RANK", "0")) == 0:
+        command, stack = _HELD[-1]
+        stack.enter_context(writer_lock(ws.root, command, wait=getattr(args, "wait", False),
+                                        notify=lambda line: print(line, file=sys.stderr, flush=True)))
+    return ws
 
 
 def guarded(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
     """Turn user errors into a one-line message and exit 2; a full disk or read-only workspace
     into one line naming the path and exit 1; Ctrl-C into exit 130."""
+    command = "python -m core " + fn.__module__.rsplit(".", 1)[-1].replace("_", "-")
+
     @functools.wraps(fn)
     def wrapper(argv: list[str]) -> int:
         try:
-            return fn(argv)
+            with contextlib.ExitStack() as stack:
+                _HELD.append((command, stack))
+                try:
+                    return fn(argv)
+                finally:
+                    _HELD.pop()
         except (UserError, ConfigError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -17,3 +17,7 @@ class BadImage(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
+
+
+class WorkspaceBusy(UserError):
+    """Another process writes to the workspace; the message names its pid and command."""

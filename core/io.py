@@ -7,7 +7,9 @@ half-written file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -110,6 +112,37 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def upsert_csv(path: str | Path, header: list[str], body: str, key: str = "file") -> Path:
+    """Add CSV rows (`body`: lines without a header, as `to_csv(header=False)` writes them) to the
+    table at `path`, replacing every row whose `key` is already listed: a table never lists a file
+    twice, not even when two processes add rows at once (read, merge and replace run under an
+    exclusive lock on a sidecar file; the table is replaced atomically). Rows kept keep their
+    bytes, which stage hashes read."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+        head = lines[0] if lines else ",".join(header) + "\n"
+        column = next(csv.reader([head])).index(key)
+        added: dict[str, str] = {}
+        for line in body.splitlines(keepends=True):
+            added[_cell(line, column)] = line if line.endswith("\n") else line + "\n"
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines[1:]
+                if _cell(line, column) not in added]
+        return atomic_write_text(path, head + "".join(kept) + "".join(added.values()))
+    finally:
+        os.close(fd)
+
+
+def _cell(line: str, column: int) -> str | None:
+    try:
+        return next(csv.reader([line]))[column]
+    except (IndexError, StopIteration, csv.Error):
+        return None         # a torn line: kept as it is, its file named by no one
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:

@@ -9,11 +9,19 @@ results) always live at the root.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import re
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
+
+from core.errors import WorkspaceBusy
 
 LAB_CONFIG = "lab_config.json"   # the LabConfig beside a model; diffusers owns config.json in model folders
 # Model folders of older layouts, and their names now: the root `models/` is a diffusers pipeline
@@ -115,6 +123,8 @@ class Workspace:
     @property
     def selection_thresholds(self) -> Path: return self.synthetic_dir / "thresholds.csv"  # per class (calibration)
     @property
+    def real_reference(self) -> Path: return self.synthetic_dir / "real_reference.csv"  # per class (realism)
+    @property
     def quality_csv(self) -> Path: return self.results_dir / "quality.csv"          # core.evaluate.quality
     @property
     def guidance_sweep_csv(self) -> Path: return self.results_dir / "guidance_sweep.csv"  # core.protocol.tune
@@ -129,11 +139,15 @@ class Workspace:
     @property
     def config_file(self) -> Path: return self.root / "config.json"     # the LabConfig of the workspace
     @property
+    def lock_file(self) -> Path: return self.root / ".writer.lock"      # writer_lock: who writes now
+    @property
     def classes_file(self) -> Path: return self.data_dir / "classes.json"  # ordered class names
     @property
     def split_protocol_file(self) -> Path: return self.data_dir / "split_protocol.json"
     @property
     def demo_data_marker(self) -> Path: return self.data_dir / "demo.json"   # core.data.demo's build key
+    @property
+    def data_sources_file(self) -> Path: return self.data_dir / "sources.json"   # core.protocol.sources
     @property
     def accepted_manifest(self) -> Path: return self.manifest_of(self.accepted_dir)
     @property
@@ -189,6 +203,9 @@ class Workspace:
     def weights_of(folder: str | Path) -> Path: return Path(folder) / "model.safetensors"
     @staticmethod
     def centroids_of(folder: str | Path) -> Path: return Path(folder) / "centroids.safetensors"
+    @staticmethod
+    def member_of(folder: str | Path, i: int) -> Path:   # a filter classifier ensemble's member i (0: itself)
+        return Path(folder) / "members" / str(i) if i else Path(folder)
     @staticmethod
     def history_of(folder: str | Path) -> Path: return Path(folder) / "history.csv"    # filter classifier curve
     @staticmethod
@@ -249,3 +266,75 @@ def _rename_recorded_paths(table: Path) -> None:
         tmp = table.with_name(f".{table.name}.migrate-{os.getpid()}")
         tmp.write_text(new, encoding="utf-8")
         os.replace(tmp, table)
+
+
+_HELD: dict[Path, list] = {}     # root -> [fd, depth]: this process's writer locks (re-entered, not re-taken)
+_HELD_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def writer_lock(root: str | Path, command: str, wait: bool = False,
+                notify: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the workspace's one writer slot: an exclusive `flock` on its lock file, which the OS
+    releases when the process dies (a `kill -9` never leaves a stale lock).
+
+    Args:
+        root: the workspace folder.
+        command: what this process runs, shown to a writer that finds the slot taken.
+        wait: wait for the slot instead of refusing; `notify(line)` hears whom it waits for.
+    Raises:
+        WorkspaceBusy: "workspace busy: pid N, `command`" when another process holds it.
+    A process holding the slot re-enters it (nested calls, the app's jobs)."""
+    root = Path(root).expanduser().resolve()
+    with _HELD_GUARD:
+        held = _HELD.get(root)
+        if held is not None:
+            held[1] += 1
+    if held is None:
+        fd = _take(root, command, wait, notify)
+        with _HELD_GUARD:
+            _HELD[root] = [fd, 1]
+    try:
+        yield
+    finally:
+        with _HELD_GUARD:
+            _HELD[root][1] -= 1
+            fd = _HELD.pop(root)[0] if _HELD[root][1] == 0 else None
+        if fd is not None:
+            os.ftruncate(fd, 0)      # nobody writes now; then the close releases the lock
+            os.close(fd)
+
+
+def _take(root: Path, command: str, wait: bool, notify) -> int:
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(Workspace(root, migrate=False).lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy = f"workspace busy: pid {_holder(fd)}"
+            if not wait:
+                raise WorkspaceBusy(f"{busy} (workspace {root}); wait for it to finish, or pass --wait") from None
+            if notify is not None:
+                notify(f"{busy}; waiting for it to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command,
+                                  "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _holder(fd: int) -> str:
+    """'N, `command`' of the process holding the lock (it writes them just after taking it)."""
+    for _ in range(20):
+        try:
+            info = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+        except (ValueError, OSError):
+            info = None
+        if isinstance(info, dict):
+            return f"{info.get('pid')}, `{info.get('command')}`"
+        time.sleep(0.05)
+    return "unknown"

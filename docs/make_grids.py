@@ -41,14 +41,15 @@ def sheet(rows: list[tuple[str, list[Image.Image]]], heads: list[str], path: Pat
 
 
 def class_by_scale(ws, cfg, scales: list[float], seeds: list[int], path: Path) -> Path:
-    from app.sampler import sample_images
+    from core.generate.sampling import sample_seeds
     from core.data.tables import load_splits
     _, classes = load_splits(ws)
     rows = []
     for name in classes:
         tiles = []
         for s in scales:
-            tiles += sample_images(ws, cfg, name, seeds, s, cfg.sampling.steps, cfg.sampling.eta)
+            for batch in sample_seeds(ws, cfg, name, seeds, s, cfg.sampling.steps, cfg.sampling.eta, compile=False):
+                tiles += batch.images
         rows.append((name, tiles))
     heads = [f"s={s:g}" if i == 0 else "" for s in scales for i in range(len(seeds))]
     return sheet(rows, heads, path)

@@ -69,3 +69,30 @@ def test_only_cli_modules_import_core_cli():
                  if _imports_core_cli(ast.parse(path.read_text(encoding="utf-8")))]
     outside = [m for m in importers if not m.startswith("core/commands/")]
     assert importers and not outside, f"core.cli imported outside core/commands/: {outside}"
+
+
+def _imported_modules(tree: ast.AST) -> set[str]:
+    """Every module an import names: `import a.b` -> a.b; `from a import b` -> a, and a.b too where
+    b may be a module of the tests (a relative import, or one from the tests package)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            found.add(base)
+            if node.level or base.split(".")[0] == "tests":
+                found |= {f"{base}.{a.name}" for a in node.names}
+    return found
+
+
+def test_no_test_module_or_conftest_is_imported():
+    """Shared test code lives in tests/helpers/ (importable by name) or in conftest.py fixtures:
+    a test module importing another runs that module's tests' imports and fixtures twice and ties
+    the two together; benchmarks take the same helpers."""
+    tests = ROOT / "tests"
+    private = {p.stem for p in tests.rglob("test_*.py")} | {"conftest"}
+    offenders = [f"{module} imports {name}" for module, path in _sources("tests/**/*.py", "benchmarks/*.py")
+                 for name in _imported_modules(ast.parse(path.read_text(encoding="utf-8")))
+                 if private & set(name.split("."))]
+    assert not offenders, "\n".join(offenders)

@@ -8,6 +8,8 @@ from core.cli import ProgressReporter, add_common, guarded, resolve_config, work
 from core.config.store import save_config
 
 MAX_LISTED = 50     # skipped files printed in the human report (all of them are in --json)
+SWITCH = ("a workspace that has models, made from other data: move its models, synthetic sets and "
+          "results to WORKSPACE/archive/ first")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,9 +18,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="what a folder / .npz / slide holds; skipped files with reasons")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    add_common(p, workspace_required=False)     # only for the config (data.max_image_pixels)
     p = sub.add_parser("demo", help="build the bundled demo data (real H&E) into a workspace")
     add_common(p)
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument("--switch-data", action="store_true", help=SWITCH)
     p = sub.add_parser("download", help="fetch a public data set (resumable, md5-verified)")
     from core.data.download import DATASETS
     p.add_argument("name", choices=sorted(DATASETS))
@@ -29,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test", default=None, help="separate test ImageFolder (e.g. CRC-VAL-HE-7K)")
     p.add_argument("--unlabeled", action="append", default=[], metavar="PATH[:WEIGHT]",
                    help="unlabeled pool: folder, slide or large image (repeatable)")
+    p.add_argument("--switch-data", action="store_true", help=SWITCH)
     return parser
 
 
@@ -66,7 +71,7 @@ def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         from core.data.tables import check
-        report = check(args.path)
+        report = check(args.path, resolve_config(args).data.max_image_pixels)
         print(json.dumps(report, indent=2, default=str)) if args.json else _print_check(report)
         return 0
     if args.command == "download":
@@ -75,8 +80,13 @@ def cli(argv: list[str]) -> int:
             result = download(args.name, args.to, progress=progress)
         print(json.dumps(result, indent=2))
         return 0
+    from core.protocol.sources import choose_sources
     cfg = resolve_config(args)
     ws = workspace(args)
+    if args.command == "demo":
+        choose_sources(ws, switch=args.switch_data, demo=True)
+    else:
+        choose_sources(ws, args.labeled, args.test, args.unlabeled, switch=args.switch_data)
     save_config(cfg, ws.root)
     if args.command == "demo":
         from core.data.demo import build_demo

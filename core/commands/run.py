@@ -18,15 +18,20 @@ def cli(argv: list[str]) -> int:
                                      description="data -> models -> synthetic set -> baseline vs augmented")
     add_common(parser)
     parser.add_argument("--labeled", type=Path, default=None,
-                        help="labeled ImageFolder or PathMNIST .npz (default: the bundled demo)")
+                        help="labeled ImageFolder or PathMNIST .npz (default: what the workspace was made "
+                             "from; the bundled demo for a new one)")
     parser.add_argument("--test", type=Path, default=None, help="separate test ImageFolder")
     parser.add_argument("--unlabeled", type=Path, nargs="+", default=[], help="unlabeled folders / slides")
+    parser.add_argument("--switch-data", action="store_true",
+                        help="run a workspace that has models on other data: its models, synthetic sets and "
+                             "results move to WORKSPACE/archive/ first (default: the workspace's own data)")
     args = parser.parse_args(argv)
     if args.test is not None and args.labeled is None:
         raise UserError("--test needs --labeled (the demo brings its own test split)")
     cfg, ws = resolve_config(args), workspace(args)
     with ProgressReporter() as progress:
-        out = run_all(ws, cfg, args.labeled, args.test, args.unlabeled, progress=progress, notify=progress.write)
+        out = run_all(ws, cfg, args.labeled, args.test, args.unlabeled, progress=progress, notify=progress.write,
+                      switch_data=args.switch_data)
     if out.get("stopped"):
         print(f"stopped during {out['stage']}; rerun the same command to resume", file=sys.stderr)
         return 130

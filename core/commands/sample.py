@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.cli import ProgressReporter, guarded
+from core.config.checks import apply_overrides, choices
 from core.commands import budget_parser, parse_budget
 from core.generate.sampling import generate_images, generate_dataset
 
@@ -18,18 +19,23 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--guidance-scale", type=float, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eta", type=float, default=None)
-    parser.add_argument("--sampler", "--scheduler", dest="sampler", choices=("ddim", "ddpm"), default=None,
+    parser.add_argument("--sampler", "--scheduler", dest="sampler", choices=choices("sampling", "sampler"), default=None,
                         help="default: sampling.sampler")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--num", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: the budget's synthetic/, WORKSPACE/synthetic for the first)")
+    parser.add_argument("--guidance-interval", metavar="LO,HI", default=None,
+                        help="guide only timesteps LO..HI (= --set sampling.guidance_interval=LO,HI; "
+                             "default: every timestep)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the models (= --set sampling.compile=true): 10-40 s to start, "
                              "then faster per image; for hundreds of images, not a handful")
     args, cfg, ws = parse_budget(parser, argv)
     if args.compile:
         cfg = replace(cfg, sampling=replace(cfg.sampling, compile=True))
+    if args.guidance_interval is not None:
+        cfg = apply_overrides(cfg, [f"sampling.guidance_interval={args.guidance_interval}"])
     if args.class_name is None:
         with ProgressReporter() as progress:
             frame = generate_dataset(ws, cfg, progress=progress)

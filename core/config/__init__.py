@@ -1,7 +1,9 @@
 """Configs: one frozen `LabConfig` of sections (data, autoencoder, pretrain, latent_classifier,
 sampling, selection, filter_classifier, downstream, experiment), the presets, `--set` overrides,
-and the JSON the workspace keeps (older saved configs migrate on load)."""
-from core.config.checks import apply_overrides
+the JSON the workspace keeps (older saved configs migrate on load), and each field's declared
+range and choices (`field_range`, `choices`, `check_value`)."""
+from core.config.checks import apply_overrides, check_value, choices, field_range
+from core.config.declare import Range, spec
 from core.config.lab_config import (PRESETS, AutoencoderConfig, DataConfig, DownstreamConfig, ExperimentConfig,
                                     FilterClassifierConfig, ImageClassifierConfig, LabConfig,
                                     LatentClassifierConfig, PretrainConfig, SamplingConfig, SelectionConfig)
@@ -11,5 +13,6 @@ from core.errors import ConfigError
 
 __all__ = ["PRESETS", "AutoencoderConfig", "ConfigError", "DataConfig", "DownstreamConfig", "ExperimentConfig",
            "FilterClassifierConfig", "ImageClassifierConfig", "LabConfig", "LatentClassifierConfig",
-           "PretrainConfig", "SamplingConfig", "SelectionConfig", "apply_overrides", "config_for",
-           "config_hash", "from_dict", "identity", "load_config", "preset", "save_config", "to_dict"]
+           "PretrainConfig", "Range", "SamplingConfig", "SelectionConfig", "apply_overrides", "check_value",
+           "choices", "config_for", "config_hash", "field_range", "from_dict", "identity", "load_config",
+           "preset", "save_config", "spec", "to_dict"]

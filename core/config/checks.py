@@ -1,93 +1,72 @@
-"""Type and range checks for config fields, and overrides (`--set` text or the app's typed
-values) applied as each field's declared type.
+"""`--set` overrides (text) and the app's typed values applied as each field's declared type, the
+questions other code asks of a field's declaration (`field_range`, `choices`, `check_value`), and
+the migration of configs saved under older names.
 
-Driven by the dataclass annotations and one RANGES table, so a field added to core/config.py is
-checked without code here; bad values get one line naming the field (ConfigError).
+Types come from the dataclass annotations, allowed values from each field's declaration
+(core.config.declare); bad values get one line naming the field (ConfigError).
 """
 from __future__ import annotations
 
-import functools
 import json
-import math
 import typing
 from dataclasses import fields, is_dataclass, replace
 from typing import Any, Iterable, Mapping
 
+from core.config.declare import Range, check_field, declared_types, range_of
+from core.config.lab_config import LabConfig
 from core.errors import ConfigError
 
-# Allowed interval of numeric fields ("section.field"; tuples: every element). A numeric field
-# not listed here must be finite and >= 0 (no field is meaningfully negative), so a field added
-# later is range-checked without being listed. Types come from the dataclass annotations.
-RANGES: dict[str, str] = {
-    "data.val_fraction": "[0, 0.5]", "data.test_fraction": "(0, 1)",
-    "data.image_size": "(0, inf)", "data.mpp": "(0, inf)",
-    "autoencoder.lr": "(0, inf)", "autoencoder.block_out_channels": "(0, inf)",
-    "pretrain.lr": "(0, inf)", "pretrain.ema_decay": "[0, 1]", "pretrain.beta_start": "(0, 1)",
-    "pretrain.beta_end": "(0, 1)", "pretrain.block_out_channels": "(0, inf)",
-    "pretrain.attention_resolutions": "(0, inf)", "pretrain.attention_head_dim": "(0, inf)",
-    "latent_classifier.lr": "(0, inf)", "latent_classifier.finetune_lr": "(0, inf)",
-    "latent_classifier.block_out_channels": "(0, inf)", "latent_classifier.attention_resolutions": "(0, inf)",
-    "sampling.eta": "[0, 1]", "selection.threshold": "[0, 1]",
-    "selection.calibration_quantile": "[0, 1]",
-    **{f"{s}.{k}": v for s in ("filter_classifier", "downstream") for k, v in (
-        ("lr", "(0, inf)"), ("label_smoothing", "[0, 1)"), ("steps", "(0, inf)"), ("evals", "(0, inf)"),
-        ("epochs", "(0, inf)"), ("stain_jitter", "[0, 1)"), ("min_val_per_class", "(0, inf)"))},
-    # a fraction in (0, 1] or a whole number of images per class (ExperimentConfig.validate)
-    "experiment.label_fractions": "(0, inf)", "experiment.synthetic_ratios": "(0, inf)",
-    "experiment.bootstrap": "(0, inf)",
-    "autoencoder.checkpoints_total_limit": "(0, inf)", "latent_classifier.checkpoints_total_limit": "(0, inf)",
-}
+
+def _declared(section: Any, name: str) -> tuple[Any, Any, str]:
+    """(the dataclass field, its declared type, "section.name") of a section given by name
+    ("sampling"), class or instance."""
+    if isinstance(section, str):
+        known = {f.name: f.default_factory for f in fields(LabConfig) if f.name != "preset"}
+        if section not in known:
+            raise ConfigError(f"unknown config section {section!r}")
+        cls, label = known[section], section
+    else:
+        cls = section if isinstance(section, type) else type(section)
+        label = getattr(cls, "section", "") or cls.__name__
+    found = {f.name: f for f in fields(cls)}
+    if name not in found:
+        raise ConfigError(f"unknown field {label}.{name}")
+    return found[name], declared_types(cls)[name], f"{label}.{name}"
 
 
-def check_fields(section: Any, name: str) -> None:
-    """Every field of a config section against its declared type and its RANGES interval;
-    ConfigError naming the first bad field."""
-    hints = declared_types(type(section))
-    for f in fields(section):
-        key, value = f"{name}.{f.name}", getattr(section, f.name)
-        declared = hints.get(f.name)
-        if typing.get_origin(declared) is tuple:
-            element = typing.get_args(declared)[0]
-            if not isinstance(value, tuple):
-                raise ConfigError(f"{key} expects a list of {_PLURAL.get(element, element)}, got {value!r}")
-            items = value
-        else:
-            element, items = declared, (value,)
-        for item in items:
-            if element in _TYPE_WORDS and not _is(item, element):
-                what = f"a list of {_PLURAL[element]}" if items is value else _TYPE_WORDS[element]
-                raise ConfigError(f"{key} expects {what}, got {item!r}")
-            if element in (int, float):
-                _check_range(key, item)
+def field_range(section: Any, name: str) -> Range | None:
+    """The interval a numeric field's values must lie in (None for a non-numeric field).
+
+    Args:
+        section: the section's name in LabConfig ("sampling"), or its class or an instance.
+        name: the field's name ("eta").
+    Returns:
+        a `Range` (`lo`, `hi`, `lo_open`, `hi_open`; `value in r` is False for NaN and inf).
+    """
+    f, declared, _ = _declared(section, name)
+    return range_of(f, declared)
 
 
-_TYPE_WORDS = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
-_PLURAL = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+def choices(section: Any, name: str) -> tuple | None:
+    """The values a field allows (None when it declares no choices), e.g. ("ddim", "ddpm")."""
+    f, _, _ = _declared(section, name)
+    return f.metadata.get("choices")
 
 
-def _is(value: Any, kind: type) -> bool:
-    if kind is bool or isinstance(value, bool):     # bool is an int to Python, never to a config
-        return kind is bool and isinstance(value, bool)
-    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+def check_value(key: str, value: Any) -> Any:
+    """`value` as field `key` ("section.name") takes it: typed as `--set` and the app's widgets
+    are, then checked against the field's declaration.
 
-
-def _check_range(key: str, value: float) -> None:
-    spec = RANGES.get(key, "[0, inf)")
-    lo_text, hi_text = (part.strip(" ([])") for part in spec.split(","))
-    lo, hi = float(lo_text), float(hi_text)
-    ok = math.isfinite(value) and (value > lo if spec[0] == "(" else value >= lo) and \
-        (value < hi if spec[-1] == ")" else value <= hi)
-    if not ok:
-        if hi == math.inf:
-            rule = f"> {lo_text}" if spec[0] == "(" else f">= {lo_text}"
-        else:
-            rule = f"in {spec}"
-        raise ConfigError(f"{key} must be {rule}, got {value}")
-
-
-@functools.lru_cache(maxsize=None)
-def declared_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    Returns:
+        the typed value (e.g. 5 for the int field's 5.0).
+    Raises:
+        ConfigError: one line naming the key and what is wrong.
+    """
+    section, _, name = str(key).partition(".")
+    f, declared, label = _declared(section, name)
+    typed = typed_value(value, declared, label)
+    check_field(f, declared, label, typed)
+    return typed
 
 
 def parse_value(raw: str, declared: Any, key: str) -> Any:

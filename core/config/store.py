@@ -19,45 +19,65 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(data: dict) -> LabConfig:
-    """Rebuild a LabConfig from `to_dict` output (tuples restored from JSON lists)."""
-    kwargs: dict[str, Any] = {}
+def from_dict(data: Any) -> LabConfig:
+    """Rebuild a LabConfig from `to_dict` output (tuples restored from JSON lists); ConfigError,
+    one line naming the key, for anything that is not such a dict (never a silent default)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a JSON object of config sections, got {_kind(data)}")
     data = migrate_sections(data)
-    for f in fields(LabConfig):
-        if f.name not in data:
+    sections = {f.name: f for f in fields(LabConfig)}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {', '.join(map(repr, unknown))}; "
+                          f"known: {', '.join(sections)}")
+    if "preset" not in data:
+        raise ConfigError("the key 'preset' is missing (a saved config names the preset it was made from)")
+    kwargs: dict[str, Any] = {"preset": data["preset"]}
+    for name, f in sections.items():
+        if name == "preset" or name not in data:
             continue
-        if f.name == "preset":
-            kwargs["preset"] = data["preset"]
-            continue
+        if not isinstance(data[name], dict):
+            raise ConfigError(f"{name} must be an object of fields, got {_kind(data[name])}")
         sub_type = f.default_factory  # type: ignore[attr-defined]
-        kwargs[f.name] = _build(sub_type, migrate(f.name, dict(data[f.name])))
+        kwargs[name] = _build(sub_type, name, migrate(name, dict(data[name])))
     return LabConfig(**kwargs).validate()
 
 
-def _build(cls: Any, values: dict) -> Any:
+def _build(cls: Any, section: str, values: dict) -> Any:
     known = {f.name: f for f in fields(cls)}
     renamed = {f.metadata["was"]: f.name for f in fields(cls) if "was" in f.metadata}
     values = {renamed.get(k, k): v for k, v in values.items()}
     unknown = set(values) - set(known)
     if unknown:
-        raise ConfigError(f"unknown field(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown field(s) for {section}: {', '.join(sorted(unknown))}")
+    # a field saved configs predate takes the value their stages ran with, not today's default
+    values = {**{n: f.metadata["legacy"] for n, f in known.items() if "legacy" in f.metadata}, **values}
     out = {}
     for name, value in values.items():
         default = getattr(cls(), name)
-        out[name] = tuple(value) if isinstance(default, tuple) else value
+        # a JSON list becomes the field's tuple; anything else stays as it is, for the field's
+        # declaration to name ("expects a list of integers, got 8")
+        out[name] = tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
     return cls(**out)
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), f"the number {value}" if isinstance(value, (int, float)) else type(value).__name__)
 
 
 def identity(section: Any) -> dict:
     """A config section's fields as they key stages and runs (core.protocol.experiment). Fields with
     metadata key="never" change speed, not results, and are left out; key="if_set" fields only
     count when they differ from their default, so adding such a field keeps every existing
-    workspace's stage markers and finished grid runs valid. A renamed field keys under the name
-    it was saved with ("was"), so renaming keeps them valid too."""
+    workspace's stage markers and finished grid runs valid; a field whose default is not what
+    older workspaces ran with names that value as "legacy" (it counts when it differs from that).
+    A renamed field keys under the name it was saved with ("was"), so renaming keeps them valid too."""
     out = dataclasses.asdict(section)
     for f in fields(section):
         how = f.metadata.get("key")
-        if how == "never" or (how == "if_set" and getattr(section, f.name) == f.default):
+        unset = f.metadata.get("legacy", f.default)
+        if how == "never" or (how == "if_set" and getattr(section, f.name) == unset):
             out.pop(f.name)
         elif "was" in f.metadata:
             out[f.metadata["was"]] = out.pop(f.name)
@@ -81,4 +101,16 @@ def save_config(cfg: Any, folder: str | Path, name: str | None = None) -> Path:
 
 
 def load_config(path: str | Path) -> LabConfig:
-    return from_dict(json.loads(Path(path).read_text()))
+    """The LabConfig saved at `path`. Raises ConfigError, one line naming the file, the key and
+    the fault, for a file that is not JSON, not a config, or holds a wrong-typed value."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file ({e.reason} at byte {e.start})") from None
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,6 +1,8 @@
 """Robust image loading: every file users really have becomes RGB, or a clear reason to skip it."""
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +10,12 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from core.config.lab_config import DataConfig
 from core.errors import BadImage
 
+MAX_IMAGE_PIXELS = DataConfig.max_image_pixels     # the config's default pixel cap
+# every open here checks the cap first (_open_header), so Pillow's softer warning only repeats it
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 IMAGE_EXTS = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
 SLIDE_EXTS = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"}  # openslide formats
 
@@ -18,28 +24,49 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTS
 
 
-def load_rgb(path: str | Path, min_size: int = 8) -> Image.Image:
-    """Open any supported image as 8-bit RGB (EXIF orientation applied) or raise BadImage."""
+def load_rgb(path: str | Path, min_size: int = 8, max_pixels: int | None = None) -> Image.Image:
+    """Open any supported image as 8-bit RGB (EXIF orientation applied) or raise BadImage. An
+    image over `max_pixels` (default: data.max_image_pixels' default) is refused from its header,
+    before a pixel is decoded."""
     path = Path(path)
+    max_pixels = max_pixels or MAX_IMAGE_PIXELS
     try:
         if path.stat().st_size == 0:
             raise BadImage("empty file")
-        with Image.open(path) as im:
+        with _open_header(path, max_pixels) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
             rgb = _to_rgb(im)
     except BadImage:
         raise
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"too large ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for truncated / non-images
-        rgb = _tiff_fallback(path, e)
+        rgb = _tiff_fallback(path, e, max_pixels)
     if min(rgb.size) < min_size:
         raise BadImage(f"too small ({rgb.size[0]}x{rgb.size[1]} < {min_size} px)")
     return rgb
 
 
-def _tiff_fallback(path: Path, error: Exception) -> Image.Image:
+def _open_header(path: Path, max_pixels: int) -> Image.Image:
+    """Image.open (the header only) with the pixel cap checked before anything is decoded."""
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:    # over Pillow's own hard limit (2x its warning)
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise BadImage(_too_large(int(found.group(1)) if found else None, max_pixels)) from None
+    if im.width * im.height > max_pixels:
+        size = f"{im.width}x{im.height}"
+        im.close()
+        raise BadImage(_too_large(None, max_pixels, size))
+    return im
+
+
+def _too_large(pixels: int | None, max_pixels: int, size: str = "") -> str:
+    what = size or (f"{pixels:,} pixels" if pixels else "over Pillow's limit")
+    return (f"too large: {what} is over data.max_image_pixels = {max_pixels:,} (not decoded; a "
+            "whole-slide image goes in as a slide or pyramidal TIFF, which is read by region)")
+
+
+def _tiff_fallback(path: Path, error: Exception, max_pixels: int) -> Image.Image:
     """Pillow cannot decode some TIFFs microscopes write (16-bit RGB, float, multi-sample);
     tifffile can. Anything else that Pillow rejects is a BadImage with Pillow's reason."""
     reason = f"unreadable image ({type(error).__name__}: {error})"
@@ -47,7 +74,15 @@ def _tiff_fallback(path: Path, error: Exception) -> Image.Image:
         raise BadImage(reason) from None
     try:
         import tifffile
-        a = np.asarray(tifffile.imread(path, key=0))
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.pages[0].shape
+            height, width = (shape[1], shape[2]) if len(shape) == 3 and shape[0] in (1, 3, 4) \
+                and shape[-1] not in (1, 3, 4) else (shape[0], shape[1])
+            if width * height > max_pixels:
+                raise BadImage(_too_large(None, max_pixels, f"{width}x{height}"))
+            a = np.asarray(tif.pages[0].asarray())
+    except BadImage:
+        raise
     except Exception:  # tifffile raises many types for damaged files; Pillow's reason is clearer
         raise BadImage(reason) from None
     return array_to_rgb(a, reason)
@@ -94,10 +129,11 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def scan_images(root: str | Path, min_size: int = 8) -> tuple[list[dict], list[dict]]:
+def scan_images(root: str | Path, min_size: int = 8, max_pixels: int | None = None) -> tuple[list[dict], list[dict]]:
     """Every image file under root (any depth, extension in any case): (good, skipped).
     good: {"path", "width", "height", "mode"}; skipped: {"path", "reason"}. Never raises on a
-    file; hidden files and folders (".*") are ignored as they are not user data."""
+    file (one over `max_pixels` is skipped before it is decoded); hidden files and folders
+    (".*") are ignored as they are not user data."""
     good, skipped = [], []
     for path in sorted(Path(root).rglob("*")):
         rel = path.relative_to(root)
@@ -110,21 +146,22 @@ def scan_images(root: str | Path, min_size: int = 8) -> tuple[list[dict], list[d
             skipped.append({"path": str(path), "reason": reason})
             continue
         try:
-            with Image.open(path) as im:
-                mode = im.mode
-            rgb = load_rgb(path, min_size)
+            mode = _mode(path, max_pixels or MAX_IMAGE_PIXELS)
+            rgb = load_rgb(path, min_size, max_pixels)
         except BadImage as e:
             skipped.append({"path": str(path), "reason": str(e)})
             continue
-        except (OSError, SyntaxError, ValueError):
-            mode = "tiff (tifffile)"
-            try:
-                rgb = load_rgb(path, min_size)
-            except BadImage as e:
-                skipped.append({"path": str(path), "reason": str(e)})
-                continue
         good.append({"path": str(path), "width": rgb.width, "height": rgb.height, "mode": mode})
     return good, skipped
+
+
+def _mode(path: Path, max_pixels: int) -> str:
+    """The pixel mode Pillow reads from the header; tifffile's files have none Pillow knows."""
+    try:
+        with _open_header(path, max_pixels) as im:
+            return im.mode
+    except (OSError, SyntaxError, ValueError):
+        return "tiff (tifffile)"
 
 
 def to_uint8(image: Image.Image, image_size: int) -> torch.Tensor:

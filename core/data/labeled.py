@@ -23,10 +23,11 @@ from core.workspace import Workspace
 PATHMNIST_CLASSES = ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"]
 
 
-def scan_labeled(root: str | Path) -> dict:
+def scan_labeled(root: str | Path, max_pixels: int | None = None) -> dict:
     """Index an ImageFolder: {"frame": DataFrame(path, class_name, split|None), "classes",
     "skipped": [{"path", "reason"}], "empty_classes", "layout": "classes"|"splits"}.
-    A folder without any usable image is a UserError naming it."""
+    A folder without any usable image is a UserError naming it; a file over `max_pixels`
+    (data.max_image_pixels) is skipped with its reason before it is decoded."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"labeled data folder not found: {root}")
@@ -37,7 +38,7 @@ def scan_labeled(root: str | Path) -> dict:
     groups = [(d.name.lower(), c) for d in split_dirs for c in _class_dirs(d)] if layout == "splits" \
         else [(None, c) for c in subdirs]
     for split, class_dir in groups:
-        good, bad = scan_images(class_dir)
+        good, bad = scan_images(class_dir, max_pixels=max_pixels)
         skipped += bad
         if not good:
             empty.append(class_dir.name if split is None else f"{split}/{class_dir.name}")
@@ -128,7 +129,7 @@ def prepare_labeled(ws: Workspace, cfg: LabConfig, labeled: str | Path,
         if has_test:
             notes.append("test = the file's own test split; its train+val form the labeled pool")
     else:
-        scan = scan_labeled(labeled)
+        scan = scan_labeled(labeled, d.max_image_pixels)
         frame, classes = scan["frame"], scan["classes"]
         skipped, empty = scan["skipped"], scan["empty_classes"]
         has_test = scan["layout"] == "splits" and (frame["split"] == "test").any() and test is None
@@ -138,7 +139,7 @@ def prepare_labeled(ws: Workspace, cfg: LabConfig, labeled: str | Path,
         if has_test:
             notes.append("test = the folder's own test/ sub-folder")
     if test is not None:
-        test_scan = scan_labeled(test)
+        test_scan = scan_labeled(test, d.max_image_pixels)
         unknown = sorted(set(test_scan["classes"]) - set(classes))
         if unknown:
             why = [f"{c}: every file was unreadable (e.g. {_first_reason(skipped, c)})" for c in unknown if c in empty]

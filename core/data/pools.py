@@ -68,7 +68,7 @@ def prepare_pools(ws: Workspace, cfg: LabConfig, sources, progress=None, stop=No
         direct: list[str] = []
         to_tile: list[Path] = []
         if files is None:
-            good, bad = scan_images(path, min_size=cfg.data.image_size // 2)
+            good, bad = scan_images(path, min_size=cfg.data.image_size // 2, max_pixels=cfg.data.max_image_pixels)
             skipped += bad
             to_tile += [Path(g["path"]) for g in good if g["width"] * g["height"] > LARGE_IMAGE_PIXELS]
             direct += [str(Path(g["path"]).resolve()) for g in good
@@ -85,7 +85,8 @@ def prepare_pools(ws: Workspace, cfg: LabConfig, sources, progress=None, stop=No
                 break
             try:
                 info = tile_to_folder(image, ws.unlabeled_dir / name, cfg.data.image_size,
-                                      cfg.data.mpp, prefix=_pool_name(image, set()), stop=stop)
+                                      cfg.data.mpp, prefix=_pool_name(image, set()), stop=stop,
+                                      max_pixels=cfg.data.max_image_pixels)
             except BadImage as e:
                 skipped.append({"path": str(image), "reason": str(e)})
                 continue

@@ -45,19 +45,20 @@ def load_pools(ws: Workspace) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def check(path: str | Path) -> dict:
+def check(path: str | Path, max_pixels: int | None = None) -> dict:
     """What a data path holds, without writing anything: counts per class, image sizes, every
-    skipped file with its reason, empty class folders. No usable image at all is a UserError."""
+    skipped file with its reason (one over `max_pixels`, data.max_image_pixels, is not decoded),
+    empty class folders. No usable image at all is a UserError."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"path not found: {path}")
     if path.is_file() and path.suffix.lower() == ".npz":
         return {"path": str(path), **npz_preview(path)}
     if path.is_file():
-        return _check_file(path)
+        return _check_file(path, max_pixels)
     has_class_dirs = any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
     if has_class_dirs:
-        scan = scan_labeled(path)
+        scan = scan_labeled(path, max_pixels)
         frame = scan["frame"]
         per_class = frame.groupby(["split", "class_name"], dropna=False).size() \
             if scan["layout"] == "splits" else frame.groupby("class_name").size()
@@ -66,7 +67,7 @@ def check(path: str | Path) -> dict:
             classes[name] = 0
         skipped, empty, layout = scan["skipped"], scan["empty_classes"], scan["layout"]
     else:
-        good, skipped = scan_images(path)
+        good, skipped = scan_images(path, max_pixels=max_pixels)
         if not good:
             raise UserError(f"no usable images in {path} ({len(skipped)} file(s) skipped)")
         frame = pd.DataFrame(good)
@@ -77,9 +78,9 @@ def check(path: str | Path) -> dict:
             "skipped": skipped, "empty_classes": empty}
 
 
-def _check_file(path: Path) -> dict:
+def _check_file(path: Path, max_pixels: int | None) -> dict:
     try:
-        source = open_source(path)
+        source = open_source(path, max_pixels=max_pixels)
     except BadImage as e:
         raise UserError(f"{path}: {e}") from None
     thumb = source.thumbnail(512)

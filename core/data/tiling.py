@@ -18,7 +18,6 @@ from core.data.images import SLIDE_EXTS, load_rgb
 from core.errors import BadImage
 
 LARGE_IMAGE_PIXELS = 1024 * 1024   # plain images bigger than this are tiled, smaller ones used whole
-MAX_PLAIN_PIXELS = 40_000 * 40_000  # a plain image beyond this needs a pyramid reader (openslide)
 
 
 def is_slide_path(path: str | Path) -> bool:
@@ -75,12 +74,14 @@ class Source:
     thumbnail: Callable[[int], np.ndarray]
 
 
-def open_source(path: str | Path, mpp: float | None = None) -> Source:
-    """Open a slide (openslide) or a plain image; `mpp` overrides what the file states."""
+def open_source(path: str | Path, mpp: float | None = None, max_pixels: int | None = None) -> Source:
+    """Open a slide (openslide) or a plain image; `mpp` overrides what the file states. A plain
+    image is decoded whole, so one over `max_pixels` (data.max_image_pixels) is a BadImage from
+    its header; a slide is read by region and has no cap."""
     path = Path(path)
     if is_slide_path(path) or _is_pyramid_tiff(path):
         return _open_slide(path, mpp)
-    return _open_plain(path, mpp)
+    return _open_plain(path, mpp, max_pixels)
 
 
 def _is_pyramid_tiff(path: Path) -> bool:
@@ -116,10 +117,8 @@ def _open_slide(path: Path, mpp: float | None) -> Source:
     return Source(path, width, height, mpp or (float(stated) if stated else None), read, thumbnail)
 
 
-def _open_plain(path: Path, mpp: float | None) -> Source:
-    rgb = load_rgb(path)
-    if rgb.width * rgb.height > MAX_PLAIN_PIXELS:
-        raise BadImage(f"image too large to tile without a pyramid ({rgb.width}x{rgb.height})")
+def _open_plain(path: Path, mpp: float | None, max_pixels: int | None) -> Source:
+    rgb = load_rgb(path, max_pixels=max_pixels)
     stated = _stated_mpp(path)
     array = np.asarray(rgb)
 
@@ -205,13 +204,14 @@ def _candidate_mask(source: Source, box: int, step: int, min_tissue: float):
 
 def tile_to_folder(path: str | Path, out_dir: str | Path, image_size: int, target_mpp: float,
                    stride: int | None = None, min_tissue: float = 0.5, max_tiles: int | None = None,
-                   mpp: float | None = None, prefix: str | None = None, stop=None) -> dict:
+                   mpp: float | None = None, prefix: str | None = None, stop=None,
+                   max_pixels: int | None = None) -> dict:
     """Tile one image or slide into PNGs under out_dir (provenance in each PNG's text chunk).
 
     Returns {"paths": [...], "source_mpp": float|None, "assumed_mpp": bool, "tiles": int}.
     Existing tiles of the same name are kept, so a killed run resumes where it stopped."""
     from core.io import save_png
-    source = open_source(path, mpp)
+    source = open_source(path, mpp, max_pixels)
     out_dir = Path(out_dir)
     prefix = prefix or Path(path).stem
     paths = []

@@ -99,8 +99,31 @@ def threshold_frame(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SELECTION_CHECKS = (("confidence", "confidence"), ("centroid", "centroid"), ("knn", "k-NN realism"),
+                    ("colour", "colour range"), ("kept", "kept by the rule"))
+
+
+def selection_frame(summary: dict) -> pd.DataFrame:
+    """Per budget and class, the synthetic images passing each check and, in brackets, the real
+    validation images passing it (a check that real images fail says so)."""
+    rows = []
+    for budget, per_class in ((summary.get("synthetic") or {}).get("checks") or {}).items():
+        for c, n in per_class.items():
+            rows.append({"budget": budget, "class": c, "generated": n["images"],
+                         **{title: f"{n[k]} ({n['val_' + k]}/{n['val_images']})" if "val_images" in n else n[k]
+                            for k, title in SELECTION_CHECKS}})
+    return pd.DataFrame(rows)
+
+
 def _markdown(frame: pd.DataFrame) -> list[str]:
     return [frame_markdown(frame), ""] if not frame.empty else []
+
+
+def _selection_title(summary: dict) -> str:
+    rule = (summary.get("synthetic") or {}).get("rule") or {}
+    realism = "+".join(rule.get("realism") or ()) or "none"
+    return (f"Selection: synthetic images passing each check, real validation images in brackets "
+            f"(rule: {rule.get('strategy', '?')}, realism checks: {realism})")
 
 
 def markdown_table(summary: dict) -> str:
@@ -122,7 +145,8 @@ def markdown_table(summary: dict) -> str:
     lines.append("")
     for title, frame in (("Exposure: how each arm saw its real images", exposure_frame(summary)),
                          ("Quality of the accepted images (real-vs-real floor in brackets)", quality_frame(summary)),
-                         ("Per-class thresholds", threshold_frame(summary))):
+                         ("Per-class thresholds", threshold_frame(summary)),
+                         (_selection_title(summary), selection_frame(summary))):
         if not frame.empty:
             lines += [f"## {title}", ""] + _markdown(frame)
     for name, b in (summary.get("budgets") or {}).items():

@@ -19,6 +19,29 @@ def check_scale(scale: float) -> float:
     return scale
 
 
+def check_interval(interval) -> tuple[int, int] | None:
+    """A guidance interval as (t_lo, t_hi) timesteps, or None for every timestep (also for ())."""
+    if interval is None or len(interval) == 0:
+        return None
+    try:
+        lo, hi = (int(v) for v in interval)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"guidance_interval must be two whole timesteps LO,HI, got {interval!r}") from e
+    if not 0 <= lo <= hi or (lo, hi) != tuple(interval):
+        raise UserError(f"guidance_interval must be whole timesteps 0 <= LO <= HI, got {interval!r}")
+    return lo, hi
+
+
+def scale_at(t: torch.Tensor | int, scale: float, interval: tuple[int, int] | None) -> float:
+    """The guidance scale at timestep t: `scale` inside [t_lo, t_hi] (both ends included; None:
+    everywhere), 0 outside, where condition_score / condition_mean then skip the classifier.
+    Kynkaanniemi et al. 2024: guidance limited to an interval of noise levels improves samples
+    and saves the guidance cost outside it."""
+    if interval is None:
+        return scale
+    return scale if interval[0] <= int(t) <= interval[1] else 0.0
+
+
 def log_prob_grad(z_t: torch.Tensor, t: torch.Tensor | int, classifier: torch.nn.Module, y: torch.Tensor,
                   autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """grad_z log p(y | z_t, t), through the classifier only (z_t is detached from any UNet graph)."""

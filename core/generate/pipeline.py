@@ -7,19 +7,21 @@ unet/, scheduler/, latent_classifier/) with `save_pretrained` / `from_pretrained
 written here; everything else (schedulers, noise draws, loading, callbacks) is diffusers'.
 Each image has its own CPU `torch.Generator`, so any image can be regenerated alone from its seed.
 
-    pipe = GuidedLatentPipeline.from_pretrained("WORKSPACE/models")
+How a pipeline runs (`PipelineSettings`) is fixed when it is made: a pipeline handed out is never
+reconfigured, and `with_settings` makes another one over the same frozen modules.
+
+    pipe = GuidedLatentPipeline.from_pretrained("WORKSPACE/models", mixed_precision="bf16")
     pipe(class_ids=[0], generator=[torch.Generator().manual_seed(0)], guidance_scale=3.0).images
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import numbers
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import diffusers
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -27,25 +29,52 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from core.config.lab_config import LabConfig
-from core.errors import UserError
-from core.generate.guidance import check_scale, condition_mean, condition_score, ddpm_variance
 from core.data.images import to_pil
-from core.io import atomic_write_json, folder_hash
+from core.errors import UserError
+from core.generate.guidance import (check_interval, check_scale, condition_mean, condition_score, ddpm_variance,
+                                   scale_at)
+from core.io import folder_hash
 from core.models.autoencoder import decode
 from core.models.compile import CompiledOrEager, compilable
 from core.models.latent_classifier import LatentClassifier
-from core.models.load import check_models
 from core.models.unet import prefers_channels_last
 from core.precision import autocast, autocast_dtype
 from core.workspace import Workspace
 
-# How the pipeline runs, not what it is: set once (`configure`, or `from_pretrained(..., KEY=...)`)
-# and never saved with the models. The defaults run as the weights were saved (fp32, eager).
-SETTINGS = {"mixed_precision": "no", "classifier_precision": "no", "compile": False, "sampler": "ddim", "margin": 0}
 SAMPLERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
 PRECISIONS = ("no", "bf16", "fp16")
 OUTPUT_TYPES = ("pil", "latent", "pt", "np")
+COMPONENTS = ("unet", "vae", "scheduler", "latent_classifier")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """How the pipeline runs, not what it is: fixed when a pipeline is made, never saved with the
+    models. The defaults run as the weights were saved (fp32, eager).
+
+    mixed_precision: the UNet's autocast ("no" | "bf16" | "fp16"); classifier_precision: the
+    guidance gradient's; compile: `torch.compile` the UNet and classifier (~10-40 s per batch
+    shape, then faster: for datasets, not a 4-image preview); sampler: "ddim" | "ddpm";
+    margin: latent px sampled around each tile and cropped off after decoding (overlap-tile on
+    the UNet's side: its zero padding paints an inset square on flat tiles)."""
+    mixed_precision: str = "no"
+    classifier_precision: str = "no"
+    compile: bool = False
+    sampler: str = "ddim"
+    margin: int = 0
+
+    def __post_init__(self):
+        for name, allowed in (("mixed_precision", PRECISIONS), ("classifier_precision", PRECISIONS),
+                              ("sampler", tuple(SAMPLERS))):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if isinstance(self.margin, bool) or int(self.margin) != self.margin or self.margin < 0:
+            raise UserError(f"margin must be a whole number of latent pixels >= 0, got {self.margin!r}")
+        object.__setattr__(self, "margin", int(self.margin))
+        object.__setattr__(self, "compile", bool(self.compile))
+
+
+SETTINGS = tuple(f.name for f in dataclasses.fields(PipelineSettings))
 
 
 @dataclass
@@ -53,6 +82,14 @@ class GuidedOutput(BaseOutput):
     images: list | torch.Tensor      # PIL images; latents (N, C, h, w) for "latent"; [0, 1] tensors/arrays
     seeds: list[int]                 # the seeds of the images returned (a generator's initial_seed)
     interrupted: bool                # stopped before the end: `images` is then empty
+    # the models that made them, as the manifests name them (unet_hash, vae_hash, classifier_hash)
+    model_hashes: dict
+
+
+def component_hashes(folders: dict) -> dict[str, str]:
+    """The manifests' model columns from component folders (classifier_hash: the latent classifier's)."""
+    return {"unet_hash": folder_hash(folders["unet"]), "vae_hash": folder_hash(folders["vae"]),
+            "classifier_hash": folder_hash(folders["latent_classifier"])}
 
 
 class GuidedLatentPipeline(DiffusionPipeline):
@@ -63,61 +100,93 @@ class GuidedLatentPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "denoised"]
 
     def __init__(self, unet: UNet2DModel, vae: AutoencoderKL, scheduler: DDPMScheduler,
-                 latent_classifier: LatentClassifier):
+                 latent_classifier: LatentClassifier, mixed_precision="no", classifier_precision="no",
+                 compile=False, sampler="ddim", margin=0, model_hashes=None):
         super().__init__()
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, latent_classifier=latent_classifier)
         self.image_processor = VaeImageProcessor(vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1))
-        self._interrupt, self._num_timesteps, self._guidance_scale = False, 0, 0.0
-        self.configure(**SETTINGS)
+        self._settings = PipelineSettings(mixed_precision, classifier_precision, compile, sampler, margin)
+        self._model_hashes = dict(model_hashes or {})
+        # what one call sets and its callbacks read (diffusers' `pipe._interrupt`), per thread:
+        # the app may sample with one pipeline from several threads
+        self._call_state = threading.local()
+        self._compiled_modules, self._compile_lock = {}, threading.Lock()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "GuidedLatentPipeline":
-        """diffusers' loader (components may be overridden: `latent_classifier=...`, `unet=...`), then
-        the settings among kwargs (mixed_precision, classifier_precision, compile, sampler)."""
-        settings = {k: kwargs.pop(k) for k in SETTINGS if k in kwargs}
+        """diffusers' loader (components may be overridden: `latent_classifier=...`, `unet=...`),
+        with the settings among kwargs (mixed_precision, classifier_precision, compile, sampler,
+        margin). `model_hashes` defaults to the hashes of the folder's component weights."""
+        folder = Path(str(pretrained_model_name_or_path))
+        if "model_hashes" not in kwargs and folder.is_dir() and not set(kwargs) & set(COMPONENTS):
+            kwargs["model_hashes"] = component_hashes({name: folder / name for name in COMPONENTS})
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         # Sampling never updates weights: frozen, the classifier's backward computes only
         # d log p / d z and its graph holds no weight edges.
         for module in (pipe.unet, pipe.vae, pipe.latent_classifier):
             module.requires_grad_(False)
-        return pipe.configure(**settings)
+        return pipe
 
-    def configure(self, mixed_precision: str | None = None, classifier_precision: str | None = None,
-                  compile: bool | None = None, sampler: str | None = None,
-                  margin: int | None = None) -> "GuidedLatentPipeline":
-        """Set how the pipeline runs (None leaves a setting as it is); returns the pipeline.
+    def with_settings(self, **changes) -> "GuidedLatentPipeline":
+        """A new pipeline over the same modules with some settings changed; this one stays as it is."""
+        unknown = set(changes) - set(SETTINGS)
+        if unknown:
+            raise TypeError(f"unknown pipeline setting(s): {', '.join(sorted(unknown))}")
+        settings = dataclasses.replace(self._settings, **changes)
+        pipe = type(self)(**self.components, **dataclasses.asdict(settings), model_hashes=self._model_hashes)
+        pipe.register_to_config(_name_or_path=self.name_or_path)
+        pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        return pipe
 
-        mixed_precision: the UNet's autocast ("no" | "bf16" | "fp16"); classifier_precision: the
-        guidance gradient's; compile: `torch.compile` the UNet and classifier (~10-40 s per batch
-        shape, then faster: for datasets, not a 4-image preview); sampler: "ddim" | "ddpm";
-        margin: latent px sampled around each tile and cropped off after decoding (overlap-tile on
-        the UNet's side: its zero padding paints an inset square on flat tiles; issue 15)."""
-        if margin is not None and (int(margin) != margin or margin < 0):
-            raise UserError(f"margin must be a whole number of latent pixels >= 0, got {margin!r}")
-        for name, value, allowed in (("mixed_precision", mixed_precision, PRECISIONS),
-                                     ("classifier_precision", classifier_precision, PRECISIONS),
-                                     ("sampler", sampler, tuple(SAMPLERS))):
-            if value is not None and value not in allowed:
-                raise UserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        for name, value in (("mixed_precision", mixed_precision), ("classifier_precision", classifier_precision),
-                            ("compile", None if compile is None else bool(compile)), ("sampler", sampler),
-                            ("margin", None if margin is None else int(margin))):
-            if value is not None:
-                setattr(self, name, value)
-        return self
+    @property
+    def settings(self) -> PipelineSettings:
+        return self._settings
+
+    @property
+    def mixed_precision(self) -> str:
+        return self._settings.mixed_precision
+
+    @property
+    def classifier_precision(self) -> str:
+        return self._settings.classifier_precision
+
+    @property
+    def compile(self) -> bool:
+        return self._settings.compile
+
+    @property
+    def sampler(self) -> str:
+        return self._settings.sampler
+
+    @property
+    def margin(self) -> int:
+        return self._settings.margin
+
+    @property
+    def model_hashes(self) -> dict[str, str]:
+        """The models this pipeline samples with, as the manifests name them (a copy)."""
+        return dict(self._model_hashes)
 
     # diffusers' pipeline properties: callbacks read them, and set `pipe._interrupt = True` to stop
+    @property
+    def _interrupt(self) -> bool:
+        return getattr(self._call_state, "interrupt", False)
+
+    @_interrupt.setter
+    def _interrupt(self, value: bool) -> None:
+        self._call_state.interrupt = bool(value)
+
     @property
     def interrupt(self) -> bool:
         return self._interrupt
 
     @property
     def num_timesteps(self) -> int:
-        return self._num_timesteps
+        return getattr(self._call_state, "num_timesteps", 0)
 
     @property
     def guidance_scale(self) -> float:
-        return self._guidance_scale
+        return getattr(self._call_state, "guidance_scale", 0.0)
 
     def get_label_ids(self, label: str | list[str]) -> list[int]:
         """Class names -> class ids, as diffusers' DiTPipeline maps its ImageNet labels."""
@@ -135,16 +204,16 @@ class GuidedLatentPipeline(DiffusionPipeline):
         return SAMPLERS[self.sampler].from_config(self.scheduler.config, clip_sample=False)
 
     def compiled(self, name: str) -> CompiledOrEager:
-        """The `torch.compile`d unet / classifier, built once per pipeline (see `configure`;
+        """The `torch.compile`d unet / classifier, built once per pipeline (see `PipelineSettings`;
         benchmarks/guided_sampling.py measures it)."""
-        cache = self.__dict__.setdefault("_compiled_modules", {})
-        if name not in cache:
-            # Sampling never updates the UNet's weights: inductor's freezing folds them into the
-            # graph as constants (oneDNN pre-packs the conv weights on CPU). The classifier is
-            # differentiated every step, and freezing covers inference graphs only.
-            options = {"freezing": True} if name == "unet" else None
-            cache[name] = CompiledOrEager(compilable(getattr(self, name)), options=options)
-        return cache[name]
+        with self._compile_lock:
+            if name not in self._compiled_modules:
+                # Sampling never updates the UNet's weights: inductor's freezing folds them into the
+                # graph as constants (oneDNN pre-packs the conv weights on CPU). The classifier is
+                # differentiated every step, and freezing covers inference graphs only.
+                options = {"freezing": True} if name == "unet" else None
+                self._compiled_modules[name] = CompiledOrEager(compilable(getattr(self, name)), options=options)
+            return self._compiled_modules[name]
 
     def decode(self, latents: torch.Tensor, output_type: str = "pil"):
         """Scaled latents -> PIL images, or [0, 1] images as "pt" tensors / "np" arrays. A latent
@@ -170,40 +239,65 @@ class GuidedLatentPipeline(DiffusionPipeline):
         seeds = [int(s) for s in seeds]
         return [torch.Generator("cpu").manual_seed(s) for s in seeds], seeds
 
+    def _tensor_inputs(self, callback, tensor_inputs) -> list[str]:
+        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+            tensor_inputs = callback.tensor_inputs
+        tensor_inputs = list(tensor_inputs or ["latents"])
+        if set(tensor_inputs) - set(self._callback_tensor_inputs):
+            raise UserError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
+                            f"got {tensor_inputs}")
+        return tensor_inputs
+
     @torch.no_grad()
     def __call__(self, class_ids: int | list[int], generator: torch.Generator | list[torch.Generator] | None = None,
                  seeds: list[int] | None = None, guidance_scale: float = 10.0, num_inference_steps: int = 25,
                  eta: float = 1.0, output_type: str = "pil", return_dict: bool = True,
                  callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
-                 callback_on_step_end_tensor_inputs: list[str] | None = None) -> GuidedOutput | tuple:
+                 callback_on_step_end_tensor_inputs: list[str] | None = None,
+                 guidance_interval: tuple[int, int] | None = None) -> GuidedOutput | tuple:
         """Sample one image per generator (or seed) guided toward its class id (an int: all alike).
+
+        guidance_interval=(t_lo, t_hi): the classifier guides only the steps whose timestep lies
+        in [t_lo, t_hi] and is not run at the others (None: every step).
 
         callback_on_step_end(pipe, i, t, tensors) runs after every step with the tensors named in
         callback_on_step_end_tensor_inputs ("latents", "denoised": the x0 prediction) and returns
         them (a returned "latents" replaces the latents); it stops sampling by setting
-        `pipe._interrupt = True`, and then no image is returned (`interrupted` says so)."""
+        `pipe._interrupt = True`, and then no image is returned (`interrupted` says so).
+
+        Returns:
+            `GuidedOutput` (images, seeds, interrupted, model_hashes), or that tuple without return_dict.
+        """
         class_ids = class_ids.tolist() if torch.is_tensor(class_ids) else class_ids
         one = isinstance(class_ids, numbers.Integral)
         gens, seeds = self._noise_generators(generator, seeds, None if one else len(class_ids))
         ids = [int(class_ids)] * len(seeds) if one else [int(c) for c in class_ids]
         if len(ids) != len(seeds):
             raise UserError(f"got {len(ids)} class ids for {len(seeds)} seeds")
-        scale = check_scale(guidance_scale)
+        scale, interval = check_scale(guidance_scale), check_interval(guidance_interval)
         if int(num_inference_steps) < 1:
             raise UserError(f"steps must be >= 1, got {num_inference_steps}")
         if eta < 0:
             raise UserError(f"eta must be >= 0, got {eta}")
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
-        if set(tensor_inputs) - set(self._callback_tensor_inputs):
-            raise UserError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
-                            f"got {tensor_inputs}")
+        tensor_inputs = self._tensor_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         sched = self.sampling_scheduler()
         sched.set_timesteps(int(num_inference_steps))
-        self._interrupt, self._num_timesteps, self._guidance_scale = False, len(sched.timesteps), scale
+        state = self._call_state
+        state.interrupt, state.num_timesteps, state.guidance_scale = False, len(sched.timesteps), scale
+        latents = self._denoise(sched, gens, torch.tensor(ids, device=self.unet.device), scale, interval, eta,
+                                callback_on_step_end, tensor_inputs)
+        if self.interrupt:   # a half-denoised batch is no image: none is returned
+            images, seeds = ([] if output_type == "pil" else latents[:0]), []
+        else:
+            images = latents if output_type == "latent" else self.decode(latents, output_type)
+        self.maybe_free_model_hooks()
+        out = GuidedOutput(images=images, seeds=seeds, interrupted=self.interrupt, model_hashes=self.model_hashes)
+        return out if return_dict else out.to_tuple()
+
+    def _denoise(self, sched, gens: list, y: torch.Tensor, scale: float, interval, eta: float, callback,
+                 tensor_inputs: list[str]) -> torch.Tensor:
         device = self.unet.device
         cls_dtype = autocast_dtype(device, self.classifier_precision)
         channels_last = prefers_channels_last(device, self.mixed_precision)
@@ -211,39 +305,33 @@ class GuidedLatentPipeline(DiffusionPipeline):
             else (self.unet, self.latent_classifier)
         side = self.unet.config.sample_size + 2 * self.margin     # the canvas; decode keeps its centre
         shape = (self.unet.config.in_channels, side, side)
-        y = torch.tensor(ids, device=device)
-        latents = randn_tensor((len(seeds), *shape), generator=gens, device=device, dtype=torch.float32)
+        latents = randn_tensor((len(gens), *shape), generator=gens, device=device, dtype=torch.float32)
         latents = latents * sched.init_noise_sigma
         with self.progress_bar(total=len(sched.timesteps)) as bar:
             for i, t in enumerate(sched.timesteps):
                 # channels_last is the tensor-core layout on CUDA; on CPU bf16 group norm took 2.2 ms
-                # per call on it against 0.3 ms in NCHW (batch 64; issue 4), half of sampling's time.
+                # per call on it against 0.3 ms in NCHW (batch 64), half of sampling's time.
                 z_in = latents.contiguous(memory_format=torch.channels_last) if channels_last else latents
                 with autocast(device, self.mixed_precision):
                     eps = unet(z_in, t).sample.float()
+                step_scale = scale_at(t, scale, interval)
                 if self.sampler == "ddim":
-                    eps = condition_score(eps, latents, t, sched, classifier, y, scale, cls_dtype)
+                    eps = condition_score(eps, latents, t, sched, classifier, y, step_scale, cls_dtype)
                     out = sched.step(eps, t, latents, eta=eta, generator=gens)
                     next_latents = out.prev_sample
                 else:
                     out = sched.step(eps, t, latents, generator=gens)
                     next_latents = condition_mean(out.prev_sample, ddpm_variance(sched, t), latents, t,
-                                                  classifier, y, scale, cls_dtype)
+                                                  classifier, y, step_scale, cls_dtype)
                 latents, denoised = next_latents, out.pred_original_sample
-                if callback_on_step_end is not None:
+                if callback is not None:
                     tensors = {"latents": latents, "denoised": denoised}
-                    returned = callback_on_step_end(self, i, t, {k: tensors[k] for k in tensor_inputs}) or {}
+                    returned = callback(self, i, t, {k: tensors[k] for k in tensor_inputs}) or {}
                     latents = returned.pop("latents", latents)
                 bar.update()
                 if self.interrupt:
                     break
-        if self.interrupt:   # a half-denoised batch is no image: none is returned
-            images, seeds = ([] if output_type == "pil" else latents[:0]), []
-        else:
-            images = latents if output_type == "latent" else self.decode(latents, output_type)
-        self.maybe_free_model_hooks()
-        out = GuidedOutput(images=images, seeds=seeds, interrupted=self.interrupt)
-        return out if return_dict else out.to_tuple()
+        return latents
 
     def save_pretrained(self, save_directory, workspace=None, **kwargs) -> None:
         """diffusers' save (model_index.json + one folder per component), then a model card
@@ -251,6 +339,14 @@ class GuidedLatentPipeline(DiffusionPipeline):
         from core.generate.model_card import write_model_card
         super().save_pretrained(save_directory, **kwargs)
         write_model_card(save_directory, workspace or _workspace_of(self.name_or_path))
+
+
+def _workspace_of(folder):
+    """The workspace whose models/ folder this is, if it is one."""
+    folder = Path(str(folder or ""))
+    if folder.name == "models" and Workspace(folder.parent, migrate=False).config_file.exists():
+        return Workspace(folder.parent, migrate=False)
+    return None
 
 
 def interrupt_when(stop: threading.Event | None, then: Callable | None = None) -> Callable | None:
@@ -265,75 +361,3 @@ def interrupt_when(stop: threading.Event | None, then: Callable | None = None) -
             pipe._interrupt = True
         return tensors
     return callback
-
-
-def model_index() -> dict:
-    """The model_index.json of a workspace's models/ folder: the pipeline's class and each
-    component's (library, class), as save_pretrained writes them. A class of this package is
-    named by its module path, which diffusers imports as it stands (no remote code, no Hub)."""
-    components = {"vae": AutoencoderKL, "unet": UNet2DModel, "scheduler": DDPMScheduler,
-                  "latent_classifier": LatentClassifier}
-    return {"_class_name": GuidedLatentPipeline.__name__, "_diffusers_version": diffusers.__version__,
-            **{name: ["diffusers" if cls.__module__.startswith("diffusers") else cls.__module__, cls.__name__]
-               for name, cls in components.items()}}
-
-
-def write_model_index(folder: str | Path) -> Path:
-    """Write `folder`/model_index.json unless it already says the same (its mtime then stays)."""
-    path = Workspace.model_index_of(folder)
-    wanted = model_index()
-    try:
-        if json.loads(path.read_text()) == wanted:
-            return path
-    except (OSError, ValueError):
-        pass
-    atomic_write_json(path, wanted)
-    return path
-
-
-_CACHE: dict = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def load_pipeline(ws: Workspace, cfg: LabConfig, device: str | torch.device | None = None,
-                  **settings) -> GuidedLatentPipeline:
-    """The budget's GuidedLatentPipeline, configured from cfg.sampling (`settings` override it:
-    compile, sampler, ...); loaded once and cached until a model folder changes.
-
-    The root models/ folder is the pipeline; a budget with its own latent classifier (budgets/
-    NAME/) or a fine-tuned UNet passes it to `from_pretrained` as a component override.
-    `pipe.model_hashes` names its models (the manifests' unet/vae/classifier_hash)."""
-    folders = check_models(ws, cfg)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    stamp = tuple((str(p), max((f.stat().st_mtime_ns for f in p.iterdir()), default=0)) for p in folders.values())
-    key = (str(ws.root), stamp, str(device))
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            root = Workspace(ws.root)
-            write_model_index(root.models_dir)
-            overrides = {}
-            if folders["latent_classifier"] != root.latent_classifier_dir:
-                overrides["latent_classifier"] = LatentClassifier.from_pretrained(folders["latent_classifier"])
-            if folders["unet"] != root.unet_dir:
-                overrides["unet"] = UNet2DModel.from_pretrained(folders["unet"])
-            pipe = GuidedLatentPipeline.from_pretrained(root.models_dir, **overrides).to(device)
-            if prefers_channels_last(device, "bf16"):
-                pipe.unet.to(memory_format=torch.channels_last)
-            pipe.set_progress_bar_config(disable=True)     # callers report progress their own way
-            # the manifests' column names (classifier_hash: the latent classifier's)
-            pipe.model_hashes = {f"{k}_hash": folder_hash(folders[k]) for k in ("unet", "vae")}
-            pipe.model_hashes["classifier_hash"] = folder_hash(folders["latent_classifier"])
-            _CACHE.clear()  # one pipeline in memory at a time
-            _CACHE[key] = pipe
-        s = cfg.sampling
-        return _CACHE[key].configure(**{"mixed_precision": s.mixed_precision, "sampler": s.sampler,
-                                        "classifier_precision": s.classifier_precision, "compile": s.compile,
-                                        "margin": s.latent_margin, **settings})
-
-
-def _workspace_of(folder):
-    """The workspace whose models/ folder this is, if it is one."""
-    folder = Path(str(folder or ""))
-    if folder.name == "models" and Workspace(folder.parent, migrate=False).config_file.exists():
-        return Workspace(folder.parent, migrate=False)
-    return None

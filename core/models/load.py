@@ -53,12 +53,32 @@ def check_models(ws: Workspace, cfg: LabConfig | None = None, parts=tuple(PARTS)
     return {name: folders[name] for name in parts}
 
 
+# weight files that torch.load would unpickle: never loaded, and refused when they sit in a model folder
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+
+
+def refuse_pickled(folder: str | Path) -> None:
+    """UserError, one line, when a model folder holds a pickled weight file (beside its
+    safetensors or instead of them): diffusers would fall back to it ("unsafe serialization")."""
+    found = sorted(p.name for pattern in PICKLED for p in Path(folder).glob(pattern))
+    if found:
+        raise UserError(f"{folder} holds {', '.join(found)}: pickled weights, which the lab never loads "
+                        "(safetensors only); remove the file, or re-save the model with save_pretrained")
+
+
+def from_folder(cls, folder: str | Path, **kwargs):
+    """`cls.from_pretrained(folder, use_safetensors=True)` after `refuse_pickled`: the one way the
+    lab loads a diffusers model folder."""
+    refuse_pickled(folder)
+    return cls.from_pretrained(folder, use_safetensors=True, **kwargs)
+
+
 def load_autoencoder(ws: Workspace) -> AutoencoderKL:
-    return AutoencoderKL.from_pretrained(check_models(ws, parts=("vae",))["vae"]).eval()
+    return from_folder(AutoencoderKL, check_models(ws, parts=("vae",))["vae"]).eval()
 
 
 def load_unet(ws: Workspace) -> UNet2DModel:
-    return UNet2DModel.from_pretrained(check_models(ws, parts=("unet",))["unet"]).eval()
+    return from_folder(UNet2DModel, check_models(ws, parts=("unet",))["unet"]).eval()
 
 
 def load_scheduler(ws: Workspace) -> DDPMScheduler:
@@ -66,18 +86,21 @@ def load_scheduler(ws: Workspace) -> DDPMScheduler:
 
 
 def load_latent_classifier(ws: Workspace) -> LatentClassifier:
-    return LatentClassifier.from_pretrained(check_models(ws, parts=("latent_classifier",))["latent_classifier"]).eval()
+    return from_folder(LatentClassifier, check_models(ws, parts=("latent_classifier",))["latent_classifier"]).eval()
 
 
-def load_filter_classifier(ws: Workspace) -> tuple[torch.nn.Module, dict, torch.Tensor]:
-    """(model on the compute device, its config dict, centroids (C, D))."""
-    folder = ws.filter_classifier_dir
-    config, weights, centroids = (Workspace.config_of(folder), Workspace.weights_of(folder),
+def load_filter_classifier(ws: Workspace, member: int = 0) -> tuple[torch.nn.Module, dict, torch.Tensor]:
+    """(model on the compute device, its config dict, centroids (C, D)) of one ensemble member;
+    member 0 is the folder itself, the others its `members/I` sub-folders."""
+    root = ws.filter_classifier_dir
+    folder = Workspace.member_of(root, member)
+    config, weights, centroids = (Workspace.config_of(root), Workspace.weights_of(folder),
                                   Workspace.centroids_of(folder))
     for path in (config, weights, centroids):
         if not path.exists():
             raise UserError(f"filter classifier missing {path} "
                             "(run `python -m core filter-classifier --workspace ...` first)")
+    refuse_pickled(folder)
     info = json.loads(config.read_text())
     model = build_backbone(info["backbone"], len(info["classes"]))
     model.load_state_dict(load_file(str(weights)))
@@ -85,3 +108,14 @@ def load_filter_classifier(ws: Workspace) -> tuple[torch.nn.Module, dict, torch.
     model = model.to(device).to(memory_format=torch.channels_last).eval()
     cent = load_file(str(centroids))["centroids"]
     return model, info, cent
+
+
+def load_filter_members(ws: Workspace) -> tuple[list[tuple[torch.nn.Module, torch.Tensor]], dict]:
+    """([(model, centroids)] for every ensemble member, the config dict); one member for a
+    filter classifier saved before ensembles."""
+    model, info, cent = load_filter_classifier(ws)
+    members = [(model, cent)]
+    for i in range(1, int(info.get("members", 1))):
+        other, _, other_cent = load_filter_classifier(ws, i)
+        members.append((other, other_cent))
+    return members, info

@@ -160,7 +160,7 @@ def _pipeline_files(ws: Workspace, models: Path) -> list[Path]:
     """The bundle's models/ as a loadable, self-describing pipeline folder: model_index.json and
     the model card, written into the bundle (the workspace itself is left as it is)."""
     from core.generate.model_card import write_model_card
-    from core.generate.pipeline import write_model_index
+    from core.generate.loading import write_model_index
     return [write_model_index(models), write_model_card(models, ws)]
 
 

@@ -23,11 +23,12 @@ from core.config.store import save_config, to_dict
 from core.io import atomic_write_json, atomic_write_text
 from core.evaluate.metrics import at_chance
 from core.evaluate.selection import current_selection
+from core.protocol.sources import choose_sources
 from core.protocol.stages import PER_BUDGET, SHARED, is_done, mark_done, read_marker
 from core.evaluate.summary import summarize
 from core.evaluate.summary_tables import markdown_table
 from core.protocol import grid
-from core.protocol.grid import plan_runs, run_keys  # noqa: F401  (public: core.protocol.experiment.run_keys)
+from core.protocol.grid import plan_runs, run_keys, selection_checks  # noqa: F401  (public: core.protocol.experiment.run_keys)
 from core.protocol.topup import class_wants, draw_synthetic, threshold_of, top_up  # noqa: F401
 from core.workspace import Workspace
 
@@ -116,6 +117,8 @@ def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, budgets: d
 
 
 def synthetic_summary(ws: Workspace, cfg: LabConfig) -> dict:
+    """The first budget's synthetic set under the config's rule, and `checks`: per budget and
+    class, how many images pass each check, beside what the real validation images pass."""
     kept = current_selection(ws, cfg)
     by = kept.groupby(kept["class"].astype(str))
     errors = kept["error"].fillna("").astype(str) if "error" in kept else pd.Series("", index=kept.index)
@@ -124,7 +127,9 @@ def synthetic_summary(ws: Workspace, cfg: LabConfig) -> dict:
             "rule": to_dict(cfg.selection),
             "per_class": {c: {"generated": len(g), "accepted": int(g["kept"].sum()),
                               "mean_confidence": float(g["confidence"].mean()),
-                              "threshold": threshold_of(g)} for c, g in by}}
+                              "threshold": threshold_of(g)} for c, g in by},
+            "checks": {budget_name(v): selection_checks(bws, cfg) for v, bws in budget_views(ws, cfg)
+                       if bws.synthetic_scores.exists()}}
 
 
 def calibration_record(ws: Workspace, cfg: LabConfig) -> dict | None:
@@ -200,12 +205,14 @@ def prepare_budgets(ws: Workspace, cfg: LabConfig, progress=None, stop=None) -> 
 
 
 def run_all(ws: Workspace, cfg: LabConfig, labeled=None, test=None, unlabeled=(), progress=None,
-            stop=None, notify=None) -> dict:
+            stop=None, notify=None, switch_data: bool = False) -> dict:
     """Every stage (skipped when done for this config), top-up, the grid, then results/summary.json.
+    Without `labeled` the workspace's remembered data sources are used (core.protocol.sources);
+    other sources in a workspace with models need `switch_data` (the old models are archived).
     `notify(line)` hears what the data stage skipped and why, as soon as it is known."""
     ws = Workspace(ws.root).ensure()
+    labeled, test, unlabeled = choose_sources(ws, labeled, test, unlabeled, switch_data)
     save_config(cfg, ws.root)
-    unlabeled = tuple(str(u) for u in unlabeled or ())
     sources = data_sources(labeled, test, unlabeled)
     functions = stage_functions(labeled, test, unlabeled)
     timings, steps = {}, _steps(ws, cfg)

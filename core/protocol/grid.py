@@ -89,7 +89,7 @@ def _pseudo_accuracy(parts: dict) -> float | None:
 def run_one(ws: Workspace, bws: Workspace, cfg: LabConfig, run: dict, key: str, inputs: dict,
             test: pd.DataFrame, classes: list[str], report, stop) -> dict | None:
     """Train and test one run; write its folder; its runs.csv row, or None when stopped."""
-    from core.train.image_classifier import test_metrics, train_image_classifier
+    from core.train.image_classifier import metrics_on_test, train_image_classifier
     labels = inputs["labels"]
     real, val = labels[labels.split == "train"], labels[labels.split == "val"]
     added, parts = (None, {}) if run["arm"] == "baseline" else \
@@ -99,7 +99,7 @@ def run_one(ws: Workspace, bws: Workspace, cfg: LabConfig, run: dict, key: str, 
                                             progress=report, stop=stop, stage="downstream")
     if history.attrs["stopped"]:
         return None
-    m = test_metrics(model, test, classes, cfg.downstream)
+    m = metrics_on_test(model, test, classes, cfg.downstream)
     run_dir = ws.run_dir(key)
     write_labels(run_dir, labels)
     if added is not None:
@@ -128,6 +128,13 @@ def run_one(ws: Workspace, bws: Workspace, cfg: LabConfig, run: dict, key: str, 
             "skipped_files": len(a["skipped"]) + len(m["skipped"]),
             "confusion_matrix": json.dumps(m["confusion_matrix"]),
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def selection_checks(ws: Workspace, cfg: LabConfig) -> dict:
+    """{class: {images, confidence, centroid, knn, colour, kept, val_images, val_...}} of one budget."""
+    from core.evaluate.selection import selection_report
+    table = selection_report(ws, cfg)
+    return {str(c): {k: int(v) for k, v in row.items()} for c, row in table.iterrows()}
 
 
 def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, after_run=None) -> pd.DataFrame:
@@ -163,6 +170,8 @@ def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, after_run=
         row = run_one(ws, bws, cfg, run, key, inputs[bws], test, classes, report, stop)
         if row is None:
             break
+        # per class, how many of the images the run drew from passed each check
+        row["selection_checks"] = json.dumps(selection_checks(bws, cfg)) if "selected" in run["arm"] else ""
         done = pd.DataFrame([row]) if done.empty else pd.concat([done, pd.DataFrame([row])], ignore_index=True)
         write_runs(ws.runs_csv, done)
         if after_run is not None:

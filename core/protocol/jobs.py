@@ -17,9 +17,12 @@ import contextlib
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
+from core.errors import WorkspaceBusy
 from core.io import describe_write_error
+from core.workspace import writer_lock
 
 STATES = ("idle", "running", "done", "failed", "stopped")
 TRACEBACK_TAIL_LINES = 12
@@ -34,10 +37,13 @@ class JobStopped(Exception):
 
 
 class JobRunner:
-    def __init__(self, before_job: Callable[[], None] | None = None) -> None:
+    def __init__(self, before_job: Callable[[], None] | None = None, workspace: str | Path | None = None) -> None:
         """`before_job` runs in the job's thread before each job (e.g. to reset per-run globals);
-        an exception there fails the job like any other."""
+        an exception there fails the job like any other. With `workspace`, a job (and `hold`)
+        also holds that workspace's writer lock (core.workspace.writer_lock), so no other process
+        (a `python -m core run`, another lab) writes there while it runs."""
         self._before_job = before_job
+        self._workspace = workspace
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -69,8 +75,13 @@ class JobRunner:
             thread.join(wait_if_stopping)
         with self._lock:
             self._refuse_if_busy()
-            if setup is not None:
-                setup()
+            held = self._writer_lock(name)
+            try:
+                if setup is not None:
+                    setup()
+            except BaseException:
+                held.close()
+                raise
             self._job_id += 1
             self._stop = threading.Event()
             self._result = None
@@ -78,7 +89,7 @@ class JobRunner:
             self._status.update(job_id=self._job_id, started=time.time(), message="starting")
             stop = self._stop
             job_id = self._job_id
-            self._thread = threading.Thread(target=self._run, args=(job_id, fn, stop, kwargs),
+            self._thread = threading.Thread(target=self._run, args=(job_id, fn, stop, kwargs, held),
                                             name=f"job-{name}", daemon=True)
             self._thread.start()
         return job_id
@@ -89,12 +100,24 @@ class JobRunner:
         which a job may be reading): JobBusy while a job runs, and no job starts until it ends."""
         with self._lock:
             self._refuse_if_busy()
+            held = self._writer_lock(name)
             self._held = name
         try:
             yield
         finally:
             with self._lock:
                 self._held = None
+            held.close()
+
+    def _writer_lock(self, name: str) -> contextlib.ExitStack:
+        """The workspace's writer lock for job `name`, in a stack the job closes when it ends."""
+        stack = contextlib.ExitStack()
+        if self._workspace is not None:
+            try:
+                stack.enter_context(writer_lock(self._workspace, f"lab: {name}"))
+            except WorkspaceBusy as e:
+                raise JobBusy(str(e)) from None
+        return stack
 
     def _refuse_if_busy(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -155,7 +178,7 @@ class JobRunner:
         return report
 
     def _run(self, job_id: int, fn: Callable[..., Any], stop: threading.Event,
-             kwargs: dict[str, Any]) -> None:
+             kwargs: dict[str, Any], held: contextlib.ExitStack) -> None:
         state, error, tb, result = "done", "", "", None
         try:
             if self._before_job is not None:
@@ -182,6 +205,7 @@ class JobRunner:
                 self._status["message"] = f"stopped at step {self._status['step']}"
             else:
                 self._status["message"] = f"failed: {error}"
+        held.close()
 
 
 def _describe(info: dict) -> str:

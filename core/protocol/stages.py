@@ -144,7 +144,7 @@ def _index_pipeline(ws: Workspace) -> None:
     from core.models.load import missing_models
     root = Workspace(ws.root)
     if not missing_models(root):
-        from core.generate.pipeline import write_model_index
+        from core.generate.loading import write_model_index
         write_model_index(root.models_dir)
 
 

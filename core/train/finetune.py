@@ -19,7 +19,7 @@ from core.data.budget import budget_labels, write_labels
 from core.config.lab_config import LabConfig
 from core.config.store import config_hash, identity
 from core.errors import UserError
-from core.models import load_scheduler, prefers_channels_last
+from core.models import from_folder, load_scheduler, prefers_channels_last
 from core.train.pretrain import ema_unet, register_ema_hooks, make_step_fn
 from core.train.trainer import Trainer, TrainSpec, adamw
 from core.workspace import Workspace
@@ -42,7 +42,7 @@ def finetune_unet(ws: Workspace, cfg: LabConfig, latents: np.ndarray, progress=N
         total_limit=c.checkpoints_total_limit, metrics_file=ws.metrics_file(STAGE), log_every=c.log_every,
         run_key=config_hash(identity(c), identity(p), len(latents)), compile=c.compile), cfg)
     acc = trainer.acc
-    unet = UNet2DModel.from_pretrained(ws.unet_dir)     # the pre-trained EMA weights, as fp32
+    unet = from_folder(UNet2DModel, ws.unet_dir)     # the pre-trained EMA weights, as fp32
     channels_last = prefers_channels_last(acc.device, acc.mixed_precision)
     if channels_last:
         unet = unet.to(memory_format=torch.channels_last)

@@ -7,7 +7,7 @@ is added (core.train.batches), so each arm of a seed sees exactly its baseline's
 the same order and the same augmentation; the added images ride along at their realised ratio.
 BatchNorm statistics follow `norm` (core.train.normalization). The weights kept are those of the
 best validation balanced accuracy, or the last step's where validation is too small to choose
-(`model_selection`); the test split is only touched by `test_metrics` at the very end.
+(`model_selection`); the test split is only touched by `metrics_on_test` at the very end.
 """
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def evaluate_arrays(model, images: torch.Tensor, labels, classes: list[str], cfg
     return out
 
 
-def test_metrics(model: torch.nn.Module, df: pd.DataFrame, classes: list[str], cfg: ImageClassifierConfig) -> dict:
+def metrics_on_test(model: torch.nn.Module, df: pd.DataFrame, classes: list[str], cfg: ImageClassifierConfig) -> dict:
     """Test metrics (accuracy, balanced accuracy, macro-F1, per-class recall, confusion matrix)."""
     images, keep, skipped = load_images(df["path"], cfg.image_size)
     if len(images) == 0:

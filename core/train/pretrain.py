@@ -26,7 +26,8 @@ from core.data.tables import load_pools
 from core.data.images import to_pil
 from core.io import save_png
 from core.train.latent_cache import augment, latent_cache
-from core.models import build_scheduler, build_unet, decode, load_autoencoder, prefers_channels_last
+from core.models import (build_scheduler, build_unet, decode, load_autoencoder, prefers_channels_last,
+                         refuse_pickled)
 from core.train.trainer import Trainer, TrainSpec, adamw, pool_row_weights, step_generator, step_indices
 from core.workspace import LAB_CONFIG, Workspace
 
@@ -162,6 +163,7 @@ def register_ema_hooks(acc, ema: EMAModel) -> None:
             ema.save_pretrained(str(Path(output_dir) / "unet_ema"))
 
     def load_hook(models, input_dir):
+        refuse_pickled(Path(input_dir) / "unet_ema")     # EMAModel's loader takes no use_safetensors
         loaded = EMAModel.from_pretrained(str(Path(input_dir) / "unet_ema"), UNet2DModel, foreach=True)
         ema.load_state_dict(loaded.state_dict())
         ema.to(acc.device)

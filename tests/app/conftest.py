@@ -11,20 +11,7 @@ import pytest
 
 from core.config.store import save_config
 from core.config.presets import preset
-
-
-def lay_tiny_models(ws, cfg, classes):
-    """Untrained models at the tiny preset's shapes, saved where the stages would save them."""
-    import torch
-    from core.models import build_autoencoder
-    from core.models import build_classifier
-    from core.models import build_scheduler, build_unet
-    torch.manual_seed(0)
-    build_autoencoder(cfg.autoencoder).save_pretrained(ws.autoencoder_dir)
-    build_unet(cfg.pretrain, cfg.latent_size, cfg.autoencoder.latent_channels).save_pretrained(ws.unet_dir)
-    build_scheduler(cfg.pretrain).save_pretrained(ws.scheduler_dir)
-    build_classifier(cfg, classes, cfg.autoencoder.latent_channels,
-                     cfg.pretrain.num_train_timesteps).save_pretrained(ws.latent_classifier_dir)
+from ldm_fixtures import lay_untrained_models
 
 
 def write_scores(ws, seed: int = 0) -> pd.DataFrame:
@@ -76,7 +63,7 @@ def lab_workspace(tmp_path_factory, lab_cfg):
     build_demo(ws, lab_cfg)
     save_config(lab_cfg, ws.root)
     classes = load_splits(ws)[1]
-    lay_tiny_models(ws, lab_cfg, classes)
+    lay_untrained_models(ws, lab_cfg, classes)
     for i, name in enumerate(classes):
         generate_images(ws, lab_cfg, name, num=3, seed=100 * i, guidance_scale=1.0, steps=2)
     write_scores(ws)

@@ -1,4 +1,4 @@
-"""Issue 15 in the app: the Selection tab shows core's per-class calibrated thresholds, and the
+"""The Selection tab shows core's per-class calibrated thresholds, and the
 results tab draws accuracy against the label budget from summary.json alone."""
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def test_selection_tab_without_calibration_is_unchanged(tmp_path):
     ctx = _scored_workspace(tmp_path, overrides=())
     _write_thresholds(ctx)                      # a table on disk is not applied when the config says none
     summary, counts, _, hist, _ = tab_selection.refilter(ctx, 0.9, "threshold", 0)
-    assert "calibrat" not in summary and list(counts.columns) == ["class", "accepted", "rejected", "total"]
+    assert "calibrat" not in summary      # the scores carry no realism column: those checks are not counted
+    assert list(counts.columns) == ["class", "accepted", "rejected", "total", "pass confidence", "pass centroid"]
     assert counts.set_index("class").loc["a", "accepted"] == 2 and _lines(hist) == {"a": 0.9, "b": 0.9}
 
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from app import tab_results, tab_sampling, tab_selection
+from app import sampling_jobs, tab_results, tab_selection
 from app.previews import LABEL_H, LABEL_W
-from app.tab_sampling import Request
+from core.generate.requests import SamplingRequest as Request, request_from_params
 from core.errors import UserError
 from core.io import read_png_params
 
@@ -33,13 +33,13 @@ def test_paths_resolve_only_inside_workspace_and_data_roots(lab_ctx, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         lab_ctx.resolve_path("nope.png")
     with pytest.raises(UserError, match="PNG path is empty"):
-        tab_sampling.params_of(lab_ctx, "  ")
+        sampling_jobs.params_of(lab_ctx, "  ")
 
 
 def test_generate_streams_gallery_and_keeps_params(lab_ctx):
-    classes = tab_sampling.class_names(lab_ctx)
+    classes = sampling_jobs.class_names(lab_ctx)
     req = Request(classes[1], guidance_scale=2.5, steps=3, eta=0.5, seed=7, num_images=3, batch_size=1)
-    updates = list(tab_sampling.generate(lab_ctx, req))
+    updates = list(sampling_jobs.sample_into_gallery(lab_ctx, req))
     sizes = [len(g) for g, _, _ in updates]
     assert sizes[-1] == 3 and sorted(sizes) == sizes and {1, 2, 3} <= set(sizes)   # fills one by one
     assert any(p is not None for _, p, _ in updates)                                # preview streamed
@@ -50,29 +50,29 @@ def test_generate_streams_gallery_and_keeps_params(lab_ctx):
     # regenerate from the stored parameters (read back through the sandbox): same pixels
     rel = os.path.relpath(updates[-1][0][0], lab_ctx.workspace.root)
     first = np.asarray(Image.open(updates[-1][0][0]))
-    again = list(tab_sampling.generate(lab_ctx, tab_sampling.request_from_params(
-        tab_sampling.params_of(lab_ctx, rel))))
+    again = list(sampling_jobs.sample_into_gallery(lab_ctx, request_from_params(
+        sampling_jobs.params_of(lab_ctx, rel))))
     assert np.array_equal(np.asarray(Image.open(again[-1][0][0])), first)
 
 
 def test_generate_rejects_unknown_class_and_busy_slot(lab_ctx):
     with pytest.raises(UserError, match="not one of"):
-        list(tab_sampling.generate(lab_ctx, Request("no-such-class", 1.0, 2, 1.0, 0)))
+        list(sampling_jobs.sample_into_gallery(lab_ctx, Request("no-such-class", 1.0, 2, 1.0, 0)))
     import threading
     gate = threading.Event()
     lab_ctx.runner.start("blocker", lambda progress=None, stop=None: gate.wait(10))
     try:
         with pytest.raises(UserError, match="'blocker' is running"):
-            list(tab_sampling.generate(lab_ctx, Request(tab_sampling.class_names(lab_ctx)[0], 1.0, 2, 1.0, 0)))
+            list(sampling_jobs.sample_into_gallery(lab_ctx, Request(sampling_jobs.class_names(lab_ctx)[0], 1.0, 2, 1.0, 0)))
     finally:
         gate.set()
         lab_ctx.runner.wait(5)
 
 
 def test_stop_ends_sampling_within_a_step(lab_ctx):
-    name = tab_sampling.class_names(lab_ctx)[0]
+    name = sampling_jobs.class_names(lab_ctx)[0]
     req = Request(name, guidance_scale=1.0, steps=400, eta=1.0, seed=0, num_images=2, batch_size=2)
-    gen = tab_sampling.generate(lab_ctx, req)
+    gen = sampling_jobs.sample_into_gallery(lab_ctx, req)
     next(gen)                                   # first preview: the loop is running
     lab_ctx.runner.stop()
     rest = list(gen)
@@ -83,16 +83,16 @@ def test_stop_ends_sampling_within_a_step(lab_ctx):
 
 
 def test_closing_the_stream_stops_the_job(lab_ctx):
-    name = tab_sampling.class_names(lab_ctx)[0]
-    gen = tab_sampling.generate(lab_ctx, Request(name, 1.0, 400, 1.0, 0, 2, 2))
+    name = sampling_jobs.class_names(lab_ctx)[0]
+    gen = sampling_jobs.sample_into_gallery(lab_ctx, Request(name, 1.0, 400, 1.0, 0, 2, 2))
     next(gen)
     gen.close()                                 # what Gradio does when the client goes away
     assert lab_ctx.runner.wait(10)["state"] == "stopped"
 
 
 def test_grid_fills_cells_and_is_saved(lab_ctx):
-    classes = tab_sampling.class_names(lab_ctx)[:2]
-    frames = list(tab_sampling.grid(lab_ctx, classes, "0, 4", seed=3, steps=2, eta=1.0))
+    classes = sampling_jobs.class_names(lab_ctx)[:2]
+    frames = list(sampling_jobs.sample_scale_grid(lab_ctx, classes, "0, 4", seed=3, steps=2, eta=1.0))
     assert len(frames) == 5                     # four cells, then the final state
     canvas = frames[-1][0]
     cell = 32
@@ -100,7 +100,7 @@ def test_grid_fills_cells_and_is_saved(lab_ctx):
     saved = lab_ctx.workspace.samples_dir / "lab" / "grid_seed3.png"
     assert read_png_params(saved)["grid"]["guidance_scales"] == [0.0, 4.0]
     with pytest.raises(UserError, match="guidance scales"):
-        list(tab_sampling.grid(lab_ctx, classes, "a, b", 0, 2, 1.0))
+        list(sampling_jobs.sample_scale_grid(lab_ctx, classes, "a, b", 0, 2, 1.0))
 
 
 def test_threshold_refilters_from_stored_scores(lab_ctx):
@@ -138,7 +138,7 @@ def test_empty_workspace_shows_hints(tmp_path):
     summary, table, gallery, *_ = tab_selection.refilter(ctx, 0.5, "threshold", 0)
     assert "No stored scores" in summary and gallery == [] and table.empty
     assert "No results" in tab_results.refresh(ctx)[2]
-    assert "No autoencoder, unet, latent classifier" in tab_sampling.hint(ctx)
+    assert "No autoencoder, unet, latent classifier" in sampling_jobs.hint(ctx)
     assert "No pre-training run" in tab_pretrain.refresh(ctx)[2]
 
 
@@ -220,20 +220,41 @@ def test_app_flags_and_empty_workspace_setup(tmp_path):
     ctx = AppContext.create(tmp_path / "w", preset_name="tiny")
     done = main.prepare_workspace(ctx, bundle=tmp_path / "no-bundle", preset_name="tiny")
     assert done and done[0].startswith("built demo data")
-    assert ctx.workspace.split_manifest.exists() and tab_sampling.class_names(ctx)
+    assert ctx.workspace.split_manifest.exists() and sampling_jobs.class_names(ctx)
     assert main.prepare_workspace(ctx, bundle=tmp_path / "no-bundle", preset_name="tiny") == []
 
 
 def test_regenerate_remakes_an_image_sampled_in_a_batch_exactly(lab_ctx):
     """Batched kernels round differently from batch 1, so a seed's pixels depend on its batch;
     the PNG records the batch and regenerating re-runs it (same pixels, every image)."""
-    classes = tab_sampling.class_names(lab_ctx)
+    classes = sampling_jobs.class_names(lab_ctx)
     req = Request(classes[0], guidance_scale=2.0, steps=2, eta=1.0, seed=40, num_images=3, batch_size=3)
-    paths = list(tab_sampling.generate(lab_ctx, req))[-1][0]
+    paths = list(sampling_jobs.sample_into_gallery(lab_ctx, req))[-1][0]
     made = {p: np.asarray(Image.open(p)) for p in paths}
     params = read_png_params(paths[1])
     assert params["seed"] == 41 and params["batch_seeds"] == [40, 41, 42]
-    again = tab_sampling.request_from_params(params)
+    again = request_from_params(params)
     assert (again.seed, again.num_images, again.batch_size) == (40, 3, 3)
-    for p in list(tab_sampling.generate(lab_ctx, again))[-1][0]:
+    for p in list(sampling_jobs.sample_into_gallery(lab_ctx, again))[-1][0]:
         assert np.array_equal(np.asarray(Image.open(p)), made[p])
+
+
+def test_guidance_interval_is_saved_in_the_png_and_regenerated(lab_ctx):
+    from core.generate.requests import parse_interval
+    assert parse_interval("") is None and parse_interval(" 200, 700 ") == (200, 700)
+    for bad in ("700, 200", "1", "a, b"):
+        with pytest.raises(UserError, match="guidance.interval"):
+            parse_interval(bad)
+    name = sampling_jobs.class_names(lab_ctx)[0]
+    req = Request(name, guidance_scale=3.0, steps=3, eta=1.0, seed=21, guidance_interval=(0, 400))
+    path = list(sampling_jobs.sample_into_gallery(lab_ctx, req))[-1][0][0]
+    made, params = np.asarray(Image.open(path)), read_png_params(path)
+    assert params["guidance_interval"] == [0, 400] and "_g3_i0-400_" in Path(path).name
+    again = request_from_params(params)
+    assert again.guidance_interval == (0, 400)
+    os.remove(path)
+    remade = list(sampling_jobs.sample_into_gallery(lab_ctx, again))[-1][0][0]
+    assert remade == path and np.array_equal(np.asarray(Image.open(remade)), made)
+    plain = list(sampling_jobs.sample_into_gallery(lab_ctx, Request(name, 3.0, 3, 1.0, 21)))[-1][0][0]
+    assert plain != path and "guidance_interval" not in read_png_params(plain)
+    assert not np.array_equal(np.asarray(Image.open(plain)), made)       # the interval changed the image

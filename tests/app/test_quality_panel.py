@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from app import charts, quality_panel, tab_selection
 from app.context import AppContext
 
 
-def workspace_with_results(tmp_path):
+@pytest.fixture
+def results_ctx(tmp_path):
+    """A workspace with two synthetic images of class a, their nearest real image, and the quality
+    tables core writes (per class and scale, with real-vs-real floors)."""
     ctx = AppContext.create(tmp_path / "ws")
     ws = ctx.workspace
     for name in ("a-seed0-s1.png", "a-seed1-s1.png"):
@@ -29,8 +33,8 @@ def workspace_with_results(tmp_path):
     return ctx
 
 
-def test_sweep_chart_has_a_panel_per_class_with_floors(tmp_path):
-    ctx = workspace_with_results(tmp_path)
+def test_sweep_chart_has_a_panel_per_class_with_floors(results_ctx):
+    ctx = results_ctx
     table = quality_panel.sweep_table(ctx)
     assert sorted(table["class"].unique()) == ["a", "b"] and table["floor_fd"].eq(0.5).all()
     fig = charts.guidance_sweep(table)
@@ -44,8 +48,8 @@ def test_sweep_chart_has_a_panel_per_class_with_floors(tmp_path):
     assert "no sweep yet" in charts.guidance_sweep(pd.DataFrame()).layout.annotations[0].text
 
 
-def test_neighbour_side_by_side_and_copy_flags(tmp_path):
-    ctx = workspace_with_results(tmp_path)
+def test_neighbour_side_by_side_and_copy_flags(results_ctx, tmp_path):
+    ctx = results_ctx
     path = str(ctx.workspace.synthetic_dir / "a" / "a-seed0-s1.png")
     synthetic, real, text = quality_panel.neighbour(ctx, path)
     assert synthetic.getpixel((0, 0)) == (255, 0, 0) and real.getpixel((0, 0)) == (0, 0, 255)
@@ -64,8 +68,8 @@ def test_neighbour_side_by_side_and_copy_flags(tmp_path):
     assert ["likely copy" in caption for _, caption in items] == [True, False]
 
 
-def test_evaluate_button_runs_a_stoppable_job(tmp_path, monkeypatch):
-    ctx = workspace_with_results(tmp_path)
+def test_evaluate_button_runs_a_stoppable_job(results_ctx, monkeypatch):
+    ctx = results_ctx
     seen = {}
 
     def fake_evaluate(ws, cfg, progress=None, stop=None):

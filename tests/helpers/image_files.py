@@ -39,3 +39,20 @@ def make_bad_folder(root):
             "exif_rotated.jpg": "ok", "tiny.png": "too small", "empty.png": "empty file",
             "notes.txt": "not an image extension", "fake.tif": "unreadable",
             "truncated.png": "unreadable"}
+
+
+def bomb_png(path, side: int) -> int:
+    """A valid 1-bit PNG of side x side white pixels: ~110 KB on disk at 30000 px, 2.7 GB once
+    decoded to RGB (a decompression bomb). Returns its size in bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    packer = zlib.compressobj(9)
+    row = b"\x00" + b"\xff" * ((side + 7) // 8)         # filter byte + one bit per pixel
+    body = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    path.write_bytes(data)
+    return len(data)

@@ -3,6 +3,8 @@ separates them in a couple of epochs (a real learning signal, not a mock)."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ from PIL import Image
 
 from core.io import folder_hash, save_png
 from core.generate.sampling import SEED_STRIDE
+from core.workspace import Workspace
 
 COLOURS = [(200, 60, 80), (70, 90, 210), (90, 190, 90)]
 
@@ -18,6 +21,16 @@ def tile(rng: np.random.Generator, label: int, size: int = 32) -> Image.Image:
     base = np.array(COLOURS[label], dtype=np.float64)
     noise = rng.normal(0, 25, (size, size, 3))
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+
+
+def image_folder(root, classes, per_class, size, seed) -> Path:
+    """A user's labeled folder: root/<class>/<class>_<i>.jpg, colour-coded like `tile`."""
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            tile(rng, label, size).save(root / name / f"{name}_{i}.jpg", quality=95)
+    return root
 
 
 def make_splits(ws, classes=("tumor", "stroma"), per_split=None, size=32, seed=0) -> pd.DataFrame:
@@ -84,3 +97,17 @@ def assert_one_label_budget(ws) -> None:
             got = own[own.split == split].groupby("class_name").size().reindex(part.index, fill_value=0)
             assert (got - (part * row.label_fraction).round()).abs().max() == 0, (split, got, part)
         assert row.n_real == (own.split == "train").sum() and row.n_val == (own.split == "val").sum()
+
+
+def copy_workspace(ws, root) -> Workspace:
+    """A copy of `ws` at `root` whose tables name the copy's own files (tables hold absolute
+    paths; stage markers hash them relative to the workspace), so every stage done in `ws` is
+    done in the copy: one costly run, several scenarios each on its own copy."""
+    root = Path(root)
+    shutil.copytree(ws.root, root)
+    for path in root.rglob("*"):
+        if path.suffix in (".csv", ".json", ".jsonl", ".md") and path.is_file():
+            text = path.read_text(encoding="utf-8")
+            if str(ws.root) in text:
+                path.write_text(text.replace(str(ws.root), str(root)), encoding="utf-8")
+    return Workspace(root)

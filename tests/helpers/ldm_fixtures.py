@@ -1,5 +1,6 @@
 """Test workspaces with models: two unlabeled pools for the autoencoder / latent cache /
-pre-training tests; labeled tiles with random-weight models saved in place for the sampling side."""
+pre-training tests; labeled tiles with random-weight models saved in place for the sampling side
+and the app."""
 from __future__ import annotations
 
 import re
@@ -13,7 +14,7 @@ from PIL import Image
 import torch
 
 from core.data.images import ImageDataset
-from core.models import build_autoencoder, build_scheduler, build_unet
+from core.models import build_autoencoder, build_classifier, build_scheduler, build_unet
 from core.train.autoencoder import latent_std
 from core.workspace import Workspace
 from labdata import make_splits
@@ -76,3 +77,14 @@ def make_model_workspace(root, cfg, classes=("tumor", "stroma"), unet=True, per_
     if unet:
         build_unet(cfg.pretrain, cfg.latent_size, cfg.autoencoder.latent_channels).save_pretrained(ws.unet_dir)
     return ws
+
+
+def lay_untrained_models(ws, cfg, classes):
+    """Untrained models at `cfg`'s shapes (autoencoder, UNet, scheduler, latent classifier), saved
+    where the stages would save them (the app's tests; benchmarks/app_latency.py at the demo's shapes)."""
+    torch.manual_seed(0)
+    build_autoencoder(cfg.autoencoder).save_pretrained(ws.autoencoder_dir)
+    build_unet(cfg.pretrain, cfg.latent_size, cfg.autoencoder.latent_channels).save_pretrained(ws.unet_dir)
+    build_scheduler(cfg.pretrain).save_pretrained(ws.scheduler_dir)
+    build_classifier(cfg, classes, cfg.autoencoder.latent_channels,
+                     cfg.pretrain.num_train_timesteps).save_pretrained(ws.latent_classifier_dir)

@@ -108,7 +108,7 @@ def test_every_field_is_type_and_range_checked(override, message, capsys):
 def test_a_field_added_later_is_checked_without_being_listed():
     from dataclasses import make_dataclass
 
-    from core.config.checks import check_fields
+    from core.config.declare import check_fields
     section = make_dataclass("NewSection", [("steps", int, 1), ("ratio", float, 0.5)])
     check_fields(section(), "newsection")
     with pytest.raises(ConfigError, match=r"newsection.steps must be >= 0, got -1"):
@@ -171,3 +171,33 @@ def test_cli_and_app_resolve_the_same_config(tmp_path):
         ctx.with_overrides("pretrain", {"steps": 4.5})
     with pytest.raises(ConfigError, match="unknown field 'pretrain.nope'"):
         ctx.with_overrides("pretrain", {"nope": 1})
+
+
+@pytest.mark.parametrize("change, fault", [
+    (lambda d: "{not json", "not valid JSON"),
+    (lambda d: "[]", "expected a JSON object of config sections, got a list"),
+    (lambda d: {**d, "autoencoder": {**d["autoencoder"], "block_out_channels": 8}},
+     "autoencoder.block_out_channels expects a list of integers, got 8"),
+    (lambda d: {**d, "sampling": {**d["sampling"], "steps": "many"}}, "sampling.steps expects an integer"),
+    (lambda d: {**d, "sampling": 5}, "sampling must be an object of fields"),
+    (lambda d: {**d, "samplign": {}}, "unknown config section(s) 'samplign'"),
+    (lambda d: {}, "the key 'preset' is missing"),
+])
+def test_a_malformed_saved_config_is_one_line_naming_file_key_and_fault(tmp_path, capsys, change, fault):
+    """Never a traceback, never a silent fallback to a preset: the file, the key, the fault."""
+    import json
+
+    from core.__main__ import main
+    from core.config.store import load_config
+    from core.config.presets import config_for
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    saved = change(json.loads(json.dumps(to_dict(preset("tiny")))))
+    (ws / "config.json").write_text(saved if isinstance(saved, str) else json.dumps(saved))
+    for load in (lambda: load_config(ws / "config.json"), lambda: config_for(ws)):
+        with pytest.raises(ConfigError) as e:
+            load()
+        assert str(ws / "config.json") in str(e.value) and fault in str(e.value)
+    assert main(["select", "--workspace", str(ws)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fault in err[0] and str(ws / "config.json") in err[0]

@@ -62,3 +62,25 @@ def test_prepare_and_demo_commands(tmp_path, capsys):
     assert cli(["demo", "--workspace", str(tmp_path / "demo_ws")]) == 0            # tiny from config.json
     assert "up to date" in capsys.readouterr().out
     assert cli(["prepare", "--workspace", str(ws), "--labeled", str(tmp_path / "missing")]) == 2
+
+
+def test_a_decompression_bomb_is_skipped_and_the_check_and_prepare_go_on(tmp_path, capsys):
+    """`data check` and the labeled data stage skip a 30000 x 30000 PNG with its reason (no
+    traceback, exit 0) and index the rest; the cap is data.max_image_pixels."""
+    from core.config.presets import preset
+    from core.data.labeled import prepare_labeled
+    from core.workspace import Workspace
+    from image_files import bomb_png, he_array
+    for cls in ("A", "B"):
+        (tmp_path / "lab" / cls).mkdir(parents=True)
+        for k in range(6):
+            Image.fromarray(np.roll(he_array(32, 32), k, axis=1)).save(tmp_path / "lab" / cls / f"{k}.png")
+    bomb_png(tmp_path / "lab" / "A" / "bomb.png", 30000)
+    assert cli(["check", str(tmp_path / "lab")]) == 0
+    out = capsys.readouterr().out
+    assert "bomb.png: too large: 900,000,000 pixels is over data.max_image_pixels" in out and "A" in out
+    assert cli(["check", str(tmp_path / "lab"), "--json", "--set", "data.max_image_pixels=1000"]) == 2
+    assert "no usable images" in capsys.readouterr().err          # the cap is the config's
+    result = prepare_labeled(Workspace(tmp_path / "ws"), preset("tiny"), tmp_path / "lab")
+    assert [Path(s["path"]).name for s in result["skipped"]] == ["bomb.png"]
+    assert "too large" in result["skipped"][0]["reason"]

@@ -94,10 +94,11 @@ def test_pools_exclude_the_target_and_mix_by_weight(tiny_workspace):
 
 
 def test_demo_preset_is_one_physical_scale_and_rebuild_is_skipped(tmp_path):
+    """How long the build and the skipped rebuild take: benchmarks/demo_data.py."""
     ws = Workspace(tmp_path)
     cfg = preset("demo")
     first = build_demo(ws, cfg)
-    assert not first["skipped"] and first["seconds"] < 30
+    assert not first["skipped"]
     patches = pd.read_csv(ws.labeled_dir / "patches.csv")
     assert ((patches.box_x1 - patches.box_x0) == 64).all()     # 64 px at 1 um/px = 64 um, like tiny
     assert Image.open(patches.path.iloc[0]).size == (64, 64)

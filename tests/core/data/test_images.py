@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core.errors import BadImage
 from core.data.images import ImageDataset, load_rgb, scan_images, to_pil, to_tensor
@@ -70,3 +71,31 @@ def test_stain_jitter_scales_light_within_its_range():
     assert light.amin((1, 2, 3)).min() < 0.85                  # darker glass is drawn, as the target has
     assert float(light.std(dim=(2, 3)).max()) < 1e-5           # one gain per image and channel: flat stays flat
     assert torch.equal(stain_jitter(glass, g, 0.0), glass)
+
+
+def test_an_image_over_the_pixel_cap_is_skipped_before_decoding(tmp_path, monkeypatch):
+    """A 30000 x 30000 PNG (over Pillow's own hard limit) and a 13000 x 13000 one (under it) are
+    skipped with their reason and the scan goes on; neither is decoded."""
+    import tracemalloc
+
+    from image_files import bomb_png
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    assert bomb_png(folder / "huge.png", 30000) < 200_000
+    bomb_png(folder / "big.png", 13000)
+    for k in range(2):
+        Image.fromarray(he_array()).save(folder / f"ok{k}.png")
+    tracemalloc.start()
+    good, skipped = scan_images(folder)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in good) == ["ok0.png", "ok1.png"]
+    reasons = {r["path"].rsplit("/", 1)[1]: r["reason"] for r in skipped}
+    assert "13000x13000 is over data.max_image_pixels = 100,000,000" in reasons["big.png"]
+    assert "900,000,000 pixels is over data.max_image_pixels" in reasons["huge.png"]
+    assert peak < 50_000_000                    # decoding big.png alone would take 169 MB
+    with pytest.raises(BadImage, match="too large"):
+        load_rgb(folder / "big.png")
+    # the cap is the config's (data.max_image_pixels): a 24 x 32 image passes 768 and not 767
+    assert load_rgb(folder / "ok0.png", max_pixels=768).size == (32, 24)
+    assert scan_images(folder, max_pixels=767)[0] == []

@@ -18,8 +18,8 @@ from core.config.store import save_config
 from core.errors import UserError
 from core.io import folder_hash
 from core.models import build_classifier, build_unet
-from core.generate.pipeline import load_pipeline
-from core.generate.pipeline import interrupt_when, model_index, write_model_index
+from core.generate.loading import load_pipeline, model_index, write_model_index
+from core.generate.pipeline import interrupt_when
 from core.protocol.stages import output_hash
 from core.workspace import LAB_CONFIG, Workspace
 
@@ -67,8 +67,8 @@ def test_call_takes_diffusers_arguments(pipe):
     assert pt.shape == (2, 3, 32, 32) and 0 <= float(pt.min()) and float(pt.max()) <= 1
     arr = pipe(0, seeds=[1, 2], output_type="np", **KW).images
     assert arr.shape == (2, 32, 32, 3) and np.allclose(arr, pt.permute(0, 2, 3, 1).numpy())
-    images, seeds, interrupted = pipe([1], seeds=[5], return_dict=False, **KW)
-    assert len(images) == 1 and seeds == [5] and interrupted is False
+    images, seeds, interrupted, hashes = pipe([1], seeds=[5], return_dict=False, **KW)
+    assert len(images) == 1 and seeds == [5] and interrupted is False and hashes == pipe.model_hashes
     drawn = pipe([0, 1], output_type="latent", **KW)                  # no noise given: its seeds come back
     torch.testing.assert_close(pipe([0, 1], seeds=drawn.seeds, output_type="latent", **KW).images, drawn.images)
     with pytest.raises(UserError, match="callback_on_step_end_tensor_inputs"):
@@ -112,7 +112,7 @@ def test_settings_are_set_on_the_pipeline(ws):
     assert type(pipe.sampling_scheduler()).__name__ == "DDPMScheduler"
     assert not any(p.requires_grad for p in pipe.latent_classifier.parameters())     # frozen at load
     with pytest.raises(UserError, match="sampler"):
-        pipe.configure(sampler="euler")
+        pipe.with_settings(sampler="euler")
 
 
 def test_budgets_load_the_root_pipeline_with_their_classifier_and_finetuned_unet(ws, tiny_cfg):
@@ -171,16 +171,13 @@ def test_a_workspace_with_the_old_folder_names_is_migrated_on_open(ws, tiny_cfg,
 
 
 def test_margin_samples_a_wider_canvas_and_keeps_its_centre_tile(pipe):
-    """configure(margin=m): the UNet denoises (tile + 2m) latent px, the decoder sees the whole
-    canvas and the tile-sized centre is returned, so the UNet's edges fall outside the image."""
+    """margin=m: the UNet denoises (tile + 2m) latent px, the decoder sees the whole canvas and
+    the tile-sized centre is returned, so the UNet's edges fall outside the image."""
     from core.models import decode
     tile = pipe.unet.config.sample_size
-    pipe.configure(margin=2)
-    try:
-        canvas = pipe(0, seeds=[3], output_type="latent", **KW).images
-        image = pipe(0, seeds=[3], output_type="pt", **KW).images
-    finally:
-        pipe.configure(margin=0)
+    wide = pipe.with_settings(margin=2)
+    canvas = wide(0, seeds=[3], output_type="latent", **KW).images
+    image = wide(0, seeds=[3], output_type="pt", **KW).images
     assert canvas.shape[-1] == tile + 4
     crop = 2 * pipe.image_processor.config.vae_scale_factor
     with torch.no_grad():
@@ -190,4 +187,47 @@ def test_margin_samples_a_wider_canvas_and_keeps_its_centre_tile(pipe):
     plain = pipe(0, seeds=[3], output_type="pt", **KW).images
     assert plain.shape == image.shape and not torch.allclose(plain, image)
     with pytest.raises(UserError, match="margin"):
-        pipe.configure(margin=-1)
+        pipe.with_settings(margin=-1)
+
+
+def test_a_pipeline_handed_out_is_not_changed_by_a_later_lookup_with_other_settings(ws, tiny_cfg):
+    first = load_pipeline(ws, tiny_cfg, "cpu", mixed_precision="no", sampler="ddim", compile=False)
+    before = first(0, seeds=[3], output_type="latent", **KW)
+    other = load_pipeline(ws, tiny_cfg, "cpu", mixed_precision="bf16", sampler="ddpm", compile=True, margin=2)
+    assert other is not first and other.unet is first.unet                 # other settings, the same weights
+    assert (first.mixed_precision, first.sampler, first.compile, first.margin) == ("no", "ddim", False, 0)
+    assert (other.mixed_precision, other.sampler, other.compile, other.margin) == ("bf16", "ddpm", True, 2)
+    after = first(0, seeds=[3], output_type="latent", **KW)
+    torch.testing.assert_close(after.images, before.images, rtol=0, atol=0)
+    assert after.model_hashes == before.model_hashes == first.model_hashes
+    assert load_pipeline(ws, tiny_cfg, "cpu", mixed_precision="no", sampler="ddim", compile=False) is first
+    with pytest.raises(AttributeError):
+        first.compile = True                                               # settings are read-only
+    with pytest.raises(TypeError, match="unknown pipeline setting"):
+        load_pipeline(ws, tiny_cfg, "cpu", scheduler="ddim")
+
+
+def test_an_interrupt_stops_only_the_call_of_its_own_thread(pipe):
+    """The app samples with one cached pipeline from several threads: `pipe._interrupt`, set by
+    one call's callback, must not end another call running at the same time."""
+    both_stepped, results = threading.Barrier(2, timeout=30), {}
+
+    def interrupter(p, i, t, tensors):
+        p._interrupt = True
+        both_stepped.wait()
+        return tensors
+
+    def bystander(p, i, t, tensors):
+        if i == 0:
+            both_stepped.wait()
+        return tensors
+
+    def run(name, callback):
+        results[name] = pipe([0], seeds=[1], output_type="latent", callback_on_step_end=callback, **KW)
+    threads = [threading.Thread(target=run, args=a) for a in (("stopped", interrupter), ("running", bystander))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results["stopped"].interrupted and not results["running"].interrupted
+    assert results["running"].images.shape[0] == 1

@@ -14,9 +14,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from core.__main__ import main as core_main
 from core.errors import UserError
 from core.io import read_png_params
-from app.sampler import sample_images
-from core.generate.pipeline import load_pipeline
-from core.generate.sampling import MANIFEST_COLUMNS, generate_images, generate_dataset
+from core.generate.loading import load_pipeline
+from core.generate.sampling import MANIFEST_COLUMNS, generate_images, generate_dataset, sample_seeds
 from core.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -112,7 +111,7 @@ def test_compile_that_fails_falls_back_to_eager_with_a_warning(ws, tiny_cfg, mon
     pipe = load_pipeline(ws, tiny_cfg, mixed_precision="no", compile=False)
     args = dict(seeds=[7, 8, 9], guidance_scale=10.0, num_inference_steps=3, eta=1.0, output_type="latent")
     eager = pipe([0, 1, 0], **args).images
-    pipe.configure(compile=True)
+    pipe = pipe.with_settings(compile=True)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         fallback = pipe([0, 1, 0], **args).images
     assert pipe.compiled("unet").failed and pipe.compiled("latent_classifier").failed
@@ -142,8 +141,9 @@ def test_compiled_sampling_matches_eager(ws, tiny_cfg):
     pipe = load_pipeline(ws, tiny_cfg, mixed_precision="no", compile=False)
     args = dict(seeds=[7, 8, 9], guidance_scale=10.0, num_inference_steps=3, eta=1.0, output_type="latent")
     eager = pipe([0, 1, 0], **args).images
-    compiled = pipe.configure(compile=True)([0, 1, 0], **args).images
-    assert pipe.compiled("unet").failed is None and pipe.compiled("latent_classifier").failed is None
+    compiled_pipe = pipe.with_settings(compile=True)
+    compiled = compiled_pipe([0, 1, 0], **args).images
+    assert compiled_pipe.compiled("unet").failed is None and compiled_pipe.compiled("latent_classifier").failed is None
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
     processors = {type(m.processor).__name__ for m in pipe.unet.modules() if hasattr(m, "processor")}
     assert processors == {"AttnProcessor2_0"}        # the eager modules keep their processors
@@ -160,7 +160,7 @@ def test_ddpm_bf16_pil_and_interrupt(ws, tiny_cfg):
         if i + 1 >= 2:
             pipe._interrupt = True
         return tensors
-    pipe.configure(sampler="ddim")
+    pipe = pipe.with_settings(sampler="ddim")
     out = pipe([0], seeds=[7], guidance_scale=5.0, num_inference_steps=6, eta=1.0, callback_on_step_end=cb,
                callback_on_step_end_tensor_inputs=["denoised"])
     assert out.interrupted and out.images == [] and [s[0] for s in seen] == [1, 2] and seen[0][1] == 6
@@ -181,7 +181,7 @@ def test_generate_writes_params_manifest_and_resumes(ws, tiny_cfg):
     manifest = pd.read_csv(ws.synthetic_dir / "manifest.csv")
     assert len(manifest) == 6 and manifest["file"].is_unique and first.stat().st_mtime_ns == mtime
     # the UI path gives the same image from the same seed and parameters
-    again = sample_images(ws, cfg, "stroma", [10], 2.5, 3, 0.5)[0]
+    again = next(sample_seeds(ws, cfg, "stroma", [10], 2.5, 3, 0.5)).images[0]
     from PIL import Image
     import numpy as np
     diff = np.abs(np.asarray(again, np.int16) - np.asarray(Image.open(first), np.int16)).max()
@@ -210,8 +210,8 @@ def test_generate_dataset_per_class_and_preview(ws, tiny_cfg):
     assert by_class["tumor"].isdisjoint(by_class["stroma"])   # classes never share initial noise
     assert (ws.synthetic_dir / "config.json").exists()
     previews = []
-    sample_images(ws, cfg, "tumor", [1], 1.0, 4, 1.0,
-                  callback=lambda s, n, im: previews.append(im), preview_every=2)
+    list(sample_seeds(ws, cfg, "tumor", [1], 1.0, 4, 1.0,
+                      progress=lambda info: previews.append(info.get("preview")), preview_every=2))
     assert [p is not None for p in previews] == [False, True, False, True]
 
 
@@ -285,3 +285,64 @@ def test_per_class_guidance_scales_drive_generate_and_the_experiment_filter(ws, 
     assert identity(cfg.sampling)["class_guidance_scales"] == ("stroma=2.5",)
     with pytest.raises(ConfigError, match="class_guidance_scales"):
         replace(base.sampling, class_guidance_scales=("stroma:2",)).validate()
+
+
+def record_latents(store: list):
+    def callback(pipe, i, t, tensors):
+        store.append(tensors["latents"].clone())
+        return tensors
+    return callback
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_guidance_outside_its_interval_leaves_the_latents_unguided(ws, tiny_cfg, kind):
+    pipe = load_pipeline(ws, tiny_cfg, sampler=kind, mixed_precision="no")
+    sched = pipe.sampling_scheduler()
+    sched.set_timesteps(6)
+    ts = [int(t) for t in sched.timesteps]
+    calls = []
+    pipe.latent_classifier.register_forward_hook(lambda *a: calls.append(1))
+    ids, args = [0, 1, 1], dict(seeds=[5, 6, 7], num_inference_steps=6, eta=1.0, output_type="latent")
+    plain_steps, late_steps = [], []
+    plain = pipe(ids, guidance_scale=0.0, callback_on_step_end=record_latents(plain_steps), **args).images
+    # an interval between two timesteps holds none: unguided latents, bit for bit, and no classifier call
+    gap = pipe(ids, guidance_scale=20.0, guidance_interval=(ts[1] + 1, ts[0] - 1), **args).images
+    assert torch.equal(gap, plain) and calls == []
+    # the last three steps only: the first three steps are the unguided ones, then they part
+    late = pipe(ids, guidance_scale=20.0, guidance_interval=(0, ts[3]),
+                callback_on_step_end=record_latents(late_steps), **args).images
+    assert all(torch.equal(a, b) for a, b in zip(late_steps[:3], plain_steps[:3]))
+    assert float((late - plain).abs().max()) > 1e-3 and len(calls) == 3      # one classifier pass per guided step
+    everywhere = pipe(ids, guidance_scale=20.0, guidance_interval=(0, ts[0]), **args).images
+    torch.testing.assert_close(everywhere, pipe(ids, guidance_scale=20.0, **args).images, rtol=0, atol=0)
+    with pytest.raises(UserError, match="guidance_interval"):
+        pipe(ids, guidance_scale=1.0, guidance_interval=(500, 100), **args)
+
+
+def test_guidance_interval_in_config_cli_file_names_and_the_experiment_filter(ws, tiny_cfg, tmp_path):
+    from core.config.checks import apply_overrides
+    from core.config.store import identity
+    from core.errors import ConfigError
+    from core.generate.sampling import made_by_config
+    assert "guidance_interval" not in identity(tiny_cfg.sampling)            # old stage keys stay valid
+    cfg = apply_overrides(fp32(tiny_cfg), ["sampling.guidance_interval=0,500"])
+    assert cfg.sampling.guidance_interval == (0, 500) and identity(cfg.sampling)["guidance_interval"] == (0, 500)
+    for bad in ("500,100", "1,2,3", "0,1000"):
+        with pytest.raises(ConfigError, match="sampling.guidance_interval"):
+            apply_overrides(tiny_cfg, [f"sampling.guidance_interval={bad}"])
+    rows = generate_images(ws, cfg, "tumor", 2, seed=3, guidance_scale=4.0)
+    assert [r["file"] for r in rows] == ["tumor/tumor-seed3-s4-i0-500.png", "tumor/tumor-seed4-s4-i0-500.png"]
+    assert read_png_params(ws.synthetic_dir / rows[0]["file"])["guidance_interval"] == [0, 500]
+    generate_images(ws, fp32(tiny_cfg), "tumor", 2, seed=3, guidance_scale=4.0)   # every step: other files
+    manifest = pd.read_csv(ws.synthetic_dir / "manifest.csv")
+    assert len(manifest) == 4
+    at = {c: replace(c, sampling=replace(c.sampling, guidance_scale=4.0, seed=3, num_per_class=2))
+          for c in (cfg, fp32(tiny_cfg))}
+    assert made_by_config(ws, at[cfg], manifest.assign(label=0)).tolist() == [True, True, False, False]
+    assert made_by_config(ws, at[fp32(tiny_cfg)], manifest.assign(label=0)).tolist() == [False, False, True, True]
+    out = tmp_path / "out"
+    assert core_main(["sample", "--workspace", str(ws.root), "--preset", "tiny", "--class", "stroma", "--steps", "2",
+                      "--num", "1", "--out", str(out), "--guidance-interval", "100,900"]) == 0
+    assert [p.name for p in (out / "stroma").iterdir()] == ["stroma-seed0-s10-i100-900.png"]
+    assert core_main(["sample", "--workspace", str(ws.root), "--preset", "tiny", "--class", "stroma",
+                      "--guidance-interval", "9,1"]) == 2

@@ -23,8 +23,8 @@ def demo_ws(tmp_path_factory):
 def test_bundle_is_small_and_verified():
     from core.protocol.demo_models import verify_bundle
     info = verify_bundle(BUNDLE)
-    # three label budgets (issue 11) took it from 38 to 64 MB; v2 67.5, v3 64.3 (repeated bytes
-    # stored once), v5 57.8 (the UNet stored in fp16); issue 15's budget is 60 MB
+    # at most 60 MB: three label budgets fit only with repeated bytes stored once and the UNet
+    # stored in fp16 (57.8 MB for the v5 bundle)
     assert info["bytes"] <= 60e6, f"bundle is {info['bytes'] / 1e6:.1f} MB"
 
 
@@ -59,14 +59,14 @@ def test_latent_classifier_is_noise_aware_and_finite(demo_ws):
 
 
 def test_filter_classifier_beats_chance_on_demo_test_split(demo_ws):
-    from core.train.image_classifier import test_metrics
+    from core.train.image_classifier import metrics_on_test
     from core.models import load_filter_classifier
     from core.data.tables import load_splits
     cfg = load_config(demo_ws.root / "config.json")
     model, info, centroids = load_filter_classifier(demo_ws)
     frame, classes = load_splits(demo_ws)
     assert list(info["classes"]) == classes and centroids.shape[0] == len(classes)
-    metrics = test_metrics(model, frame[frame.split == "test"], classes, cfg.downstream)
+    metrics = metrics_on_test(model, frame[frame.split == "test"], classes, cfg.downstream)
     assert metrics["balanced_accuracy"] > 1 / len(classes) + 0.3
     assert np.isfinite(metrics["accuracy"])
 
@@ -90,7 +90,7 @@ def _acceptance(ws: Workspace) -> dict[str, float]:
 
 
 def test_every_class_is_accepted_at_the_bundled_threshold_in_every_budget(demo_ws):
-    """Issue 15 (done-when): every class keeps some of its samples at the bundled (per-class,
+    """Every class keeps some of its samples at the bundled (per-class,
     validation-calibrated) threshold, at every label budget, so no augmented arm lacks a class."""
     from core.data.budget import budget_views
     cfg = load_config(demo_ws.root / "config.json")
@@ -100,7 +100,7 @@ def test_every_class_is_accepted_at_the_bundled_threshold_in_every_budget(demo_w
         assert min(rate.values()) > 0, (name, rate)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15's stronger target, not met: at all labels the bundle "
+@pytest.mark.xfail(strict=True, reason="the stronger target, not met: at all labels the bundle "
                    "keeps 9% of background and 0.5% of stratum corneum samples (strict: passing means "
                    "the target is met and this mark must go)")
 def test_every_class_keeps_a_fifth_of_its_samples_at_the_bundled_threshold(demo_ws):
@@ -165,7 +165,7 @@ def test_each_budget_samples_with_its_own_classifier(demo_ws):
     from core.data.budget import budget_views
     from core.io import folder_hash
     from core.models import load_latent_classifier
-    from core.generate.pipeline import load_pipeline
+    from core.generate.loading import load_pipeline
     cfg = load_config(demo_ws.root / "config.json")
     firsts = []
     for _, view in budget_views(demo_ws, cfg):

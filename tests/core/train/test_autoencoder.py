@@ -79,9 +79,9 @@ def test_fp16_save_stores_rounded_weights_and_measures_what_it_stores(tmp_path, 
     assert ae.evaluate_reconstruction(vae, x)["psnr"] == pytest.approx(out["psnr"], abs=1e-4)
 
 
-def test_discriminator_branch_trains(tmp_path, tiny_cfg):
+def test_discriminator_branch_trains(pool_ws, tiny_cfg):
     from dataclasses import replace
-    ws = make_pool_workspace(tmp_path, n_per_pool=(6, 4))
+    ws = pool_ws
     cfg = replace(tiny_cfg, autoencoder=replace(tiny_cfg.autoencoder, steps=3, disc_weight=0.5, disc_start=1))
     out = ae.train_autoencoder(ws, cfg)
     assert out["step"] == 3 and (ws.autoencoder_dir / "config.json").exists()
@@ -99,10 +99,10 @@ def test_missing_model_and_bad_config_are_clear_errors(tmp_path, capsys):
     assert not ws.autoencoder_dir.exists()
 
 
-def test_stop_checkpoints_and_rerun_resumes(tmp_path, tiny_cfg):
+def test_stop_checkpoints_and_rerun_resumes(pool_ws, tiny_cfg):
     import threading
     from dataclasses import replace
-    ws = make_pool_workspace(tmp_path, n_per_pool=(6, 4))
+    ws = pool_ws
     cfg = replace(tiny_cfg, autoencoder=replace(tiny_cfg.autoencoder, steps=8, checkpoint_every=4))
     stop = threading.Event()
     seen = []
@@ -120,10 +120,10 @@ def test_stop_checkpoints_and_rerun_resumes(tmp_path, tiny_cfg):
     assert seen == [7, 8]                                   # resumed, not restarted
 
 
-def test_checkpoint_limit_comes_from_config_and_keys_no_stage(tmp_path, tiny_cfg):
+def test_checkpoint_limit_comes_from_config_and_keys_no_stage(pool_ws, tiny_cfg):
     from core.config.checks import apply_overrides
     from core.config.store import identity
-    ws = make_pool_workspace(tmp_path, n_per_pool=(6, 4))
+    ws = pool_ws
     cfg = apply_overrides(tiny_cfg, ["autoencoder.steps=3", "autoencoder.checkpoint_every=1",
                                      "autoencoder.checkpoints_total_limit=3"])
     ae.train_autoencoder(ws, cfg)

@@ -22,7 +22,7 @@ from core.train import pretrain as pt
 from core.commands import pretrain as pt_cmd
 from core.train import trainer as training
 from core.io import read_jsonl
-from ldm_fixtures import make_pool_workspace, message_lines
+from ldm_fixtures import message_lines
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[3]
@@ -41,11 +41,11 @@ def _count(kind: str, survived: bool, detail: str = "") -> None:
 
 
 @pytest.fixture(scope="module")
-def trained_ws(tmp_path_factory):
-    from core.train.autoencoder import train_autoencoder
-    from core.config.presets import preset
-    ws = make_pool_workspace(tmp_path_factory.mktemp("faults"), n_per_pool=(10, 6))
-    train_autoencoder(ws, preset("tiny"))
+def trained_ws(trained_autoencoder, tmp_path_factory):
+    import shutil
+
+    from core.workspace import Workspace
+    ws = Workspace(shutil.copytree(trained_autoencoder.root, tmp_path_factory.mktemp("faults") / "ws"))
     yield ws
     print("\nfault tally (tried / survived): " +
           ", ".join(f"{k} {v[1]}/{v[0]}" for k, v in TALLY.items()))
@@ -64,16 +64,20 @@ def _readable_checkpoints(folder: Path) -> list[int]:
     return steps
 
 
-def test_kill_minus_9_at_random_points_then_resume(trained_ws):
+@pytest.fixture(scope="module")
+def kills(trained_ws):
+    """Four `core pretrain` processes killed with SIGKILL, each resuming what the previous left:
+    three at a random step past the checkpoint it resumed from (so there is saved work to lose),
+    the last as soon as a checkpoint is being written (temp folder). Per kill point: survived
+    (killed, no checkpoint lost, the next run resumed one past the newest) and what it saw."""
     ws, folder = trained_ws, trained_ws.checkpoints_dir / "pretrain"
     rng = np.random.default_rng(14)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    outcomes = []
     for point in range(4):
         seen = len(read_jsonl(ws.metrics_file("pretrain")))
         proc = subprocess.Popen([sys.executable, "-m", "core", "pretrain", *_args(ws)], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        # kill at a random step past the checkpoint it resumed from (so there is saved work to
-        # lose); the last point kills as soon as a checkpoint is being written (temp folder)
         start = LAST_KILL.get(point - 1, 0)
         target = start + int(rng.integers(EVERY // 2, 2 * EVERY + 5))
         deadline = time.time() + 600
@@ -99,18 +103,37 @@ def test_kill_minus_9_at_random_points_then_resume(trained_ws):
         _count("kill -9 (random)" if point < 3 else "kill -9 (mid-checkpoint)", survived,
                f"#{point}: killed at step {logged()}, newest checkpoint "
                f"{before and before[0]} -> {after[-1] if after else None}")
-        assert survived, (point, before, after, resumed_at, expected_start)
+        outcomes.append({"survived": survived, "seen": (point, before, after, resumed_at, expected_start)})
         LAST_KILL[point] = after[-1] if after else 0
-    out = subprocess.run([sys.executable, "-m", "core", "pretrain", *_args(ws)], cwd=ROOT, env=env,
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def after_kills(kills, trained_ws):
+    """The same command once more, not killed: (its completed process, the workspace)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "core", "pretrain", *_args(trained_ws)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
+    return out, trained_ws
+
+
+@pytest.mark.parametrize("point", range(4))
+def test_kill_minus_9_at_random_points_then_resume(kills, point):
+    assert kills[point]["survived"], kills[point]["seen"]
+
+
+def test_a_run_after_the_kills_finishes(after_kills):
+    out, ws = after_kills
     assert out.returncode == 0, out.stderr
     rows = read_jsonl(ws.metrics_file("pretrain"))
     assert rows[-1]["step"] == STEPS and ws.unet_dir.is_dir()
     _count("resume after the kills", True)
 
 
-def test_corrupt_latest_checkpoint_resumes_from_the_previous(trained_ws, capsys):
-    ws, folder = trained_ws, trained_ws.checkpoints_dir / "pretrain"
+def test_corrupt_latest_checkpoint_resumes_from_the_previous(after_kills, capsys):
+    """In the workspace the kills and the finished run left (its newest checkpoints)."""
+    ws = after_kills[1]
+    folder = ws.checkpoints_dir / "pretrain"
     steps = _readable_checkpoints(folder)
     latest = folder / f"checkpoint-{steps[-1]}"
     with open(latest / "model.safetensors", "r+b") as f:

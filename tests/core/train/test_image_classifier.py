@@ -5,8 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from core.train.filter_classifier import class_centroids, train_filter_classifier
-from core.train.image_classifier import train_image_classifier
-from core.train import image_classifier  # test_metrics by its module: pytest would collect a test_* name
+from core.train.image_classifier import metrics_on_test, train_image_classifier
 from core.evaluate.inference import load_images, predict
 from core.models import build_backbone, load_filter_classifier
 from core.errors import UserError
@@ -42,7 +41,7 @@ def test_train_learns_selects_on_val_and_skips_corrupt_files(ws, cfg):
     assert history.attrs["best_step"] == best["step"]
     assert history.attrs["best_val_balanced_accuracy"] == best["val_balanced_accuracy"]
     assert str(bad) in history.attrs["skipped"]
-    metrics = image_classifier.test_metrics(model, test, classes, picked)
+    metrics = metrics_on_test(model, test, classes, picked)
     assert metrics["accuracy"] >= 0.75, metrics          # colour-separable classes
     assert np.array(metrics["confusion_matrix"]).sum() == len(test)
     assert set(metrics["per_class_recall"]) == set(classes)

@@ -18,17 +18,9 @@ from core.workspace import Workspace
 from ldm_fixtures import make_pool_workspace, message_lines, tiny
 
 
-@pytest.fixture(scope="module")
-def trained_ae(tmp_path_factory):
-    from core.train.autoencoder import train_autoencoder
-    ws = make_pool_workspace(tmp_path_factory.mktemp("ae"), n_per_pool=(10, 6))
-    train_autoencoder(ws, preset("tiny"))
-    return ws
-
-
 @pytest.fixture
-def ws(trained_ae, tmp_path):
-    shutil.copytree(trained_ae.root, tmp_path / "ws")
+def ws(trained_autoencoder, tmp_path):
+    shutil.copytree(trained_autoencoder.root, tmp_path / "ws")
     return Workspace(tmp_path / "ws")
 
 

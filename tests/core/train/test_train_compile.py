@@ -21,7 +21,6 @@ from core.models import build_autoencoder
 from core.models.compile import CompiledOrEager
 from core.train.pretrain import pretrain
 from labdata import make_splits
-from ldm_fixtures import make_pool_workspace
 
 REAL_COMPILE = torch.compile
 
@@ -80,8 +79,8 @@ def eager_weights(ws, cfg) -> dict:
     return weights
 
 
-def test_compiled_autoencoder_checkpoints_keep_their_keys_load_and_resume(tmp_path, tiny_cfg, traced):
-    ws = make_pool_workspace(tmp_path, n_per_pool=(6, 4))
+def test_compiled_autoencoder_checkpoints_keep_their_keys_load_and_resume(pool_ws, tiny_cfg, traced):
+    ws = pool_ws
     eager = eager_weights(ws, ae_cfg(tiny_cfg, False))
     assert traced["compiled"] == []                      # compile off: nothing compiled
     stop, seen = threading.Event(), []
@@ -110,8 +109,8 @@ def test_compiled_autoencoder_checkpoints_keep_their_keys_load_and_resume(tmp_pa
 
 
 @pytest.mark.parametrize("when", ["call", "compile"])
-def test_failed_compile_trains_eagerly_with_a_warning(tmp_path, tiny_cfg, monkeypatch, when):
-    ws = make_pool_workspace(tmp_path, n_per_pool=(6, 4))
+def test_failed_compile_trains_eagerly_with_a_warning(pool_ws, tiny_cfg, monkeypatch, when):
+    ws = pool_ws
     eager = eager_weights(ws, ae_cfg(tiny_cfg, False, steps=3))
     broken(monkeypatch, when)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler.*running it eagerly"):
@@ -121,10 +120,10 @@ def test_failed_compile_trains_eagerly_with_a_warning(tmp_path, tiny_cfg, monkey
     assert fallback.keys() == eager.keys() and all(torch.equal(fallback[k], eager[k]) for k in eager)
 
 
-def test_every_trainer_runs_its_step_through_the_compiled_forward(tmp_path, tiny_cfg, monkeypatch):
+def test_every_trainer_runs_its_step_through_the_compiled_forward(pool_ws, tiny_cfg, monkeypatch):
     """Pre-training, the latent classifier (and its UNet fine-tune) and the downstream classifier
     each hand their forward to Trainer.compiled: with compile failing, each warns and finishes."""
-    ws = make_pool_workspace(tmp_path, n_per_pool=(6, 4))
+    ws = pool_ws
     splits = make_splits(ws)
     torch.manual_seed(0)
     vae = build_autoencoder(tiny_cfg.autoencoder)
