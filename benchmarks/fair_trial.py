@@ -7,7 +7,9 @@ existing synthetic sets, through the grid's own training code (core.train.image_
 - `curve`: the baseline's validation and test accuracy after 100 / 300 / 1000 steps per budget;
 - `norm`: the BatchNorm options (core.train.normalization), each with its own baseline, against
   the selected-synthetic arm at one ratio;
-- `jitter`: the baseline's validation accuracy per stain-jitter strength (--jitters).
+- `jitter`: the baseline's validation accuracy per stain-jitter strength (--jitters);
+- `views`: real views per image and the added share per budget, ratio and protocol, from the batch
+  plan alone (core.train.batches, no training; --sizes gives the budgets' real training counts).
 
 Rows carry wall seconds and the process's CPU seconds (time.process_time: with one thread, about
 what the run takes on an idle core, whatever else the machine runs).
@@ -31,11 +33,13 @@ from pathlib import Path  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import markdown_table  # noqa: E402
 from core.config.checks import apply_overrides  # noqa: E402
 from core.config.store import load_config  # noqa: E402
 from core.data.budget import budget_labels, budget_views  # noqa: E402
 from core.data.tables import load_splits  # noqa: E402
 from core.protocol.arms import budget_pools, draw_arm  # noqa: E402
+from core.train.batches import plan_batches  # noqa: E402
 from core.train.image_classifier import metrics_on_test, train_image_classifier  # noqa: E402
 from core.workspace import Workspace  # noqa: E402
 
@@ -89,13 +93,35 @@ class Bench:
         return row
 
 
+def views_table(sizes: list[int], ratios: list[float], steps: list[int], epochs: int, batch: int) -> pd.DataFrame:
+    """Per budget size and ratio: each protocol's batch and real views per image (min-max)."""
+    rows = []
+    for n in sizes:
+        for ratio in ratios:
+            added, row = round(ratio * n), {"n_real": n, "ratio": ratio}
+            row["n_added"] = added
+            for compute, count in [("steps", s) for s in steps] + [("epochs", epochs)]:
+                plan = plan_batches(n, added, compute, count, epochs, batch, 0)
+                for _ in range(plan.steps):
+                    plan.next()
+                r, name = plan.report(), f"{compute}={count}"
+                row[f"{name}: steps, batch"] = f"{plan.steps}, {plan.batch_size}"
+                row[f"{name}: real views (min-max)"] = (f"{r['real_views_per_image']:.1f} "
+                                                       f"({r['real_views_min']}-{r['real_views_max']})")
+                row[f"{name}: added share"] = round(r["added_share"], 2)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v]
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=("speed", "curve", "norm", "jitter"))
+    p.add_argument("what", choices=("speed", "curve", "norm", "jitter", "views"))
+    p.add_argument("--sizes", default="480,120,48")
+    p.add_argument("--ratios", default="0,0.5,1")
     p.add_argument("--jitters", default="0.05,0.2,0.4")
     p.add_argument("--workspace", required=True)
     p.add_argument("--out", required=True)
@@ -106,6 +132,12 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=1.0)
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
+    if args.what == "views":
+        steps = [int(s) for s in floats(args.steps)]
+        table = views_table([int(s) for s in floats(args.sizes)], floats(args.ratios), steps, 15, 64)
+        table.to_csv(args.out, index=False)
+        print(markdown_table(table.to_dict("records")))
+        return
     bench = Bench(args)
     budgets, seeds, steps = floats(args.budgets), [int(s) for s in floats(args.seeds)], [int(s) for s in floats(args.steps)]
     print(f"CPU threads {torch.get_num_threads()}; {bench.cfg.downstream}", flush=True)
