@@ -112,8 +112,9 @@ def _results(ws: Workspace | None) -> str:
     out = []
     summary = ws.summary_md if ws is not None else None
     if summary is not None and summary.exists():
-        out.append("## Accuracy: augmented vs baseline\n\nFrom `results/summary.md` (a patch classifier trained "
-                   "on real labels alone and with accepted synthetic images):\n\n" + summary.read_text().strip())
+        out.append("## Accuracy: every arm vs the baseline\n\nFrom `results/summary.md` (a patch classifier trained "
+                   "on real labels alone, and with added synthetic or pseudo-labelled images):\n\n"
+                   + summary.read_text().strip())
     if ws is not None and ws.quality_csv.exists():
         out.append("## Sample quality\n\nFrom `results/quality.csv` (each number beside its real-vs-real "
                    "floor):\n\n" + markdown_table(pd.read_csv(ws.quality_csv)))

@@ -128,6 +128,7 @@ def test_every_class_keeps_a_fifth_of_its_samples_at_the_bundled_threshold(demo_
 def test_bundle_carries_results_and_scored_synthetic_images(demo_ws):
     import json
     import pandas as pd
+    from core.evaluate.summary import cell_arms, main_cell
     summary = json.loads((demo_ws.results_dir / "summary.json").read_text())
     cell = main_cell(summary)
     assert cell["baseline"]["accuracy"]["runs"] and cell["arms"]["selected"]["metrics"]["accuracy"]["runs"]

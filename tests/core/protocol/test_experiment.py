@@ -291,6 +291,7 @@ def test_after_a_top_up_the_draw_delivers_the_ratio_and_names_the_short_class(to
     real = load_splits(ws)[0].query("split == 'train'")
     _, report = experiment.draw_synthetic(accepted_images(ws, cfg), real, 0.5, seed=0)
     assert report[0]["drawn"] == 6 and report[1]["drawn"] < 6
+    # the summary's added counts are per part (synthetic, unselected, pseudo), then per class
     text = _shortfall({"synthetic": {"tumor": report[0], "stroma": report[1]}}, 0.5, 2)
     assert text.startswith("ratio 0.5 not met for 1 class(es)") and "stroma:" in text and "tumor" not in text
 

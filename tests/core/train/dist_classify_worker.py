@@ -22,14 +22,18 @@ SETS = ["downstream.steps=4", "downstream.evals=2", "downstream.batch_size=8", "
 
 
 def main(workspace: str, out_dir: str) -> None:
-    rank = int(os.environ.get("RANK", 0))
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     seen = []
-    real = classify._augment
+    real = classify.augmenter
 
-    def recording(batch_u8, aug):
-        seen.append(batch_u8.flatten(1).sum(1).tolist())     # one checksum per image
-        return real(batch_u8, aug)
-    classify._augment = recording
+    def recording(cfg, device):
+        inner = real(cfg, device)
+
+        def augment(batch_u8, gen):      # every rank augments the global batch alike, then takes its slice
+            seen.append(batch_u8[rank::world].flatten(1).sum(1).tolist())     # one checksum per image
+            return inner(batch_u8, gen)
+        return augment
+    classify.augmenter = recording
     splits = pd.read_csv(Workspace(workspace).split_manifest)
     cfg = apply_overrides(preset("tiny"), SETS).downstream
     model, history = classify.train_image_classifier(splits[splits.split == "train"], splits[splits.split == "val"],
