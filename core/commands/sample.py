@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.cli import ProgressReporter, guarded
 from core.config.checks import apply_overrides, choices
+from core.config.requests import request_count, request_seed, request_value
 from core.commands import budget_parser, parse_budget
 from core.generate.sampling import generate_images, generate_dataset
 
@@ -32,6 +33,7 @@ def cli(argv: list[str]) -> int:
                         help="torch.compile the models (= --set sampling.compile=true): 10-40 s to start, "
                              "then faster per image; for hundreds of images, not a handful")
     args, cfg, ws = parse_budget(parser, argv)
+    _check_request(args)
     if args.compile:
         cfg = replace(cfg, sampling=replace(cfg.sampling, compile=True))
     if args.guidance_interval is not None:
@@ -47,3 +49,17 @@ def cli(argv: list[str]) -> int:
                         args.eta, args.out, progress=progress, sampler=args.sampler)
     print(f"{len(rows)} images of {args.class_name} in {args.out or ws.synthetic_dir}")
     return 0
+
+
+def _check_request(args) -> None:
+    """The values given on the command line, checked as the app's requests are (NaN, inf, out of
+    range: one line naming the flag) before a model loads. --num is not capped: a batch job may
+    want thousands."""
+    for flag, value, key in (("--guidance-scale", args.guidance_scale, "sampling.guidance_scale"),
+                             ("--steps", args.steps, "sampling.steps"), ("--eta", args.eta, "sampling.eta")):
+        if value is not None:
+            request_value(flag, value, key)
+    if args.seed is not None:
+        request_seed("--seed", args.seed, random_allowed=False)
+    if args.num is not None:
+        request_count("--num", args.num, most=10 ** 9)

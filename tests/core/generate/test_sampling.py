@@ -237,6 +237,19 @@ def test_cli_sample(ws, tmp_path, capsys):
     assert [line for line in err if line.startswith("sample:")][-1].startswith("sample: 100% 2/2")
 
 
+@pytest.mark.parametrize("flag, value, says", [("--eta", "nan", "--eta: sampling.eta must be in [0, 1], got nan"),
+                                               ("--guidance-scale", "1e30", "--guidance-scale: at most"),
+                                               ("--steps", "0", "--steps: sampling.steps must be"),
+                                               ("--num", "0", "--num:")])
+def test_cli_sample_refuses_a_bad_value_in_one_line_before_loading_a_model(ws, tmp_path, capsys, flag, value, says):
+    out = tmp_path / "out"
+    rc = core_main(["sample", "--workspace", str(ws.root), "--preset", "tiny", "--class", "tumor",
+                    "--num", "2", "--out", str(out), flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and says in err[0], err
+    assert not out.exists()
+
+
 def test_cli_sample_compile_flag_compiles_both_models(ws, tmp_path, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(type(module).__name__) or module)
