@@ -174,7 +174,8 @@ def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, after_run=
         bws = views[run["label_fraction"]]
         if bws not in inputs:
             labels = budget_labels(bws, cfg)[0]
-            inputs[bws] = {"labels": labels, "pools": budget_pools(bws, cfg, labels, splits, classes)}
+            inputs[bws] = {"labels": labels, "pools": budget_pools(bws, cfg, labels, splits, classes),
+                           "checks": json.dumps(selection_checks(bws, cfg))}     # per budget, not per run
 
         def report(p, i=i):
             if progress is not None:
@@ -183,7 +184,7 @@ def run_grid(ws: Workspace, cfg: LabConfig, progress=None, stop=None, after_run=
         if row is None:
             break
         # per class, how many of the images the run drew from passed each check
-        row["selection_checks"] = json.dumps(selection_checks(bws, cfg)) if "selected" in run["arm"] else ""
+        row["selection_checks"] = inputs[bws]["checks"] if "selected" in run["arm"] else ""
         done = pd.DataFrame([row]) if done.empty else pd.concat([done, pd.DataFrame([row])], ignore_index=True)
         write_runs(ws.runs_csv, done)
         if after_run is not None:
