@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from core.config.lab_config import LabConfig
 from core.evaluate.inference import load_images, predict
-from core.evaluate.quality_metrics import K_NEIGHBOURS, pairwise
+from core.evaluate.quality_metrics import K_NEIGHBOURS, kth_neighbour_distance, pairwise
 from core.workspace import Workspace
 
 COLOUR_COLUMNS = ["mean_r", "mean_g", "mean_b", "pixel_std"]
@@ -46,8 +46,7 @@ def knn_radii(features: np.ndarray, k: int = K_NEIGHBOURS) -> tuple[np.ndarray, 
     k = min(k, len(features) - 1)
     if k < 1:
         return np.empty(0), 0
-    d = pairwise(features, features)
-    return np.partition(d, k, axis=1)[:, k], k
+    return kth_neighbour_distance(features, k), k
 
 
 def knn_ratio(query: np.ndarray, real: np.ndarray, radii: np.ndarray) -> np.ndarray:
