@@ -12,6 +12,7 @@ from PIL import Image
 from app.context import AppContext, job_markdown
 from app.previews import class_scale_grid, preview_image
 from app.streaming import stream
+from core.config.requests import request_text
 from core.errors import UserError
 from core.generate.requests import SamplingRequest, grid_request, image_params, png_params
 from core.io import save_png
@@ -89,8 +90,7 @@ def sample_into_gallery(ctx: AppContext, req: SamplingRequest) -> Iterator[tuple
     """Handler core: yields (gallery paths, preview, status) as the sampling job advances."""
     if missing_models(ctx):
         raise UserError(hint(ctx))
-    if req.class_name not in class_names(ctx):
-        raise UserError(f"class {req.class_name!r} is not one of the data set's classes")
+    request_text("class_name", req.class_name, class_names(ctx))
     gallery: list[str] = []
     preview = None
     for kind, payload in stream(ctx, JOB, sampling_job, req=req):

@@ -12,14 +12,14 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from app import charts
+from app import charts, widgets
 from app.context import COMPUTE, AppContext, job_markdown, progress_html, stop_job
 from app.widgets import bounds
 from core.errors import UserError
 from core.config.lab_config import PRESETS
 from core.errors import ConfigError
 from core.config.presets import preset
-from core.config.requests import request_fields
+from core.config.requests import request_fields, request_text
 from core.io import read_jsonl
 from core.protocol.jobs import JobBusy
 
@@ -32,7 +32,7 @@ def pretrain_config(ctx: AppContext, preset_name: str, fields: dict):
     """The workspace config with the chosen preset's pretrain section and the edited fields."""
     try:
         fields = request_fields(STAGE, fields)      # NaN, inf, huge or wrong-typed: one line, nothing started
-        base = preset(preset_name).pretrain
+        base = preset(request_text("preset_name", preset_name, PRESETS)).pretrain
         cfg = dataclasses.replace(ctx.config, pretrain=base)
         return AppContext(ctx.workspace, cfg, ctx.data_roots, ctx.runner).with_overrides(STAGE, fields)
     except ConfigError as e:
@@ -119,14 +119,14 @@ def refresh(ctx: AppContext):
 def build(ctx: AppContext) -> dict:
     cfg = ctx.config.pretrain
     with gr.Row():
-        preset_box = gr.Dropdown(list(PRESETS), value=ctx.config.preset, label="preset (pretrain section)")
+        preset_box = widgets.dropdown(list(PRESETS), value=ctx.config.preset, label="preset (pretrain section)")
         fields = {
-            "steps": gr.Number(cfg.steps, label="steps", precision=0, **bounds(cfg, "steps")),
-            "batch_size": gr.Number(cfg.batch_size, label="batch size", precision=0, **bounds(cfg, "batch_size")),
-            "lr": gr.Number(cfg.lr, label="learning rate", **bounds(cfg, "lr")),
-            "checkpoint_every": gr.Number(cfg.checkpoint_every, label="checkpoint every", precision=0,
+            "steps": widgets.number(cfg.steps, label="steps", precision=0, **bounds(cfg, "steps")),
+            "batch_size": widgets.number(cfg.batch_size, label="batch size", precision=0, **bounds(cfg, "batch_size")),
+            "lr": widgets.number(cfg.lr, label="learning rate", **bounds(cfg, "lr")),
+            "checkpoint_every": widgets.number(cfg.checkpoint_every, label="checkpoint every", precision=0,
                                           **bounds(cfg, "checkpoint_every")),
-            "sample_every": gr.Number(cfg.sample_every, label="sample grid every", precision=0,
+            "sample_every": widgets.number(cfg.sample_every, label="sample grid every", precision=0,
                                       **bounds(cfg, "sample_every")),
         }
     with gr.Row():

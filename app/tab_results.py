@@ -14,7 +14,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from app import charts
+from app import charts, widgets
 from app.context import COMPUTE, AppContext, job_markdown, progress_html, stop_job
 from core.config.requests import MAX_ITEMS, request_count
 from core.errors import UserError
@@ -174,7 +174,7 @@ def start_experiment(ctx: AppContext, seeds: int | None = None) -> str:
     """One click: the baseline and every arm through core.protocol.experiment.run_all in the shared slot."""
     from core.protocol.experiment import run_all
     cfg = ctx.config
-    if seeds:
+    if seeds is not None:                                   # an empty box: the config's seeds
         count = request_count("seeds", seeds, MAX_ITEMS)     # checked before anything is built from it
         cfg = ctx.with_overrides("experiment", {"seeds": tuple(range(count)), "budget_seeds": ()})
     try:
@@ -211,7 +211,7 @@ def build(ctx: AppContext) -> dict:
     with gr.Row():
         run_btn = gr.Button("Run augmented experiment", variant="primary", elem_id="run-experiment")
         stop_btn = gr.Button("Stop", variant="stop")
-        seeds = gr.Number(len(ctx.config.experiment.seeds), label="seeds (every budget)", precision=0, minimum=1)
+        seeds = widgets.number(len(ctx.config.experiment.seeds), label="seeds (every budget)", precision=0, minimum=1)
     note = gr.Markdown()
     status_md = gr.Markdown(elem_id="results-status")
     bar = gr.HTML()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app import quality_panel
+from app import quality_panel, widgets
 from app.context import COMPUTE, AppContext, SessionValues, stop_job
 from app.sampling_jobs import GRID_JOB, JOB, class_names, hint, params_of, sample_into_gallery, sample_scale_grid
 from core.errors import UserError
@@ -21,22 +21,22 @@ def build(ctx: AppContext) -> dict:
     hint_md = gr.Markdown(hint(ctx), elem_id="sampling-hint")
     with gr.Row():
         fields = {
-            "class_name": gr.Dropdown(classes, value=classes[0] if classes else None, label="class",
+            "class_name": widgets.dropdown(classes, value=classes[0] if classes else None, label="class",
                                       allow_custom_value=False),
-            "guidance_scale": gr.Slider(0, 30, value=cfg.guidance_scale, step=0.5, label="guidance scale",
+            "guidance_scale": widgets.slider(0, 30, value=cfg.guidance_scale, step=0.5, label="guidance scale",
                                         elem_id="guidance-slider"),
-            "steps": gr.Slider(1, 200, value=cfg.steps, step=1, label="steps", elem_id="steps-slider"),
-            "eta": gr.Slider(0, 1, value=cfg.eta, step=0.05, label="eta (DDIM)"),
+            "steps": widgets.slider(1, 200, value=cfg.steps, step=1, label="steps", elem_id="steps-slider"),
+            "eta": widgets.slider(0, 1, value=cfg.eta, step=0.05, label="eta (DDIM)"),
         }
         interval_text = gr.Textbox(", ".join(str(t) for t in cfg.guidance_interval), max_lines=1,
                                    label="guidance interval: timesteps LO, HI (empty = every step)",
                                    elem_id="guidance-interval")
     intervals = SessionValues(interval_text.value)
     with gr.Row():
-        fields["seed"] = gr.Number(-1, label="seed (-1 = random)", precision=0)
-        fields["num_images"] = gr.Slider(1, 64, value=4, step=1, label="number of images",
+        fields["seed"] = widgets.number(-1, label="seed (-1 = random)", precision=0)
+        fields["num_images"] = widgets.slider(1, 64, value=4, step=1, label="number of images",
                                          elem_id="num-images-slider")
-        fields["batch_size"] = gr.Slider(1, 32, value=min(4, cfg.batch_size), step=1, label="batch size")
+        fields["batch_size"] = widgets.slider(1, 32, value=min(4, cfg.batch_size), step=1, label="batch size")
         gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
         stop_btn = gr.Button("Stop", variant="stop")
     status_md = gr.Markdown(elem_id="sampling-status")
@@ -53,9 +53,9 @@ def build(ctx: AppContext) -> dict:
             regen_btn = gr.Button("Regenerate selected from its seed")
     with gr.Accordion("class × guidance-scale grid at one seed", open=False):
         with gr.Row():
-            grid_classes = gr.Dropdown(classes, value=classes, multiselect=True, label="classes")
+            grid_classes = widgets.dropdown(classes, value=classes, multiselect=True, label="classes")
             grid_scales = gr.Textbox("0, 2.5, 5, 10", label="guidance scales")
-            grid_seed = gr.Number(0, label="seed", precision=0)
+            grid_seed = widgets.number(0, label="seed", precision=0)
             grid_btn = gr.Button("Make grid")
         grid_image = gr.Image(label="grid", type="pil", interactive=False)
     sweep = quality_panel.build_sweep(ctx)

@@ -17,7 +17,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from app import charts, quality_panel
+from app import charts, quality_panel, widgets
 from app.context import COMPUTE, AppContext, FileCache, job_markdown
 from app.widgets import bounds, options
 from core.config.lab_config import REALISM_CHECKS
@@ -170,7 +170,7 @@ def refilter(ctx: AppContext, threshold: float, strategy: str, quota: int, show:
     """Slider handler: (summary markdown, counts table, gallery, histograms, acceptance curve).
     `realism`: the checks against the real class to require too (None: the config's)."""
     threshold, strategy, quota, realism = selection_request(threshold, strategy, quota, realism)
-    show, class_filter = request_text("show", show, SHOWS), request_text("class_name", class_filter)
+    show, class_filter = request_text("show", show, SHOWS), request_text("class_name", class_filter, class_choices(ctx))
     per_class = request_count("per_class", per_class, MAX_PER_CLASS)
     scores = cached_scores(ctx)
     if scores.empty:
@@ -264,17 +264,17 @@ def hint(ctx: AppContext) -> str:
 def build(ctx: AppContext) -> dict:
     sel = ctx.config.selection
     with gr.Row():
-        threshold = gr.Slider(**bounds(sel, "threshold"), value=sel.threshold, step=0.01,
+        threshold = widgets.slider(**bounds(sel, "threshold"), value=sel.threshold, step=0.01,
                               label="confidence threshold", elem_id="threshold-slider")
-        strategy = gr.Radio(options(sel, "strategy"), value=sel.strategy, label="strategy")
-        quota = gr.Number(sel.quota_per_class, label="quota per class (0 = none)", precision=0,
+        strategy = widgets.radio(options(sel, "strategy"), value=sel.strategy, label="strategy")
+        quota = widgets.number(sel.quota_per_class, label="quota per class (0 = none)", precision=0,
                           **bounds(sel, "quota_per_class"))
-        realism = gr.CheckboxGroup(list(REALISM_CHECKS), value=list(sel.realism),
+        realism = widgets.checkbox_group(list(REALISM_CHECKS), value=list(sel.realism),
                                    label="also require (vs the class's real images)")
     with gr.Row():
-        show = gr.Radio(list(SHOWS), value="accepted", label="gallery shows")
-        class_filter = gr.Dropdown(class_choices(ctx), value=ALL, label="class")
-        per_class = gr.Slider(1, MAX_PER_CLASS, value=8, step=1, label="images per class")
+        show = widgets.radio(list(SHOWS), value="accepted", label="gallery shows")
+        class_filter = widgets.dropdown(class_choices(ctx), value=ALL, label="class")
+        per_class = widgets.slider(1, MAX_PER_CLASS, value=8, step=1, label="images per class")
     summary = gr.Markdown(elem_id="selection-summary")
     with gr.Row():
         counts = gr.Dataframe(label="accepted / rejected per class", interactive=False)

@@ -45,7 +45,8 @@ class DataConfig(Section):
     num_workers: int = 0
     # Your --labeled images outside the test set also feed pre-training, labels unused: images a
     # budget does not label are exactly the unlabeled data the method exploits, and pre-training
-    # reads no label. Test images never do. (The bundled demo pre-trains on other slides only.)
+    # reads no label. Test images never do. Off: the pools are only what --unlabeled gives
+    # (the demo: another slide only, the strict setting).
     pool_labeled_images: bool = True
     # an image file over this many pixels is skipped with its reason, from its header, before it
     # is decoded (a 20 KB PNG can unpack to gigabytes); slides are read by region and exempt

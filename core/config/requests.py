@@ -44,7 +44,7 @@ def request_value(name: str, value: Any, key: str) -> Any:
         raise RequestError(f"{name}: {e}") from None
     cap = CAPS.get(key)
     if cap is not None and typed > cap:
-        raise RequestError(f"{name}: at most {cap} in one request, got {_short(typed)}")
+        raise RequestError(f"{name}: at most {cap} in one request, got {brief(typed)}")
     return typed
 
 
@@ -52,7 +52,7 @@ def request_fields(section: str, values: dict) -> dict:
     """Values of one config section's fields as a request sends them ({"steps": 7, ...}), each
     checked by `request_value`; a name that is no field of the section is refused."""
     if not isinstance(values, dict):
-        raise RequestError(f"{section}: expected named fields, got {_short(values)}")
+        raise RequestError(f"{section}: expected named fields, got {brief(values)}")
     return {name: request_value(str(name), value, f"{section}.{name}") for name, value in values.items()}
 
 
@@ -70,7 +70,7 @@ def request_count(name: str, value: Any, most: int, least: int = 1) -> int:
     """A whole number in [least, most] (a whole float such as 4.0 is 4)."""
     number = _number(name, value)
     if not number.is_integer() or not least <= number <= most:
-        raise RequestError(f"{name}: expected a whole number in [{least}, {most}], got {_short(value)}")
+        raise RequestError(f"{name}: expected a whole number in [{least}, {most}], got {brief(value)}")
     return int(number)
 
 
@@ -82,19 +82,19 @@ def request_seed(name: str, value: Any, random_allowed: bool = True) -> int:
 def request_text(name: str, value: Any, choices: Sequence[str] | None = None) -> str:
     """A text parameter: a string of at most MAX_TEXT characters, one of `choices` when given."""
     if not isinstance(value, str):
-        raise RequestError(f"{name}: expected text, got {_short(value)}")
+        raise RequestError(f"{name}: expected text, got {brief(value)}")
     if len(value) > MAX_TEXT:
         raise RequestError(f"{name}: text longer than {MAX_TEXT} characters")
     if choices is not None and value not in choices:
         listed = ", ".join(repr(c) for c in list(choices)[:8]) + (", ..." if len(choices) > 8 else "")
-        raise RequestError(f"{name}: {_short(value)} is not one of {listed}")
+        raise RequestError(f"{name}: {brief(value)} is not one of {listed}")
     return value
 
 
 def request_list(name: str, values: Any, check, most: int = MAX_ITEMS) -> list:
     """A list parameter of at most `most` values, each passed through `check(name, value)`."""
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
-        raise RequestError(f"{name}: expected a list, got {_short(values)}")
+        raise RequestError(f"{name}: expected a list, got {brief(values)}")
     if len(values) > most:
         raise RequestError(f"{name}: at most {most} values, got {len(values)}")
     return [check(f"{name}[{i}]", v) for i, v in enumerate(values)]
@@ -102,13 +102,13 @@ def request_list(name: str, values: Any, check, most: int = MAX_ITEMS) -> list:
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise RequestError(f"{name}: expected a number, got {_short(value)}")
+        raise RequestError(f"{name}: expected a number, got {brief(value)}")
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise RequestError(f"{name}: expected a number, got {_short(value)}") from None
+        raise RequestError(f"{name}: expected a number, got {brief(value)}") from None
     if not math.isfinite(number):
-        raise RequestError(f"{name}: expected a finite number, got {_short(value)}")
+        raise RequestError(f"{name}: expected a finite number, got {brief(value)}")
     return number
 
 
@@ -117,6 +117,7 @@ def _is_list_field(key: str) -> bool:
     return get_origin(_declared(section, field_name)[1]) is tuple
 
 
-def _short(value: Any) -> str:
+def brief(value: Any) -> str:
+    """repr(value), cut to 60 characters: an error message quotes what was sent, never all of it."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -2,9 +2,11 @@
 
 Target (labeled): skin.tif (normal skin, H&E, ~1 um/px) with classes drawn in
 assets/skin_annotations.json; train/val/test come from disjoint vertical bands of the image.
-Pre-training pools (unlabeled, excluded from the target, as in the paper): the OpenSlide CMU-1
-small region (H&E skin, SVS, 0.499 um/px): tissue at the target scale and 1.3x coarser, and its
-glass and tissue edges, in overlapping tiles (DEMO_POOLS).
+Pre-training pools (unlabeled): the OpenSlide CMU-1 small region (H&E skin, SVS, 0.499 um/px):
+tissue at the target scale and 1.3x coarser, and its glass and tissue edges, in overlapping tiles
+(DEMO_POOLS). With `data.pool_labeled_images` on (the default, as for every user's data) the run
+adds the target's train and val bands to the pools, labels unused; off, the pools are the other
+slide only (the strict setting).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from PIL import Image, ImageDraw
 from core.config.lab_config import LabConfig
 from core.config.store import config_hash, save_config
 from core.io import atomic_dir, atomic_write_json, atomic_write_text, save_png
+from core.data.pools import LABELED_POOL, pool_labeled_images
 from core.data.splits import SPLITS, write_manifest
 from core.data.tiling import open_source, tile_grid, tissue_fraction
 from core.workspace import Workspace
@@ -29,7 +32,7 @@ ANNOTATIONS = ASSETS / "skin_annotations.json"
 
 @dataclass(frozen=True)
 class DemoPool:
-    """One unlabeled pre-training pool cut from a bundled image (never the labeled target)."""
+    """One unlabeled pre-training pool cut from a bundled image other than the labeled target."""
     name: str
     file: str
     weight: float                         # share of pre-training draws
@@ -137,7 +140,8 @@ def build_demo(ws: Workspace, cfg: LabConfig, force: bool = False, progress=None
     start = time.perf_counter()
     ws.ensure()
     marker = ws.demo_data_marker
-    key = config_hash(cfg.data.image_size, cfg.data.mpp, cfg.data.seed, BUILD_VERSION)
+    key = config_hash(cfg.data.image_size, cfg.data.mpp, cfg.data.seed, BUILD_VERSION,
+                      *([True] if cfg.data.pool_labeled_images else []))
     if not force and marker.exists() and ws.split_manifest.exists():
         previous = json.loads(marker.read_text())
         if previous.get("hash") == key:
@@ -150,6 +154,8 @@ def build_demo(ws: Workspace, cfg: LabConfig, force: bool = False, progress=None
         "seed": cfg.data.seed,
         "bands": {s: annotations["splits"][s] for s in SPLITS}, "mpp": cfg.data.mpp})
     pools = _write_pools(ws, cfg, progress)
+    if cfg.data.pool_labeled_images:
+        pools[LABELED_POOL] = pool_labeled_images(ws)
     save_config(cfg, ws.data_dir)
     counts = labeled.groupby(["split", "class_name"]).size().unstack(fill_value=0)
     result = {"hash": key, "classes": classes,

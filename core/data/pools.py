@@ -22,6 +22,7 @@ from core.data.tiling import LARGE_IMAGE_PIXELS, is_slide_path, tile_to_folder
 from core.workspace import Workspace
 
 POOL_COLUMNS = ["path", "pool", "weight"]
+LABELED_POOL = "labeled_images_unlabeled"     # data.pool_labeled_images: the labeled set, labels unused
 
 
 def parse_source(source) -> tuple[Path, float]:
@@ -135,3 +136,25 @@ def pool_sampler_weights(frame: pd.DataFrame) -> np.ndarray:
     counts = frame.groupby("pool")["path"].transform("size")
     weights = frame["pool"].map(share).to_numpy(dtype=np.float64) / counts.to_numpy(dtype=np.float64)
     return weights / weights.sum()
+
+
+def pool_labeled_images(ws: Workspace) -> int:
+    """Add every non-test labeled image to pools.csv, label dropped: what a budget does not label
+    is the unlabeled data the method exists to exploit (pre-training reads no label). The pool
+    is replaced, never appended twice, however often the data stage runs.
+
+    Args:
+        ws (`Workspace`): a workspace whose data/splits.csv exists (pools.csv may not yet).
+
+    Returns:
+        `int`: the images in the pool (train + val; test images never pre-train).
+    """
+    from core.data.tables import load_pools, load_splits
+    splits, _ = load_splits(ws)
+    pool = splits[splits.split.isin(("train", "val"))]
+    rows = pd.DataFrame({"path": pool["path"], "pool": LABELED_POOL, "weight": 1.0})
+    if ws.pools_file.exists():
+        others = load_pools(ws)
+        rows = pd.concat([others[others["pool"] != LABELED_POOL], rows], ignore_index=True)
+    atomic_write_text(ws.pools_file, rows.assign(path=ws.stored_paths(rows["path"])).to_csv(index=False))
+    return len(pool)

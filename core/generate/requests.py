@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.config.requests import (MAX_IMAGES, MAX_ITEMS, RequestError, request_count, request_list, request_seed,
+from core.config.requests import (MAX_IMAGES, MAX_ITEMS, RequestError, brief, request_count, request_list, request_seed,
                                   request_text, request_value)
 from core.errors import UserError
 from core.generate.guidance import check_interval
@@ -103,7 +103,8 @@ def grid_request(classes: Any, scales_text: Any, seed: Any, steps: Any, eta: Any
                  known: Sequence[str]) -> dict[str, Any]:
     """The class x guidance-scale grid's parameters, each checked as `sampling_request` checks
     them: classes among `known` (none: all of them), at most MAX_ITEMS scales."""
-    classes = request_list("classes", list(classes or []) or list(known), lambda n, v: request_text(n, v, known))
+    asked = list(known) if classes is None or (isinstance(classes, (list, tuple)) and not classes) else classes
+    classes = request_list("classes", asked, lambda n, v: request_text(n, v, known))
     try:
         text = request_text("guidance_scales", scales_text)
         parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
@@ -149,10 +150,12 @@ def request_from_params(params: dict) -> SamplingRequest:
 
 def parse_interval(text: str | None) -> tuple[int, int] | None:
     """"LO, HI" (timesteps) -> (LO, HI); empty text -> None (guidance at every timestep)."""
-    parts = [p.strip() for p in str(text or "").replace(";", ",").split(",") if p.strip()]
+    text = request_text("guidance_interval", "" if text is None else text)
+    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
     if not parts:
         return None
     try:
         return check_interval(tuple(int(p) for p in parts))
     except ValueError as e:
-        raise UserError(f"guidance interval must be two whole timesteps LO, HI (or empty), got {text!r}") from e
+        raise UserError(f"guidance interval must be two whole timesteps LO, HI (or empty), "
+                        f"got {brief(text)}") from e

@@ -59,24 +59,15 @@ def source_fingerprint(paths) -> list:
 
 def run_data(ws: Workspace, cfg: LabConfig, labeled, test, unlabeled, progress=None, stop=None) -> dict:
     from core.data.demo import build_demo
-    from core.data.tables import load_pools, load_splits
     from core.data.labeled import prepare_labeled
-    from core.data.pools import prepare_pools
-    if labeled is None:
+    from core.data.pools import LABELED_POOL, pool_labeled_images, prepare_pools
+    if labeled is None:                  # the demo pools its own labeled bands (build_demo)
         return {"labeled": build_demo(ws, cfg, progress=progress)}
     result = {"labeled": prepare_labeled(ws, cfg, labeled, test)}
     if unlabeled:
         result["pools"] = prepare_pools(ws, cfg, list(unlabeled), progress=progress, stop=stop)
     if cfg.data.pool_labeled_images:
-        # every non-test labeled image, label dropped: what a budget does not label is the
-        # unlabeled data the method exists to exploit (pre-training reads no label)
-        splits, _ = load_splits(ws)
-        pool = splits[splits.split.isin(("train", "val"))]
-        rows = pd.DataFrame({"path": pool["path"], "pool": "labeled_images_unlabeled", "weight": 1.0})
-        if unlabeled:
-            rows = pd.concat([load_pools(ws), rows], ignore_index=True)
-        atomic_write_text(ws.pools_file, rows.assign(path=ws.stored_paths(rows["path"])).to_csv(index=False))
-        result.setdefault("pools", {}).setdefault("pools", {})["labeled_images_unlabeled"] = len(pool)
+        result.setdefault("pools", {}).setdefault("pools", {})[LABELED_POOL] = pool_labeled_images(ws)
     elif not unlabeled:
         raise UserError("no unlabeled data for pre-training: pass --unlabeled PATH, or leave "
                         "data.pool_labeled_images on")

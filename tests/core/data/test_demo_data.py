@@ -12,7 +12,7 @@ from PIL import Image
 
 from core.config.presets import preset
 from core.data.tables import load_pools, load_splits
-from core.data.pools import pool_sampler_weights
+from core.data.pools import LABELED_POOL, pool_sampler_weights
 from core.data.demo import ASSETS, DEMO_POOLS, MIN_CLASS_FRACTION, build_demo, label_map, load_annotations
 from core.io import read_png_params
 from core.workspace import Workspace
@@ -84,6 +84,7 @@ def test_background_patches_are_glass_and_tissue_patches_are_not(tiny_workspace)
 
 def test_pools_exclude_the_target_and_mix_by_weight(tiny_workspace):
     pools = load_pools(tiny_workspace)
+    pools = pools[pools.pool != LABELED_POOL]          # the target's own bands: the test below
     assert set(pools.pool) == {pool.name for pool in DEMO_POOLS}
     sources = {read_png_params(p)["source"] for p in pools.path}
     assert sources and not any(s.endswith("skin.tif") for s in sources)   # target excluded
@@ -93,6 +94,29 @@ def test_pools_exclude_the_target_and_mix_by_weight(tiny_workspace):
         assert share[pool.name] == pytest.approx(pool.weight / sum(p.weight for p in DEMO_POOLS))
     params = read_png_params(pools.path.iloc[0])
     assert params["mpp"] == 2.0 and params["source_mpp"] in (0.499, 0.5)
+
+
+@pytest.mark.parametrize("pool_labeled", [True, False])
+def test_demo_run_pools_the_targets_train_and_val_bands_never_test(tmp_path, pool_labeled):
+    """data.pool_labeled_images (default on): the target's non-test bands pre-train, labels unused,
+    exactly once however often the data stage runs; off: the other slide only (strict)."""
+    from core.config.checks import apply_overrides
+    from core.data.pools import pool_labeled_images
+    cfg = apply_overrides(preset("tiny"), [f"data.pool_labeled_images={str(pool_labeled).lower()}"])
+    ws = Workspace(tmp_path).ensure()
+    for force in (False, True):
+        build_demo(ws, cfg, force=force)
+    splits = load_splits(ws)[0]
+    for _ in range(2):                                  # a user-data run pools them again: no duplicates
+        pools = load_pools(ws)
+        target = pools[pools.pool == LABELED_POOL]
+        assert set(pools.pool) - {LABELED_POOL} == {pool.name for pool in DEMO_POOLS}
+        if not pool_labeled:
+            assert target.empty
+            return
+        assert sorted(target.path) == sorted(splits[splits.split != "test"].path)
+        assert not set(pools.path) & set(splits[splits.split == "test"].path)
+        pool_labeled_images(ws)
 
 
 def test_demo_preset_is_one_physical_scale_and_rebuild_is_skipped(tmp_path):
