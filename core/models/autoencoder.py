@@ -80,8 +80,8 @@ def encode(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
     z = vae.encode(x).latent_dist.mode()
     if p:
         z = z[..., p:-p, p:-p]
-    z = z - _shift(vae) if _shift(vae) else z
-    return z * vae.config.scaling_factor
+    shift, scale = latent_affine(vae, z)
+    return (z - shift) * scale
 
 
 def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
@@ -97,8 +97,9 @@ def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
     """
     param = next(vae.parameters())
     p = edge_padding(vae)[1]
-    z = z.to(param.device, param.dtype) / vae.config.scaling_factor
-    z = z + _shift(vae) if _shift(vae) else z
+    z = z.to(param.device, param.dtype)
+    shift, scale = latent_affine(vae, z)
+    z = z / scale + shift
     if p:
         z = F.pad(z, (p,) * 4, mode="reflect")
     x = vae.decode(z).sample
@@ -108,6 +109,21 @@ def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
-def _shift(vae: AutoencoderKL) -> float | None:
-    # AutoencoderKL configs may carry a latent mean (SD3/Flux style); the lab's VAEs have none
-    return getattr(vae.config, "shift_factor", None)
+def latent_affine(vae: AutoencoderKL, like: torch.Tensor) -> tuple:
+    """(shift, scale) with scaled latent = (posterior mean - shift) * scale: diffusers' conventions,
+    per channel where the config carries `latents_mean` / `latents_std` (SDXL / Playground style),
+    else the scalar `shift_factor` (SD3 / Flux) and `scaling_factor`.
+
+    Args:
+        vae (`AutoencoderKL`): the autoencoder whose config is read.
+        like (`torch.Tensor`): latents (N, C, h, w) whose device and dtype the result takes.
+
+    Returns:
+        `tuple`: (shift, scale), each a float or a (1, C, 1, 1) tensor.
+    """
+    cfg = vae.config
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    as_channels = lambda v: torch.tensor(v, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)  # noqa: E731
+    shift = as_channels(mean) if mean is not None else (getattr(cfg, "shift_factor", None) or 0.0)
+    scale = cfg.scaling_factor / as_channels(std) if std is not None else cfg.scaling_factor
+    return shift, scale

@@ -34,8 +34,11 @@ def data_fingerprint(paths: list[str], image_size: int) -> str:
 
 
 def model_fingerprint(vae) -> str:
-    """Hash of the autoencoder's weights and scaling factor (works for saved and in-memory models)."""
+    """Hash of the autoencoder's weights and latent scaling (works for saved and in-memory models)."""
+    scaling = [getattr(vae.config, k, None) for k in ("shift_factor", "latents_mean", "latents_std")]
     h = hashlib.sha256(repr(float(vae.config.scaling_factor)).encode())
+    if any(v is not None for v in scaling):             # the key of a plain VAE stays as it was
+        h.update(repr(scaling).encode())
     for name, t in sorted(vae.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())

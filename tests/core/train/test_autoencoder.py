@@ -26,6 +26,26 @@ def test_build_encode_decode_shapes_and_scaling(tiny_cfg):
         assert models.decode(vae, z2).abs().max() <= 1
 
 
+def test_per_channel_latent_statistics_standardise_and_round_trip(tiny_cfg):
+    """A config carrying diffusers' latents_mean / latents_std standardises each channel (the
+    latent the UNet sees has mean 0, std 1 per channel on the images they were measured on) and
+    decode undoes it exactly; a plain config is untouched."""
+    vae = models.build_autoencoder(tiny_cfg.autoencoder).eval()
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        vae.register_to_config(scaling_factor=1.0)
+        raw = models.encode(vae, x)
+        mean, std = raw.mean((0, 2, 3)).tolist(), raw.std((0, 2, 3)).tolist()
+        vae.register_to_config(latents_mean=mean, latents_std=std)
+        z = models.encode(vae, x)
+        torch.testing.assert_close(z.mean((0, 2, 3)), torch.zeros(len(mean)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(z.std((0, 2, 3)), torch.ones(len(mean)), atol=1e-4, rtol=0)
+        vae.register_to_config(latents_mean=None, latents_std=None)
+        plain = models.decode(vae, raw)
+        vae.register_to_config(latents_mean=mean, latents_std=std)
+        torch.testing.assert_close(models.decode(vae, z), plain, atol=1e-5, rtol=0)
+
+
 def test_psnr_ssim_reference_values():
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     assert torch.allclose(ae.ssim(x, x), torch.ones(3), atol=1e-5)
