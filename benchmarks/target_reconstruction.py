@@ -22,9 +22,8 @@ def reconstruction_table(ws_dir: Path) -> pd.DataFrame:
     from core.config.store import load_config
     from core.data.images import ImageDataset
     from core.data.tables import load_splits
-    from core.models.autoencoder import decode, encode
     from core.models.load import load_autoencoder
-    from core.train.autoencoder import psnr, ssim
+    from core.train.autoencoder import evaluate_reconstruction
     from core.workspace import Workspace
     ws = Workspace(ws_dir)
     cfg = load_config(ws.config_file)
@@ -34,11 +33,9 @@ def reconstruction_table(ws_dir: Path) -> pd.DataFrame:
     for (split, name), group in _groups(splits):
         data = ImageDataset(list(group.path), None, cfg.data.image_size)
         x = torch.stack([data[i] for i in range(len(data))])
-        with torch.no_grad():
-            rec = torch.cat([decode(vae, encode(vae, x[i:i + 64])).float() for i in range(0, len(x), 64)])
+        measured = evaluate_reconstruction(vae, x, batch=64)
         rows.append({"workspace": ws_dir.name, "split": split, "class": name, "images": len(x),
-                     "PSNR dB": round(float(psnr(rec, x).mean()), 2),
-                     "SSIM": round(float(ssim(rec, x).mean()), 3)})
+                     "PSNR dB": round(measured["psnr"], 2), "SSIM": round(measured["ssim"], 3)})
     return pd.DataFrame(rows)
 
 

@@ -17,6 +17,7 @@ from core.config.lab_config import LabConfig
 from core.config.store import save_config
 from core.errors import BadImage
 from core.data.images import scan_images
+from core.data.tables import load_pools, load_splits
 from core.io import atomic_write_text
 from core.data.tiling import LARGE_IMAGE_PIXELS, is_slide_path, tile_to_folder
 from core.workspace import Workspace
@@ -149,7 +150,6 @@ def pool_labeled_images(ws: Workspace) -> int:
     Returns:
         `int`: the images in the pool (train + val; test images never pre-train).
     """
-    from core.data.tables import load_pools, load_splits
     splits, _ = load_splits(ws)
     pool = splits[splits.split.isin(("train", "val"))]
     rows = pd.DataFrame({"path": pool["path"], "pool": LABELED_POOL, "weight": 1.0})
